@@ -1,0 +1,1 @@
+"""Command-line interface of sada-audio (installed as sada_audio.cli)."""

@@ -1,0 +1,1 @@
+"""Audio quality evaluation and benchmarks (installed as sada_audio.evaluation)."""

@@ -1,0 +1,1 @@
+"""sada-audio: training-free SADA acceleration for audio diffusion pipelines."""

@@ -1,0 +1,218 @@
+"""Attach SADA to a diffusers pipeline, and remove it again, without modifying diffusers objects.
+
+Three attachments, all undone by :meth:`SADAHandle.remove`:
+- a diffusers ``ModelHook`` on the denoiser: runs the model, or answers a skipped step with the
+  reconstructed output;
+- a ``ModelHook`` on every transformer block: on pruned steps it computes only the selected tokens
+  and fills the others from the block's cached residual;
+- instance-level wrappers of the scheduler's ``set_timesteps`` (a new call starts: reset all state)
+  and ``step`` (feed a skipped step's reconstruction to the unmodified solver, then let the engine
+  read the step's ODE quantities).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from torch import nn
+
+from .config import SADAConfig
+from .errors import SADAError
+from .method.engine import SADAEngine, SADAStats
+from .models import ModelAdapter, TokenBlock, model_adapter_for
+from .solvers import check_scheduler, check_step_arguments, solver_adapter_for
+
+logger = logging.getLogger(__name__)
+
+_HOOK_NAME = "sada"
+_SCHEDULER_METHODS = ("set_timesteps", "step")
+
+
+class _DenoiserHook(ModelHook):
+    def __init__(self, handle: SADAHandle) -> None:
+        super().__init__()
+        self.handle = handle
+
+    def new_forward(self, module: nn.Module, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        handle = self.handle
+        engine = handle._sync_scheduler()
+        replacement = engine.reconstructed_output()
+        if replacement is not None:
+            repeats, remainder = divmod(sample.shape[0], replacement.shape[0])
+            if torch.isfinite(replacement).all() and remainder == 0:
+                # Every guidance branch gets the same output, so the pipeline's guidance
+                # arithmetic returns it unchanged; the scheduler wrapper uses it directly anyway.
+                output = replacement.to(sample.dtype).repeat(repeats, *([1] * (replacement.dim() - 1)))
+                return handle._wrap_output(output, kwargs.get("return_dict", True))
+            engine.fall_back()
+        engine.begin_model_call(handle._latent_grid(sample))
+        return self.fn_ref.original_forward(sample, *args, **kwargs)
+
+
+class _TokenBlockHook(ModelHook):
+    def __init__(self, engine: SADAEngine, block: TokenBlock, index: int) -> None:
+        super().__init__()
+        self.engine = engine
+        self.level = block.level
+        self.index = index
+
+    def new_forward(self, module: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        engine, forward = self.engine, self.fn_ref.original_forward
+        num_tokens = hidden_states.shape[1]
+        kept = engine.kept_tokens(self.level, num_tokens) if engine.running else None
+        cache = engine.block_caches.get(self.index)
+        masked = kwargs.get("attention_mask") is not None or (args and args[0] is not None)
+        if kept is None or cache is None or cache.shape != hidden_states.shape or masked:
+            output = forward(hidden_states, *args, **kwargs)
+            if engine.running and self.level <= engine.config.max_downsample:
+                engine.block_caches[self.index] = output - hidden_states
+            engine.count_tokens(num_tokens, num_tokens)
+            return output
+        kept_states = hidden_states[:, kept]
+        # Skipped tokens keep their current input plus the block's last computed residual.
+        cache[:, kept] = forward(kept_states, *args, **kwargs) - kept_states
+        engine.count_tokens(int(kept.numel()), num_tokens)
+        return hidden_states + cache
+
+
+class SADAHandle:
+    """SADA attached to one denoiser and scheduler; ``remove()`` restores them exactly.
+
+    Use :func:`apply_sada` for pipelines; the constructor is the lower-level entry for a custom
+    sampling loop (a denoiser module called once per step, then the scheduler's ``step``).
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        scheduler: Any,
+        config: SADAConfig,
+        blocks: Sequence[TokenBlock] = (),
+        wrap_output: Callable[[torch.Tensor, bool], Any] | None = None,
+        latent_grid: Callable[[torch.Tensor], tuple[int, int]] | None = None,
+        scheduler_owner: Any = None,
+    ) -> None:
+        if hasattr(denoiser, "_sada_handle"):
+            raise SADAError("SADA is already applied to this model; call remove() on the first handle")
+        check_scheduler(scheduler)
+        self.config = config
+        self.engine = SADAEngine(config)
+        self._denoiser = denoiser
+        self._owner = scheduler_owner
+        self._scheduler: Any = None
+        self._wrap_output = wrap_output or (lambda sample, return_dict: sample)
+        self._latent_grid = latent_grid or (lambda sample: (int(sample.shape[-2]), int(sample.shape[-1])))
+        self._hooked: list[nn.Module] = []
+        self._created_registries: list[nn.Module] = []
+        self._register(denoiser, _DenoiserHook(self))
+        if config.tokenwise:
+            for index, block in enumerate(blocks):
+                self._register(block.module, _TokenBlockHook(self.engine, block, index))
+        self._wrap_scheduler(scheduler)
+        denoiser._sada_handle = self
+        self._removed = False
+
+    @property
+    def stats(self) -> SADAStats:
+        """Statistics of the last (or current) sampling call."""
+        return self.engine.stats
+
+    def remove(self) -> None:
+        """Detach every hook and wrapper; the pipeline behaves exactly as before ``apply_sada``."""
+        if self._removed:
+            return
+        for module in self._hooked:
+            module._diffusers_hook.remove_hook(_HOOK_NAME, recurse=False)
+        for module in self._created_registries:
+            if not module._diffusers_hook.hooks:
+                del module._diffusers_hook
+                # HookRegistry leaves the original bound method as an instance attribute.
+                module.__dict__.pop("forward", None)
+        self._unwrap_scheduler()
+        del self._denoiser._sada_handle
+        self._removed = True
+
+    def __enter__(self) -> SADAHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    # -- attachments ------------------------------------------------------------------------------
+
+    def _register(self, module: nn.Module, hook: ModelHook) -> None:
+        if not hasattr(module, "_diffusers_hook"):
+            self._created_registries.append(module)
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _HOOK_NAME)
+        self._hooked.append(module)
+
+    def _wrap_scheduler(self, scheduler: Any) -> None:
+        engine = self.engine
+        set_timesteps, step = scheduler.set_timesteps, scheduler.step
+
+        @functools.wraps(set_timesteps)
+        def set_timesteps_and_reset(*args: Any, **kwargs: Any) -> Any:
+            result = set_timesteps(*args, **kwargs)
+            engine.start(solver_adapter_for(scheduler))
+            return result
+
+        @functools.wraps(step)
+        def step_with_sada(model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any,
+                           **kwargs: Any) -> Any:
+            if not engine.running or engine.step >= engine.stats.num_steps:
+                return step(model_output, timestep, sample, *args, **kwargs)
+            check_step_arguments(kwargs)
+            replacement = engine.reconstructed_output()
+            if replacement is not None:
+                model_output = replacement.to(model_output.dtype)
+            result = step(model_output, timestep, sample, *args, **kwargs)
+            next_sample = result[0] if isinstance(result, tuple) else result.prev_sample
+            engine.after_step(model_output, sample, next_sample)
+            return result
+
+        scheduler.set_timesteps = set_timesteps_and_reset
+        scheduler.step = step_with_sada
+        self._scheduler = scheduler
+
+    def _unwrap_scheduler(self) -> None:
+        for name in _SCHEDULER_METHODS:
+            self._scheduler.__dict__.pop(name, None)
+
+    def _sync_scheduler(self) -> SADAEngine:
+        """Follow a scheduler swapped on the pipeline after ``apply_sada``, and start lazily."""
+        current = getattr(self._owner, "scheduler", self._scheduler)
+        if current is not self._scheduler:
+            self._unwrap_scheduler()
+            self._wrap_scheduler(current)
+            self.engine.start(solver_adapter_for(current))
+        elif not self.engine.running:
+            self.engine.start(solver_adapter_for(current))
+        return self.engine
+
+
+def apply_sada(pipe: Any, config: SADAConfig | None = None) -> SADAHandle:
+    """Attach SADA to a diffusers pipeline in place and return its handle.
+
+    With ``config=None`` the preset of the pipeline's family is used. The handle's ``stats``
+    describe the last call; ``remove()`` (or leaving a ``with`` block) restores the pipeline.
+    """
+    adapter: ModelAdapter = model_adapter_for(pipe)
+    config = config if config is not None else SADAConfig.preset(adapter.family)
+    if not isinstance(config, SADAConfig):
+        raise SADAError(f"config must be a SADAConfig, got {type(config).__name__}")
+    handle = SADAHandle(
+        adapter.denoiser(),
+        pipe.scheduler,
+        config,
+        blocks=adapter.token_blocks(),
+        wrap_output=adapter.wrap_output,
+        latent_grid=adapter.latent_grid,
+        scheduler_owner=pipe,
+    )
+    logger.info("SADA applied to %s (%s preset values)", type(pipe).__name__, adapter.family)
+    return handle

@@ -1,0 +1,158 @@
+"""SADA hyperparameters: one validated dataclass plus named presets per model family."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+Reconstruction = Literal["extrapolate", "reuse", "predicted_state"]
+RECONSTRUCTIONS: tuple[str, ...] = ("extrapolate", "reuse", "predicted_state")
+
+
+@dataclass(frozen=True)
+class StepBounds:
+    """The step indices of one sampling run, after scaling the config to its number of steps."""
+
+    num_steps: int
+    acc_start: int
+    acc_end: int
+    lagrange_step: int | None
+
+    def accelerated(self, step: int) -> bool:
+        return self.acc_start <= step < self.acc_end
+
+    def in_lagrange_phase(self, step: int) -> bool:
+        return self.lagrange_step is not None and self.accelerated(step) and step >= self.lagrange_step
+
+
+@dataclass(frozen=True)
+class SADAConfig:
+    """Every hyperparameter of SADA (see the README's method section).
+
+    Step indices (``acc_range``, ``lagrange_step``) are given for ``reference_steps`` inference
+    steps and scaled proportionally to the actual number of steps of a call, so one preset serves
+    25 or 100 steps alike; set ``reference_steps=None`` to use them as absolute indices.
+    """
+
+    acc_range: tuple[int, int] = (10, 47)
+    """Steps [start, end) in which model calls may be skipped or pruned; start >= 3."""
+    max_interval: int = 4
+    """At most this many skipped steps in a row, and at most this many pruned steps between two
+    full refreshes of the token caches."""
+    lagrange_step: int | None = 24
+    """First step of the late phase that skips on a fixed rhythm and rebuilds the data prediction
+    by Lagrange extrapolation through anchor steps; ``None`` disables the phase."""
+    lagrange_int: int = 4
+    """In the late phase every ``lagrange_int``-th step is a real call (an anchor)."""
+    lagrange_term: int = 4
+    """Number of most recent anchors the Lagrange polynomial passes through."""
+    sx: int = 3
+    """Token window size along the first latent axis (time, for spectrogram latents)."""
+    sy: int = 3
+    """Token window size along the second latent axis (frequency, for spectrogram latents)."""
+    max_downsample: int = 1
+    """Token pruning applies to transformer blocks at resolution levels <= this (0 = latent grid)."""
+    max_fix: int = 5120
+    """At most this many unstable tokens (counted on the latent grid) are forced to be recomputed."""
+    stepwise: bool = True
+    """Skip whole model calls when the trajectory is stable."""
+    tokenwise: bool = True
+    """Recompute only unstable and window-sampled tokens in transformer blocks."""
+    reconstruction: Reconstruction = "extrapolate"
+    """How a skipped step's model output is rebuilt before the late (Lagrange) phase:
+    ``extrapolate`` (ODE gradient extrapolated linearly in the solver's time), ``reuse`` (last
+    gradient), ``predicted_state`` (the published rule: last output at the multistep-predicted
+    state)."""
+    reference_steps: int | None = 50
+    """Number of steps the indices above are given for; ``None`` = absolute indices."""
+    seed: int = 0
+    """Seed of the per-window token sampling (runs are reproducible)."""
+
+    def __post_init__(self) -> None:
+        start, end = self.acc_range
+        checks = [
+            (start >= 3, f"acc_range start must be >= 3 (the criterion needs three gradients), got {start}"),
+            (end > start, f"acc_range must be (start, end) with end > start, got {self.acc_range}"),
+            (self.max_interval >= 1, f"max_interval must be >= 1, got {self.max_interval}"),
+            (self.lagrange_int >= 2, f"lagrange_int must be >= 2, got {self.lagrange_int}"),
+            (self.lagrange_term >= 2, f"lagrange_term must be >= 2, got {self.lagrange_term}"),
+            (self.sx >= 1 and self.sy >= 1, f"sx and sy must be >= 1, got {self.sx}, {self.sy}"),
+            (self.max_downsample >= 0, f"max_downsample must be >= 0, got {self.max_downsample}"),
+            (self.max_fix >= 0, f"max_fix must be >= 0, got {self.max_fix}"),
+            (
+                self.reconstruction in RECONSTRUCTIONS,
+                f"reconstruction must be one of {', '.join(RECONSTRUCTIONS)}, got {self.reconstruction!r}",
+            ),
+            (
+                self.reference_steps is None or self.reference_steps >= 4,
+                f"reference_steps must be None or >= 4, got {self.reference_steps}",
+            ),
+        ]
+        if self.lagrange_step is not None:
+            checks.append(
+                (self.lagrange_step >= start, f"lagrange_step must be >= acc_range start ({start}), "
+                 f"got {self.lagrange_step}")
+            )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> SADAConfig:
+        """The preset of a model family, optionally with some fields overridden."""
+        key = name.lower().replace("_", "-")
+        if key not in PRESETS:
+            raise ConfigError(f"unknown SADA preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+        return dataclasses.replace(PRESETS[key], **overrides)
+
+    def replace(self, **changes: Any) -> SADAConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["acc_range"] = list(self.acc_range)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SADAConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown SADA config keys: {', '.join(sorted(unknown))}")
+        values = dict(values)
+        if "acc_range" in values:
+            values["acc_range"] = tuple(values["acc_range"])
+        return cls(**values)
+
+    def bounds(self, num_steps: int) -> StepBounds:
+        """Scale the step indices to a run of ``num_steps`` steps."""
+        scale = 1.0 if self.reference_steps is None else num_steps / self.reference_steps
+        start = max(3, round(self.acc_range[0] * scale))
+        end = min(num_steps, round(self.acc_range[1] * scale))
+        lagrange = None if self.lagrange_step is None else max(start, round(self.lagrange_step * scale))
+        return StepBounds(num_steps=num_steps, acc_start=start, acc_end=end, lagrange_step=lagrange)
+
+
+# Audio latents (8 x T x 16 for AudioLDM / MusicLDM) have only 16 frequency rows at the latent level
+# and 8 at the first attention level, so windows are narrow along frequency; the attention levels
+# start at level 1 (the full-resolution level of these UNets has no transformer blocks).
+_AUDIO_UNET = SADAConfig(
+    acc_range=(10, 47),
+    max_interval=4,
+    lagrange_step=24,
+    lagrange_int=4,
+    lagrange_term=4,
+    sx=3,
+    sy=2,
+    max_downsample=2,
+    max_fix=2048,
+)
+
+PRESETS: dict[str, SADAConfig] = {
+    "musicldm": _AUDIO_UNET,
+    "audioldm": _AUDIO_UNET,
+    "audioldm2": _AUDIO_UNET,
+}

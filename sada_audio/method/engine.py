@@ -1,0 +1,253 @@
+"""Per-call SADA state: records the solver's gradients, applies the criterion, plans every step.
+
+The engine is driven by three events that the hooks forward to it: a new sampling run starts
+(:meth:`SADAEngine.start`), the denoiser is about to be called (:meth:`plan`), and the solver has
+finished a step (:meth:`after_step`). All state lives in one object that is rebuilt at every
+call, so two calls with the same seed give the same output.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from ..config import SADAConfig, StepBounds
+from .criterion import Stability, extrapolate_gradient, lagrange_data_prediction, stability
+from .tokens import kept_token_indices, level_grid
+
+logger = logging.getLogger(__name__)
+
+
+class StepMode(str, enum.Enum):
+    FULL = "full"
+    """A real model call computing every token (refreshes the token caches)."""
+    PRUNED = "pruned"
+    """A real model call in which transformer blocks compute only the selected tokens."""
+    SKIPPED = "skipped"
+    """No model call: the solver gets an output rebuilt from its own history."""
+
+
+class ODECoordinates(Protocol):
+    """What the engine needs from a solver adapter (see ``sada_audio.solvers``)."""
+
+    num_steps: int
+
+    def ode_time(self, n: int) -> tuple[float, float]: ...
+
+    def to_gradient(self, model_output: torch.Tensor, sample: torch.Tensor, n: int) -> torch.Tensor: ...
+
+    def from_data_prediction(self, x0: torch.Tensor, sample: torch.Tensor, n: int) -> torch.Tensor: ...
+
+
+@dataclass
+class SADAStats:
+    """What SADA did during the last sampling call."""
+
+    num_steps: int = 0
+    model_calls: int = 0
+    """Denoiser evaluations actually made (NFE; one batched call with guidance counts once)."""
+    skipped_steps: list[int] = field(default_factory=list)
+    pruned_steps: list[int] = field(default_factory=list)
+    step_modes: list[str] = field(default_factory=list)
+    """Mode of every step in order: "full", "pruned" or "skipped"."""
+    fallbacks: int = 0
+    """Planned skips that ran the model instead because the reconstruction was not finite."""
+    tokens_computed: int = 0
+    tokens_total: int = 0
+
+    @property
+    def pruned_fraction(self) -> float:
+        """Share of transformer-block token computations pruned, over the model calls made."""
+        return 0.0 if self.tokens_total == 0 else 1.0 - self.tokens_computed / self.tokens_total
+
+    @property
+    def nfe_ratio(self) -> float:
+        return self.model_calls / self.num_steps if self.num_steps else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_steps": self.num_steps,
+            "model_calls": self.model_calls,
+            "skipped_steps": list(self.skipped_steps),
+            "pruned_steps": list(self.pruned_steps),
+            "step_modes": list(self.step_modes),
+            "fallbacks": self.fallbacks,
+            "pruned_fraction": round(self.pruned_fraction, 6),
+            "nfe_ratio": round(self.nfe_ratio, 6),
+        }
+
+
+@dataclass
+class _History:
+    """Newest-first record of the last three steps, in ODE coordinates."""
+
+    times: deque = field(default_factory=lambda: deque(maxlen=3))
+    gradients: deque = field(default_factory=lambda: deque(maxlen=3))
+
+    def push(self, t: float, y: torch.Tensor) -> None:
+        self.times.appendleft(t)
+        self.gradients.appendleft(y)
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+class SADAEngine:
+    """Plans and records one sampling call at a time."""
+
+    def __init__(self, config: SADAConfig) -> None:
+        self.config = config
+        self.stats = SADAStats()
+        self._solver: ODECoordinates | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, solver: ODECoordinates) -> None:
+        """Forget everything from earlier calls; a new run of ``solver.num_steps`` steps begins."""
+        self._solver = solver
+        self.bounds: StepBounds = self.config.bounds(solver.num_steps)
+        self.step = 0
+        self.stats = SADAStats(num_steps=solver.num_steps)
+        self._history = _History()
+        self._modes: dict[int, StepMode] = {}
+        self._reconstructed: dict[int, torch.Tensor] = {}
+        self._anchor_steps: deque = deque(maxlen=self.config.lagrange_term)
+        self._anchors: deque = deque(maxlen=self.config.lagrange_term)
+        self._skip_streak = 0
+        self._pruned_since_refresh = 0
+        self._token_momentum: torch.Tensor | None = None
+        self._kept: dict[tuple[int, int], torch.Tensor] = {}
+        self._generator = torch.Generator().manual_seed(self.config.seed)
+        self.block_caches: dict[int, torch.Tensor] = {}
+        self.latent_hw: tuple[int, int] | None = None
+        logger.debug("SADA run of %d steps, bounds %s", solver.num_steps, self.bounds)
+
+    @property
+    def running(self) -> bool:
+        return self._solver is not None
+
+    # -- denoiser side -----------------------------------------------------------------------------
+
+    def mode(self) -> StepMode:
+        """Mode of the current step (the denoiser call about to happen)."""
+        return self._modes.get(self.step, StepMode.FULL)
+
+    def reconstructed_output(self) -> torch.Tensor | None:
+        """The model output that replaces the current step's call, if the step is skipped."""
+        return self._reconstructed.get(self.step) if self.mode() is StepMode.SKIPPED else None
+
+    def fall_back(self) -> None:
+        """The planned skip of the current step is replaced by a full model call."""
+        self._modes[self.step] = StepMode.FULL
+        self._reconstructed.pop(self.step, None)
+        self._skip_streak = 0
+        self.stats.fallbacks += 1
+        logger.warning("SADA: non-finite reconstruction at step %d, running the model instead", self.step)
+
+    def begin_model_call(self, latent_hw: tuple[int, int]) -> None:
+        self.latent_hw = latent_hw
+        self._kept = {}
+        self.stats.model_calls += 1
+
+    def kept_tokens(self, level: int, num_tokens: int) -> torch.Tensor | None:
+        """Token indices a block at ``level`` computes in the current step, or None for all tokens."""
+        config = self.config
+        if (
+            self.mode() is not StepMode.PRUNED
+            or level > config.max_downsample
+            or self._token_momentum is None
+            or self.latent_hw is None
+        ):
+            return None
+        grid = level_grid(self.latent_hw, level)
+        if grid[0] * grid[1] != num_tokens:
+            logger.debug("SADA: block at level %d has %d tokens, not a %s grid", level, num_tokens, grid)
+            return None
+        key = (level, num_tokens)
+        if key not in self._kept:
+            self._kept[key] = kept_token_indices(
+                self._token_momentum, grid, config.sx, config.sy, config.max_fix, self._generator
+            )
+        return self._kept[key]
+
+    def count_tokens(self, computed: int, total: int) -> None:
+        self.stats.tokens_computed += computed
+        self.stats.tokens_total += total
+
+    # -- solver side ---------------------------------------------------------------------------
+
+    def after_step(
+        self, model_output: torch.Tensor, sample: torch.Tensor, next_sample: torch.Tensor
+    ) -> None:
+        """Record step ``n`` (output fed to the solver, state before and after) and plan step ``n+1``."""
+        solver, n = self._solver, self.step
+        mode = self.mode()
+        self.stats.step_modes.append(mode.value)
+        if mode is StepMode.SKIPPED:
+            self.stats.skipped_steps.append(n)
+        elif mode is StepMode.PRUNED:
+            self.stats.pruned_steps.append(n)
+
+        with torch.no_grad():
+            a_now, t_now = solver.ode_time(n)
+            gradient = solver.to_gradient(model_output.float(), sample.float(), n)
+            z_now = sample.float() / a_now
+            if mode is not StepMode.SKIPPED and self.bounds.in_lagrange_phase(n) and self._is_anchor(n):
+                self._anchor_steps.append(n)
+                self._anchors.append(z_now - t_now * gradient)
+            self._history.push(t_now, gradient)
+            self.step = n + 1
+            if self.step >= solver.num_steps:
+                return
+            a_next, t_next = solver.ode_time(self.step)
+            verdict = None
+            if len(self._history) == 3:
+                verdict = stability(
+                    next_sample.float() / a_next, z_now, list(self._history.gradients),
+                    list(self._history.times), t_next,
+                )
+                self._token_momentum = verdict.token_momentum()
+            self._plan_next(verdict, next_sample, a_next, t_next)
+
+    def _is_anchor(self, step: int) -> bool:
+        return (step - self.bounds.lagrange_step) % self.config.lagrange_int == 0
+
+    def _plan_next(self, verdict: Stability | None, next_sample: torch.Tensor, a_next: float, t_next: float) -> None:
+        config, step = self.config, self.step
+        mode = StepMode.FULL
+        if verdict is not None and self.bounds.accelerated(step):
+            can_skip = config.stepwise and self._skip_streak < config.max_interval
+            if can_skip and self.bounds.in_lagrange_phase(step):
+                if not self._is_anchor(step) and len(self._anchors) >= 2:
+                    mode = StepMode.SKIPPED
+            elif can_skip and verdict.stable:
+                mode = StepMode.SKIPPED
+            if mode is StepMode.FULL and config.tokenwise and self._pruned_since_refresh < config.max_interval:
+                mode = StepMode.PRUNED
+        if mode is StepMode.SKIPPED:
+            x0 = self._reconstruct_data_prediction(verdict, next_sample, a_next, t_next)
+            self._reconstructed[step] = self._solver.from_data_prediction(x0, next_sample.float(), step)
+        self._skip_streak = self._skip_streak + 1 if mode is StepMode.SKIPPED else 0
+        if mode is not StepMode.SKIPPED:
+            self._pruned_since_refresh = self._pruned_since_refresh + 1 if mode is StepMode.PRUNED else 0
+        self._modes[step] = mode
+
+    def _reconstruct_data_prediction(
+        self, verdict: Stability, next_sample: torch.Tensor, a_next: float, t_next: float
+    ) -> torch.Tensor:
+        """Data prediction of the skipped next step, in scaled coordinates ``x0 = z - t * y``."""
+        if self.bounds.in_lagrange_phase(self.step):
+            return lagrange_data_prediction(list(self._anchor_steps), list(self._anchors), self.step)
+        z_next = next_sample.float() / a_next
+        ys, times = list(self._history.gradients), list(self._history.times)
+        reconstruction = self.config.reconstruction
+        if reconstruction == "predicted_state":
+            return verdict.predicted_state - t_next * ys[0]
+        if reconstruction == "reuse":
+            return z_next - t_next * ys[0]
+        return z_next - t_next * extrapolate_gradient(ys, times, t_next)

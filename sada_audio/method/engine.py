@@ -116,7 +116,7 @@ class SADAEngine:
         self._history = _History()
         self._modes: dict[int, StepMode] = {}
         self._reconstructed: dict[int, torch.Tensor] = {}
-        self._anchor_steps: deque = deque(maxlen=self.config.lagrange_term)
+        self._anchor_times: deque = deque(maxlen=self.config.lagrange_term)
         self._anchors: deque = deque(maxlen=self.config.lagrange_term)
         self._skip_streak = 0
         self._pruned_since_refresh = 0
@@ -198,7 +198,7 @@ class SADAEngine:
             gradient = solver.to_gradient(model_output.float(), sample.float(), n)
             z_now = sample.float() / a_now
             if mode is not StepMode.SKIPPED and self.bounds.in_lagrange_phase(n) and self._is_anchor(n):
-                self._anchor_steps.append(n)
+                self._anchor_times.append(t_now)
                 self._anchors.append(z_now - t_now * gradient)
             self._history.push(t_now, gradient)
             self.step = n + 1
@@ -242,7 +242,7 @@ class SADAEngine:
     ) -> torch.Tensor:
         """Data prediction of the skipped next step, in scaled coordinates ``x0 = z - t * y``."""
         if self.bounds.in_lagrange_phase(self.step):
-            return lagrange_data_prediction(list(self._anchor_steps), list(self._anchors), self.step)
+            return lagrange_data_prediction(list(self._anchor_times), list(self._anchors), t_next)
         z_next = next_sample.float() / a_next
         ys, times = list(self._history.gradients), list(self._history.times)
         reconstruction = self.config.reconstruction

@@ -148,7 +148,7 @@ _AUDIO_UNET = SADAConfig(
     sx=3,
     sy=2,
     max_downsample=2,
-    max_fix=2048,
+    max_fix=1024,
 )
 
 PRESETS: dict[str, SADAConfig] = {

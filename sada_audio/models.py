@@ -69,23 +69,27 @@ class AudioUNetAdapter(ModelAdapter):
     }
 
     def token_blocks(self) -> list[TokenBlock]:
-        unet = self.denoiser()
-        levels = len(unet.down_blocks)
-        stages = [(f"down_blocks.{i}", block, i) for i, block in enumerate(unet.down_blocks)]
-        if unet.mid_block is not None:
-            stages.append(("mid_block", unet.mid_block, levels - 1))
-        stages += [(f"up_blocks.{i}", block, len(unet.up_blocks) - 1 - i) for i, block in enumerate(unet.up_blocks)]
-        return [
-            TokenBlock(f"{stage}.{name}", module, level)
-            for stage, stage_module, level in stages
-            for name, module in stage_module.named_modules()
-            if type(module).__name__ == "BasicTransformerBlock"
-        ]
+        return unet_token_blocks(self.denoiser())
 
     def wrap_output(self, sample: torch.Tensor, return_dict: bool) -> Any:
         from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
         return UNet2DConditionOutput(sample=sample) if return_dict else (sample,)
+
+
+def unet_token_blocks(unet: nn.Module) -> list[TokenBlock]:
+    """The ``BasicTransformerBlock`` modules of a diffusers-style UNet, with their resolution levels."""
+    levels = len(unet.down_blocks)
+    stages = [(f"down_blocks.{i}", block, i) for i, block in enumerate(unet.down_blocks)]
+    if unet.mid_block is not None:
+        stages.append(("mid_block", unet.mid_block, levels - 1))
+    stages += [(f"up_blocks.{i}", block, len(unet.up_blocks) - 1 - i) for i, block in enumerate(unet.up_blocks)]
+    return [
+        TokenBlock(f"{stage}.{name}", module, level)
+        for stage, stage_module, level in stages
+        for name, module in stage_module.named_modules()
+        if type(module).__name__ == "BasicTransformerBlock"
+    ]
 
 
 MODEL_ADAPTERS: tuple[type[ModelAdapter], ...] = (AudioUNetAdapter,)

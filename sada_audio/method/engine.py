@@ -131,6 +131,12 @@ class SADAEngine:
     def running(self) -> bool:
         return self._solver is not None
 
+    def force_plan(self, mode: StepMode, token_momentum: torch.Tensor | None = None) -> None:
+        """Override the plan of the current step (diagnostics and benchmarks; sampling never calls it)."""
+        self._modes[self.step] = mode
+        if token_momentum is not None:
+            self._token_momentum = token_momentum
+
     # -- denoiser side -----------------------------------------------------------------------------
 
     def mode(self) -> StepMode:

@@ -1,0 +1,158 @@
+"""SADA on tiny MusicLDM, AudioLDM and AudioLDM2 pipelines, with every supported scheduler."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, EDMEulerScheduler, PNDMScheduler
+
+from sada_audio import (
+    SADAConfig,
+    SADAError,
+    UnsupportedModelError,
+    UnsupportedSchedulerError,
+    apply_sada,
+)
+from sada_audio.pipelines import repair_pipeline, set_scheduler
+from sada_audio.testing import tiny_audioldm2_pipeline, tiny_audioldm_pipeline, tiny_musicldm_pipeline
+
+BUILDERS = {
+    "musicldm": tiny_musicldm_pipeline,
+    "audioldm": tiny_audioldm_pipeline,
+    "audioldm2": tiny_audioldm2_pipeline,
+}
+_PIPES: dict = {}
+
+
+def pipeline(family: str):
+    if family not in _PIPES:
+        pipe = repair_pipeline(BUILDERS[family]())
+        pipe.set_progress_bar_config(disable=True)
+        _PIPES[family] = pipe
+    return _PIPES[family]
+
+
+def generate(pipe, steps=50, seconds=2.56, seed=0, **kwargs):
+    kwargs.setdefault("guidance_scale", 2.5)
+    return pipe(
+        "a slow piano melody",
+        num_inference_steps=steps,
+        audio_length_in_s=seconds,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        **kwargs,
+    ).audios
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "edm", "dpm++"])
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_sada_accelerates_and_remove_restores(family, scheduler):
+    pipe = pipeline(family)
+    set_scheduler(pipe, scheduler)
+    baseline = generate(pipe)
+    with apply_sada(pipe) as handle:
+        assert handle.config == SADAConfig.preset(family)
+        accelerated = generate(pipe)
+        stats = handle.stats
+        again = generate(pipe)
+    assert accelerated.shape == baseline.shape and accelerated.dtype == baseline.dtype
+    assert (accelerated == again).all(), "two calls with the same seed must match"
+    assert torch.isfinite(torch.from_numpy(accelerated)).all()
+    assert stats.num_steps == 50 and stats.model_calls <= 40 and stats.fallbacks == 0
+    assert stats.model_calls + len(stats.skipped_steps) == 50
+    # How many tokens are pruned depends on the stability map; the odd-latent test pins it down.
+    assert stats.pruned_steps and stats.tokens_total > 0 and 0.0 <= stats.pruned_fraction < 1.0
+    assert (generate(pipe) == baseline).all(), "remove() must restore bit-identical output"
+
+
+def test_token_pruning_on_odd_rectangular_latents_with_batch_and_guidance():
+    pipe = pipeline("musicldm")
+    set_scheduler(pipe, "dpm++")
+    config = SADAConfig.preset("musicldm", max_fix=64)
+    # 1.0 s -> 100 mel frames -> latent 8 x 25 x 16 (odd time axis); two prompts x two waveforms.
+    baseline = pipe(
+        ["piano", "drums"], num_inference_steps=30, audio_length_in_s=1.0, num_waveforms_per_prompt=2,
+        generator=torch.Generator().manual_seed(1), output_type="np", guidance_scale=3.0,
+    ).audios
+    with apply_sada(pipe, config) as handle:
+        audio = pipe(
+            ["piano", "drums"], num_inference_steps=30, audio_length_in_s=1.0, num_waveforms_per_prompt=2,
+            generator=torch.Generator().manual_seed(1), output_type="np", guidance_scale=3.0,
+        ).audios
+        stats = handle.stats
+        assert handle.engine.latent_hw == (25, 16)
+    assert audio.shape == baseline.shape == (4, 16000)
+    assert torch.isfinite(torch.from_numpy(audio)).all()
+    assert stats.pruned_steps and stats.pruned_fraction > 0.05
+
+
+def test_stepwise_and_tokenwise_switch_off_separately():
+    pipe = pipeline("audioldm")
+    set_scheduler(pipe, "ddim")
+    with apply_sada(pipe, SADAConfig.preset("audioldm", tokenwise=False)) as handle:
+        generate(pipe, steps=30)
+        assert handle.stats.pruned_steps == [] and handle.stats.pruned_fraction == 0.0
+        assert handle.stats.skipped_steps
+    with apply_sada(pipe, SADAConfig.preset("audioldm", stepwise=False)) as handle:
+        generate(pipe, steps=30)
+        assert handle.stats.skipped_steps == [] and handle.stats.model_calls == 30
+        assert handle.stats.pruned_steps
+
+
+def test_v_prediction_and_edm_scheduler():
+    pipe = pipeline("audioldm")
+    original = pipe.scheduler
+    try:
+        for scheduler in (
+            DDIMScheduler.from_config(original.config, prediction_type="v_prediction"),
+            EDMEulerScheduler(prediction_type="epsilon"),
+        ):
+            pipe.scheduler = scheduler
+            with apply_sada(pipe) as handle:
+                audio = generate(pipe, steps=30)
+                assert handle.stats.model_calls < 30
+            assert torch.isfinite(torch.from_numpy(audio)).all()
+    finally:
+        pipe.scheduler = original
+
+
+def test_scheduler_swapped_after_apply_is_followed():
+    pipe = pipeline("musicldm")
+    set_scheduler(pipe, "ddim")
+    with apply_sada(pipe) as handle:
+        set_scheduler(pipe, "dpm++")
+        generate(pipe, steps=30)
+        assert handle.stats.num_steps == 30 and handle.stats.skipped_steps
+    assert "step" not in vars(pipe.scheduler)
+
+
+def test_unsupported_inputs_get_clear_errors():
+    pipe = pipeline("musicldm")
+    original = pipe.scheduler
+    pipe.scheduler = PNDMScheduler.from_config(original.config)
+    try:
+        with pytest.raises(UnsupportedSchedulerError, match="DDIMScheduler.*EulerDiscreteScheduler"):
+            apply_sada(pipe)
+    finally:
+        pipe.scheduler = original
+    with pytest.raises(UnsupportedModelError, match="MusicLDMPipeline"):
+        apply_sada(object())
+    handle = apply_sada(pipe)
+    with pytest.raises(SADAError, match="already applied"):
+        apply_sada(pipe)
+    handle.remove()
+    handle.remove()  # idempotent
+
+
+def test_non_finite_reconstruction_falls_back_in_a_pipeline(monkeypatch):
+    from sada_audio.solvers import SolverAdapter
+
+    pipe = pipeline("audioldm")
+    set_scheduler(pipe, "ddim")
+    baseline = generate(pipe, steps=30)
+    original = SolverAdapter.from_data_prediction
+    monkeypatch.setattr(
+        SolverAdapter, "from_data_prediction", lambda self, *a: original(self, *a) * float("nan")
+    )
+    with apply_sada(pipe, SADAConfig.preset("audioldm", tokenwise=False)) as handle:
+        audio = generate(pipe, steps=30)
+        assert handle.stats.fallbacks > 0 and handle.stats.model_calls == 30
+    assert (audio == baseline).all()

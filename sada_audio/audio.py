@@ -66,8 +66,7 @@ def check_output_path(
     suffix = path.suffix.lower()
     if suffix not in extensions:
         raise SADAError(
-            f"unsupported output file extension {suffix or '(none)'!r} in '{path}'; "
-            f"use one of {', '.join(extensions)}"
+            f"unsupported output file extension {suffix or '(none)'!r} in '{path}'; use one of {', '.join(extensions)}"
         )
     if path.is_dir():
         raise SADAError(f"output path '{path}' is a directory")
@@ -139,9 +138,7 @@ def pipeline_sample_rate(pipe: Any) -> int:
     """
     rate = getattr(getattr(getattr(pipe, "vocoder", None), "config", None), "sampling_rate", None)
     if rate is None:
-        raise UnsupportedModelError(
-            f"cannot tell the sample rate of {type(pipe).__name__}: it has no vocoder"
-        )
+        raise UnsupportedModelError(f"cannot tell the sample rate of {type(pipe).__name__}: it has no vocoder")
     return int(rate)
 
 

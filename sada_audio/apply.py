@@ -73,6 +73,7 @@ class _TokenBlockHook(ModelHook):
                 engine.block_caches[self.index] = output - hidden_states
             engine.count_tokens(num_tokens, num_tokens)
             return output
+        kept = kept.to(hidden_states.device)
         kept_states = hidden_states[:, kept]
         # Skipped tokens keep their current input plus the block's last computed residual.
         cache[:, kept] = forward(kept_states, *args, **kwargs) - kept_states

@@ -217,7 +217,8 @@ class SADAEngine:
                     next_sample.float() / a_next, z_now, list(self._history.gradients),
                     list(self._history.times), t_next,
                 )
-                self._token_momentum = verdict.token_momentum()
+                # Token maps are tiny (H x W); selection runs on the CPU whatever the model's device.
+                self._token_momentum = verdict.token_momentum().cpu()
             self._plan_next(verdict, next_sample, a_next, t_next)
 
     def _is_anchor(self, step: int) -> bool:

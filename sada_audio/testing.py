@@ -3,29 +3,44 @@
 The pipelines use the same classes as the released models (MusicLDM, AudioLDM, AudioLDM 2) and the same
 audio geometry -- 16 kHz, 64 mel bins, hop 160, a x4 VAE with 8 latent channels and a 4-level UNet with
 attention in the three lower levels -- but with tiny widths, so a 2.56 s clip has the RECTANGULAR latent
-8 x 64 x 16 (time x frequency), exactly as at real size, and runs in well under a second.
+8 x 64 x 16 (time x frequency), exactly as at real size, and a 50-step run takes about a second. Odd latent
+lengths (e.g. 8 x 25 x 16 for 1 s) work too: the UNets pass explicit upsample sizes.
 
-Tokenizers are built from a handful of built-in sentences with the ``tokenizers`` trainers, in memory:
+The AudioLDM 2 UNet has, like the released conversion (``extra_self_attn_layer``), three transformer
+blocks per attention layer: a self-attention, a cross-attention to the GPT-2 states and one to the T5
+states. Its language model is a ``GPT2Model`` as in the released checkpoint; diffusers' type hint says
+``GPT2LMHeadModel`` and logs "Expected types for language_model" on load -- harmless.
+
+Tokenizers are built in memory from a handful of built-in sentences:
 a byte-level BPE for RoBERTa (special tokens ``<s> <pad> </s> <unk> <mask>`` = ids 0..4, as the CLAP
-text config expects) and a Unigram model for T5 (``<pad> </s> <unk>`` = 0..2), handed to transformers 5's
+text config expects) and a Unigram model for T5 (``<pad> </s> <unk>`` = 0..2, log-frequency scores counted
+from the corpus, because the UnigramTrainer is not reproducible across processes), handed to transformers 5's
 ``RobertaTokenizer(vocab=..., merges=[(a, b), ...])`` and ``T5Tokenizer(vocab=[(piece, score), ...],
 extra_ids=0)``. Both survive ``save_pretrained`` / ``from_pretrained`` (as ``tokenizer.json``). Merges must
 be tuples: transformers 5 rejects ``"a b"`` strings here.
 
-Measured on the 2-core CPU of the development machine (torch 2.13 CPU, 2 threads), 50 DDIM steps,
-guidance 2.5, ``audio_length_in_s=2.56`` (latent 8 x 64 x 16), whole pipeline call:
+Measured on the 2-core development CPU (torch 2.13 CPU), 50 DDIM steps with guidance 2.5 (100 UNet
+evaluations), ``audio_length_in_s=2.56`` (latent 8 x 64 x 16), whole pipeline call, best of 5 after a
+warm-up (the machine was shared; load average about 2):
 
-======================  ========  ==========
-pipeline                params    50 steps
-======================  ========  ==========
-tiny MusicLDM           TIMING_M  TIMING_MS
-tiny AudioLDM           TIMING_A  TIMING_AS
-tiny AudioLDM 2         TIMING_2  TIMING_2S
-======================  ========  ==========
+=================  ==========  ===========  ========  =========
+pipeline           parameters  UNet params  1 thread  2 threads
+=================  ==========  ===========  ========  =========
+tiny MusicLDM      2.04 M      1.27 M       0.70 s    0.65 s
+tiny AudioLDM      2.02 M      1.27 M       0.71 s    0.85 s
+tiny AudioLDM 2    3.01 M      2.21 M       1.35 s    1.28 s
+=================  ==========  ===========  ========  =========
+
+At these widths a second thread barely helps, and under contention two threads can be 10x slower
+(OpenMP spinning): prefer ``torch.set_num_threads(1)`` for tests and benchmarks on a busy machine.
 
 Everything is float32, in ``.eval()`` mode (CLAP's dropout would otherwise make runs differ) and uses
 the DDIM scheduler settings the released checkpoints ship. The weights are random: outputs are noise-like
-and only useful for shape, determinism and speed tests, never for quality.
+and only useful for shape, determinism and speed tests, never for quality. The vocoder is initialised
+with std 0.1 (instead of 0.01) so that waveforms have an audio-like level (RMS ~3e-3, peak ~0.03).
+
+The builders return pipelines already passed through :func:`sada_audio.pipelines.repair_pipeline`
+(MusicLDM and AudioLDM 2 do not run under transformers 5 without it); ``repair=False`` skips that.
 
 ``real_size_audioldm_unet_config`` gives the configuration of the released AudioLDM / MusicLDM UNet
 (about 185 M parameters) for benchmarks that need real-size compute with random weights.
@@ -35,6 +50,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from collections import Counter
 from typing import Any
 
 import torch
@@ -65,6 +82,8 @@ from transformers import (
     T5EncoderModel,
     T5Tokenizer,
 )
+
+from sada_audio.pipelines import repair_pipeline
 
 __all__ = [
     "SAMPLE_RATE",
@@ -135,14 +154,21 @@ def _roberta_tokenizer() -> RobertaTokenizer:
 
 
 def _t5_tokenizer() -> T5Tokenizer:
-    """Unigram (sentencepiece-style) model trained on the built-in corpus; ``<pad> </s> <unk>`` = 0..2."""
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=200, special_tokens=_T5_SPECIALS, unk_token="<unk>", show_progress=False
-    )
-    tok.train_from_iterator(_CORPUS, trainer)
-    vocab = [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
+    """Unigram (sentencepiece-style) model over the built-in corpus; ``<pad> </s> <unk>`` = ids 0..2.
+
+    Built by counting, not with ``tokenizers``' UnigramTrainer: that trainer's scores vary by ~1e-4 from
+    process to process, which could change segmentations and hence outputs between runs.
+    """
+    counts: Counter[str] = Counter()
+    for sentence in _CORPUS:
+        for word in sentence.lower().split() + sentence.split():
+            counts["\u2581" + word] += 1  # whole words with the sentencepiece word-start mark
+            counts.update(word)  # single characters, so that every in-alphabet text can be segmented
+    counts["\u2581"] += len(_CORPUS)
+    total = sum(counts.values())
+    pieces = sorted(counts, key=lambda piece: (-counts[piece], piece))
+    vocab = [(piece, 0.0) for piece in _T5_SPECIALS]
+    vocab += [(piece, math.log(counts[piece] / total)) for piece in pieces]
     # extra_ids=0: the sentinel tokens are only used for T5's span-corruption pre-training
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=_TEXT_MAX_LENGTH)
 
@@ -237,6 +263,9 @@ def _vocoder() -> SpeechT5HifiGan:
         resblock_kernel_sizes=[3],
         resblock_dilation_sizes=[[1, 3]],
         normalize_before=False,
+        # the default init (std 0.01) gives waveforms of RMS ~1e-9; 0.1 gives RMS ~3e-3, peak ~0.03,
+        # the level of real audio, so that level-dependent metrics behave sensibly
+        initializer_range=0.1,
     )
     return SpeechT5HifiGan(config)
 
@@ -260,20 +289,23 @@ def _seeded(seed: int, offset: int) -> None:
     torch.manual_seed(seed * 1000 + offset)
 
 
-def _finish(pipe: Any) -> Any:
-    """Put every module in eval mode and float32, and silence the progress bar."""
+def _finish(pipe: Any, repair: bool) -> Any:
+    """Put every module in eval mode and float32, silence the progress bar, optionally repair."""
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
-            component.to(torch.float32)
+            # cast only when needed: diffusers warns on every ``.to(dtype)`` call
+            if any(p.dtype != torch.float32 for p in component.parameters() if p.is_floating_point()):
+                component.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return repair_pipeline(pipe) if repair else pipe
 
 
-def tiny_musicldm_pipeline(seed: int = 0) -> MusicLDMPipeline:
+def tiny_musicldm_pipeline(seed: int = 0, *, repair: bool = True) -> MusicLDMPipeline:
     """A tiny random ``MusicLDMPipeline`` (ClapModel text encoder, self-attention UNet, HiFi-GAN).
 
-    Deterministic from ``seed``; the global torch RNG state is left as it was.
+    Deterministic from ``seed``; the global torch RNG state is left as it was. ``repair=False`` returns it
+    as ``from_pretrained`` would, without :func:`~sada_audio.pipelines.repair_pipeline`.
     """
     tokenizer = _roberta_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -294,13 +326,14 @@ def tiny_musicldm_pipeline(seed: int = 0) -> MusicLDMPipeline:
         scheduler=_ddim(),
         vocoder=vocoder,
     )
-    return _finish(pipe)
+    return _finish(pipe, repair)
 
 
-def tiny_audioldm_pipeline(seed: int = 0) -> AudioLDMPipeline:
+def tiny_audioldm_pipeline(seed: int = 0, *, repair: bool = True) -> AudioLDMPipeline:
     """A tiny random ``AudioLDMPipeline`` (ClapTextModelWithProjection text encoder, as released).
 
-    Deterministic from ``seed``; the global torch RNG state is left as it was.
+    Deterministic from ``seed``; the global torch RNG state is left as it was. ``repair=False`` returns it
+    as ``from_pretrained`` would, without :func:`~sada_audio.pipelines.repair_pipeline`.
     """
     tokenizer = _roberta_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -321,13 +354,14 @@ def tiny_audioldm_pipeline(seed: int = 0) -> AudioLDMPipeline:
         scheduler=_ddim(),
         vocoder=vocoder,
     )
-    return _finish(pipe)
+    return _finish(pipe, repair)
 
 
-def tiny_audioldm2_pipeline(seed: int = 0) -> AudioLDM2Pipeline:
+def tiny_audioldm2_pipeline(seed: int = 0, *, repair: bool = True) -> AudioLDM2Pipeline:
     """A tiny random ``AudioLDM2Pipeline`` (CLAP + T5 encoders, GPT-2, two cross-attentions per block).
 
-    Deterministic from ``seed``; the global torch RNG state is left as it was.
+    Deterministic from ``seed``; the global torch RNG state is left as it was. ``repair=False`` returns it
+    as ``from_pretrained`` would, without :func:`~sada_audio.pipelines.repair_pipeline`.
     """
     tokenizer = _roberta_tokenizer()
     tokenizer_2 = _t5_tokenizer()
@@ -371,8 +405,9 @@ def tiny_audioldm2_pipeline(seed: int = 0) -> AudioLDM2Pipeline:
         )
         _seeded(seed, 6)
         language_model = GPT2Model(
-            GPT2Config(n_embd=gpt_dim, n_layer=1, n_head=2, n_positions=64, vocab_size=16, bos_token_id=0,
-                       eos_token_id=0)
+            GPT2Config(
+                n_embd=gpt_dim, n_layer=1, n_head=2, n_positions=64, vocab_size=16, bos_token_id=0, eos_token_id=0
+            )
         )
         _seeded(seed, 7)
         projection_model = AudioLDM2ProjectionModel(
@@ -393,7 +428,7 @@ def tiny_audioldm2_pipeline(seed: int = 0) -> AudioLDM2Pipeline:
         scheduler=_ddim(),
         vocoder=vocoder,
     )
-    return _finish(pipe)
+    return _finish(pipe, repair)
 
 
 def real_size_audioldm_unet_config() -> dict[str, Any]:

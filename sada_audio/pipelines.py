@@ -1,0 +1,402 @@
+"""Loading audio diffusion pipelines: short names, device / dtype handling, scheduler choice, upstream fixes.
+
+``load_pipeline`` accepts a short name (``musicldm``, ``audioldm``, ``audioldm2``), a Hugging Face Hub id or a
+local directory written by ``save_pretrained``. It never hangs without network: a Hub id is first probed with a
+short timeout; when the Hub cannot be reached (or ``HF_HUB_OFFLINE=1``) only the local cache is used, and a
+model that is not there fails at once with a one-line :class:`~sada_audio.errors.ModelNotFoundError`.
+
+``repair_pipeline`` patches, on the instances only, what transformers 5 broke in diffusers' audio pipelines:
+
+* ``ClapModel.get_text_features`` / ``get_audio_features`` return an output object instead of the projected,
+  L2-normalised embedding tensor; ``MusicLDMPipeline`` calls ``.to()`` on it and crashes. The wrapped methods
+  return ``.pooler_output`` (which transformers 5 fills with exactly that tensor).
+* ``GPT2Model`` is no longer a ``GenerationMixin``, so ``AudioLDM2Pipeline.generate_language_model`` fails on
+  the missing ``_update_model_kwargs_for_generation``. The repair supplies that bookkeeping (carry the KV cache
+  forward, extend the attention mask by one position per generated state).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+)
+
+from sada_audio.errors import ConfigError, ModelNotFoundError
+
+__all__ = [
+    "MODEL_ALIASES",
+    "SCHEDULER_CHOICES",
+    "resolve_model_id",
+    "parse_dtype",
+    "parse_device",
+    "load_pipeline",
+    "repair_pipeline",
+    "set_scheduler",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_ALIASES: dict[str, str] = {
+    "musicldm": "ucsd-reach/musicldm",
+    "audioldm": "cvssp/audioldm-s-full-v2",
+    "audioldm2": "cvssp/audioldm2",
+}
+
+SCHEDULER_CHOICES: tuple[str, ...] = ("ddim", "euler", "edm", "dpm++")
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+# Seconds to wait for the Hub before falling back to the local cache.
+_HUB_PROBE_TIMEOUT_S = 10.0
+# Marks methods this module installed, so that repair_pipeline is idempotent.
+_REPAIRED = "__sada_repaired__"
+# Number of GPT-2 states AudioLDM 2 generates (the released checkpoints' ``max_new_tokens``).
+_AUDIOLDM2_MAX_NEW_TOKENS = 8
+
+
+def _one_line(text: object, limit: int = 200) -> str:
+    """Collapse an upstream error message to one short line."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def resolve_model_id(name: str) -> str:
+    """Map a short name to its Hub id; anything else (a Hub id or a local directory) is returned unchanged.
+
+    A local directory that holds a saved pipeline wins over an alias of the same name.
+    """
+    stripped = name.strip()
+    key = stripped.lower()
+    if key in MODEL_ALIASES and not (Path(stripped).expanduser() / "model_index.json").is_file():
+        return MODEL_ALIASES[key]
+    return stripped
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Turn ``"float32"``, ``"float16"`` or ``"bfloat16"`` (or fp32 / fp16 / bf16 / half) into a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in _DTYPES.values():
+            return dtype
+        raise ConfigError(f"unsupported dtype {dtype}; choose one of float32, float16, bfloat16")
+    key = str(dtype).strip().lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of float32, float16, bfloat16")
+    return _DTYPES[key]
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """Check that a device string names a device that exists here (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ConfigError(f"unknown device {device!r}; use e.g. cpu, cuda, cuda:0 or mps") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device {device!r} requested but MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"unsupported device {device!r}; use cpu, cuda[:N] or mps")
+    return dev
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name.strip().lower(), list(MODEL_ALIASES), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _looks_like_path(ref: str) -> bool:
+    """True for references that can only be file-system paths (Hub ids are ``name`` or ``org/name``)."""
+    return ref.startswith((".", "~", os.sep)) or os.path.isabs(ref) or "\\" in ref or ref.count("/") > 1
+
+
+def _hub_offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; read the environment again so that setting it
+    # later (tests, notebooks) is honoured too.
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return bool(constants.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
+
+
+def _probe_hub(repo_id: str) -> str:
+    """Ask the Hub about ``repo_id`` with a short timeout: ``"ok"``, ``"missing"``, ``"gated"`` or ``"unreachable"``."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=_HUB_PROBE_TIMEOUT_S)
+    except GatedRepoError:
+        return "gated"
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return "missing"
+    except Exception as err:  # any transport failure (DNS, refused, timeout, 5xx) counts as offline
+        logger.info("Hugging Face Hub unreachable (%s); using the local cache only", _one_line(err))
+        return "unreachable"
+    return "ok"
+
+
+def _from_pretrained(ref: str, dtype: torch.dtype, local_only: bool) -> DiffusionPipeline:
+    # use_safetensors=None: prefer .safetensors, fall back to .bin where a repository has no safetensors
+    # (diffusers then loads with weights_only). trust_remote_code stays off: only library classes load.
+    return DiffusionPipeline.from_pretrained(
+        ref,
+        dtype=dtype,  # diffusers 0.42 deprecates ``torch_dtype`` in favour of ``dtype``
+        local_files_only=local_only,
+        use_safetensors=None,
+        trust_remote_code=False,
+    )
+
+
+def _load_local(path: str, dtype: torch.dtype) -> DiffusionPipeline:
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise ModelNotFoundError(
+            f"model directory {path!r} does not exist; pass a saved pipeline directory, a Hub id or one of "
+            f"{', '.join(MODEL_ALIASES)}"
+        )
+    if not (directory / "model_index.json").is_file():
+        raise ModelNotFoundError(
+            f"{path!r} has no model_index.json, so it is not a diffusers pipeline directory "
+            "(save one with pipe.save_pretrained(dir))"
+        )
+    try:
+        return _from_pretrained(str(directory), dtype, local_only=True)
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(f"cannot load the pipeline in {path!r}: {_one_line(err)}") from err
+
+
+def _load_hub(name: str, repo_id: str, dtype: torch.dtype) -> DiffusionPipeline:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ModelNotFoundError(
+            f"{name!r} is neither a local directory nor a valid Hub id; use a saved pipeline directory, "
+            f"an id like org/name or one of {', '.join(MODEL_ALIASES)}"
+        ) from err
+
+    state = "unreachable" if _hub_offline() else _probe_hub(repo_id)
+    if state == "missing":
+        raise ModelNotFoundError(
+            f"model {repo_id!r} does not exist on the Hugging Face Hub{_did_you_mean(name) or ' (misspelt?)'}; "
+            f"short names: {', '.join(MODEL_ALIASES)}"
+        )
+    if state == "gated":
+        raise ModelNotFoundError(
+            f"model {repo_id!r} is gated: accept its terms on huggingface.co and log in with `hf auth login`"
+        )
+    local_only = state == "unreachable"
+    try:
+        return _from_pretrained(repo_id, dtype, local_only=local_only)
+    except (OSError, ValueError) as err:
+        if local_only:
+            why = "HF_HUB_OFFLINE is set" if _hub_offline() else "the Hub is unreachable"
+            raise ModelNotFoundError(
+                f"model {repo_id!r}{_did_you_mean(name)} is not in the local Hugging Face cache and {why}; "
+                f"download it once with network access (`hf download {repo_id}`) or pass a local pipeline "
+                "directory"
+            ) from err
+        raise ModelNotFoundError(f"cannot load model {repo_id!r}: {_one_line(err)}") from err
+
+
+def _own_aligned_memory(module: torch.nn.Module) -> int:
+    """Copy CPU tensors that sit at unaligned addresses into fresh (64-byte aligned) memory.
+
+    Weights memory-mapped from ``.safetensors`` files start at arbitrary offsets; CPU matmul kernels take
+    other code paths on unaligned data, so a loaded pipeline differed from the in-memory one it was saved
+    from by ~1 ulp (waveform differences ~3e-8). Re-homing them makes loading bit-reproducible.
+    """
+    moved = 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+            tensor.data = tensor.data.clone()
+            moved += 1
+    return moved
+
+
+def _move(pipe: DiffusionPipeline, device: torch.device, dtype: torch.dtype) -> None:
+    """Put every module on ``device``, check that it is in ``dtype`` and in eval mode."""
+    # The dtype was applied by from_pretrained, which keeps modules' float32 exceptions (e.g. T5's ``wo``
+    # in float16); a dtype here would cast those too (and diffusers warns about it). Beware: diffusers
+    # silently ignores ``pipe.to(torch_dtype=...)``, hence the check below.
+    pipe.to(device)
+    for name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        component.eval()
+        params = [p for p in component.parameters() if p.is_floating_point()]
+        if not params:
+            continue
+        # judge by the majority of parameters, because of the float32 exceptions above
+        wrong = sum(p.numel() for p in params if p.dtype != dtype)
+        if wrong * 2 > sum(p.numel() for p in params):
+            logger.warning("%s was loaded in %s; casting it to %s", name, params[0].dtype, dtype)
+            component.to(dtype)
+        if any(p.device.type != device.type for p in params):
+            component.to(device)
+        if device.type == "cpu":
+            _own_aligned_memory(component)
+
+
+def load_pipeline(
+    model: str, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32
+) -> DiffusionPipeline:
+    """Load a pipeline by short name, Hub id or local directory, on ``device`` in ``dtype``, repaired.
+
+    Raises:
+        ModelNotFoundError: the name cannot be resolved (missing directory, no ``model_index.json``,
+            unknown Hub id, or not cached while offline).
+        ConfigError: ``device`` or ``dtype`` is unknown or unavailable here.
+    """
+    torch_device = parse_device(device)
+    torch_dtype = parse_dtype(dtype)
+    if torch_device.type == "cpu" and torch_dtype != torch.float32:
+        logger.warning("%s on CPU works but is much slower than float32", torch_dtype)
+    ref = resolve_model_id(model)
+    if not ref:
+        raise ModelNotFoundError("empty model name; pass a short name, a Hub id or a local directory")
+    is_local = Path(ref).expanduser().exists() or _looks_like_path(ref)
+    logger.info("loading %s (%s) on %s as %s", model, ref, torch_device, torch_dtype)
+    pipe = _load_local(ref, torch_dtype) if is_local else _load_hub(model, ref, torch_dtype)
+    _move(pipe, torch_device, torch_dtype)
+    return repair_pipeline(pipe)
+
+
+def _embedding_tensor(result: Any) -> Any:
+    """The projected, normalised embedding from a CLAP ``get_*_features`` result of any transformers version."""
+    if isinstance(result, torch.Tensor):
+        return result
+    pooled = getattr(result, "pooler_output", None)
+    return pooled if isinstance(pooled, torch.Tensor) else result
+
+
+def _tensor_returning(method_name: str) -> Callable[..., Any]:
+    def method(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        # call the class's method, so that a deep copy of the module calls itself, not the original
+        return _embedding_tensor(getattr(type(self), method_name)(self, *args, **kwargs))
+
+    method.__name__ = method.__qualname__ = method_name
+    method.__doc__ = f"``{method_name}`` returning the embedding tensor (repaired by sada_audio)."
+    setattr(method, _REPAIRED, True)
+    return method
+
+
+def _repair_clap(module: torch.nn.Module) -> bool:
+    changed = False
+    for method_name in ("get_text_features", "get_audio_features"):
+        current = getattr(module, method_name, None)
+        if current is None or getattr(current, _REPAIRED, False):
+            continue
+        if not callable(getattr(type(module), method_name, None)):
+            continue  # an instance-only attribute we do not understand: leave it alone
+        setattr(module, method_name, types.MethodType(_tensor_returning(method_name), module))
+        changed = True
+    return changed
+
+
+def _update_kwargs_for_next_state(
+    self: torch.nn.Module, outputs: Any, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any
+) -> dict[str, Any]:
+    """Bookkeeping after one GPT-2 step in ``generate_language_model``: keep the cache, grow the mask."""
+    cache = getattr(outputs, "cache", None)
+    if cache is None:
+        cache = getattr(outputs, "past_key_values", None)
+    # The pipeline's own input preparation reads the cache under the old name ``past_key_values``;
+    # transformers 5.24 maps that keyword onto ``cache`` (deprecated until 5.40).
+    model_kwargs["past_key_values"] = cache
+    mask = model_kwargs.get("attention_mask")
+    if mask is not None:
+        model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+    return model_kwargs
+
+
+setattr(_update_kwargs_for_next_state, _REPAIRED, True)
+
+
+def _repair_language_model(module: torch.nn.Module) -> bool:
+    changed = False
+    if not hasattr(module, "_update_model_kwargs_for_generation"):
+        module._update_model_kwargs_for_generation = types.MethodType(_update_kwargs_for_next_state, module)
+        changed = True
+    config = getattr(module, "config", None)
+    if config is not None and getattr(config, "max_new_tokens", None) is None:
+        # the pipeline reads its default number of generated states from the model config
+        config.max_new_tokens = _AUDIOLDM2_MAX_NEW_TOKENS
+        changed = True
+    return changed
+
+
+def repair_pipeline(pipe: DiffusionPipeline) -> DiffusionPipeline:
+    """Patch, in place and idempotently, what current transformers broke in the audio pipelines.
+
+    Returns the same pipeline object. Only instances are touched, never library classes.
+    """
+    for name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        if hasattr(type(component), "get_text_features") and _repair_clap(component):
+            logger.debug("repaired CLAP feature methods of %s", name)
+        if name == "language_model" and _repair_language_model(component):
+            logger.debug("repaired generation bookkeeping of %s", name)
+    return pipe
+
+
+def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
+    """Replace ``pipe.scheduler`` by the named sampler, built from the current scheduler's config.
+
+    ``ddim``: DDIM. ``euler``: Euler. ``edm``: Euler on the EDM (Karras) sigma schedule -- the EDM-style
+    sampler for VP-trained models such as MusicLDM (diffusers' ``EDMEulerScheduler`` expects EDM-trained
+    models and is not offered). ``dpm++``: 2nd-order multistep DPM-Solver++.
+
+    The training schedule (betas), ``prediction_type`` and other explicitly configured values are kept;
+    values the current config only has as defaults (e.g. DDIM's "leading" ``timestep_spacing`` in the
+    released configs) become the new scheduler's own defaults, as diffusers' ``from_config`` does.
+
+    Raises:
+        ConfigError: ``name`` is not one of :data:`SCHEDULER_CHOICES` (the message lists them).
+    """
+    key = name.strip().lower()
+    config = pipe.scheduler.config
+    # The sigma-schedule flags are set explicitly for every choice, so that switching from "edm" back to
+    # "euler" (whose config then carries use_karras_sigmas=True) really gives plain Euler.
+    plain_sigmas = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
+    if key == "ddim":
+        scheduler = DDIMScheduler.from_config(config)
+    elif key == "euler":
+        scheduler = EulerDiscreteScheduler.from_config(config, **plain_sigmas)
+    elif key == "edm":
+        scheduler = EulerDiscreteScheduler.from_config(config, **{**plain_sigmas, "use_karras_sigmas": True})
+    elif key == "dpm++":
+        scheduler = DPMSolverMultistepScheduler.from_config(
+            config, **plain_sigmas, algorithm_type="dpmsolver++", solver_order=2
+        )
+    else:
+        raise ConfigError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_CHOICES)}")
+    pipe.scheduler = scheduler

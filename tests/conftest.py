@@ -1,0 +1,52 @@
+"""Shared pytest fixtures.
+
+The tiny pipelines are built once per session (about 0.1 s each, but many tests use them) and are SHARED:
+a test that changes one (scheduler, hooks, attributes) must undo it -- or use ``tiny_pipeline``, which
+restores the scheduler after each test.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+
+import pytest
+from diffusers import AudioLDM2Pipeline, AudioLDMPipeline, DiffusionPipeline, MusicLDMPipeline
+
+from sada_audio.testing import tiny_audioldm2_pipeline, tiny_audioldm_pipeline, tiny_musicldm_pipeline
+
+TINY_FAMILIES = ("musicldm", "audioldm", "audioldm2")
+
+
+def _build(builder: Callable[[], DiffusionPipeline]) -> DiffusionPipeline:
+    with warnings.catch_warnings():
+        # diffusers warns on every construction of its deprecated MusicLDM / AudioLDM pipelines
+        warnings.simplefilter("ignore", FutureWarning)
+        return builder()
+
+
+@pytest.fixture(scope="session")
+def tiny_musicldm() -> MusicLDMPipeline:
+    """Tiny random MusicLDM pipeline, repaired for transformers 5 (shared: restore what you change)."""
+    return _build(tiny_musicldm_pipeline)
+
+
+@pytest.fixture(scope="session")
+def tiny_audioldm() -> AudioLDMPipeline:
+    """Tiny random AudioLDM pipeline (shared: restore what you change)."""
+    return _build(tiny_audioldm_pipeline)
+
+
+@pytest.fixture(scope="session")
+def tiny_audioldm2() -> AudioLDM2Pipeline:
+    """Tiny random AudioLDM 2 pipeline, repaired for transformers 5 (shared: restore what you change)."""
+    return _build(tiny_audioldm2_pipeline)
+
+
+@pytest.fixture(params=TINY_FAMILIES)
+def tiny_pipeline(request: pytest.FixtureRequest) -> Iterator[DiffusionPipeline]:
+    """Each tiny pipeline in turn; its scheduler is put back after the test."""
+    pipe = request.getfixturevalue(f"tiny_{request.param}")
+    scheduler = pipe.scheduler
+    yield pipe
+    pipe.scheduler = scheduler

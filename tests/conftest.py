@@ -7,8 +7,11 @@ restores the scheduler after each test.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from diffusers import AudioLDM2Pipeline, AudioLDMPipeline, DiffusionPipeline, MusicLDMPipeline
@@ -50,3 +53,21 @@ def tiny_pipeline(request: pytest.FixtureRequest) -> Iterator[DiffusionPipeline]
     scheduler = pipe.scheduler
     yield pipe
     pipe.scheduler = scheduler
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty directory without write permission -- also for root, who ignores permission bits, through
+    an ``os.access`` that reports it unwritable."""
+    path = tmp_path / "read-only"
+    path.mkdir(mode=0o500)
+    access = os.access
+
+    def no_write_access(target: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        if mode & os.W_OK and Path(target) == path:
+            return False
+        return access(target, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", no_write_access)
+    yield path
+    path.chmod(0o700)

@@ -174,6 +174,8 @@ def _from_pretrained(ref: str, dtype: torch.dtype, local_only: bool) -> Diffusio
 
 def _load_local(path: str, dtype: torch.dtype) -> DiffusionPipeline:
     directory = Path(path).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise ModelNotFoundError(f"{path!r} is a file, not a pipeline directory (one with model_index.json)")
     if not directory.is_dir():
         raise ModelNotFoundError(
             f"model directory {path!r} does not exist; pass a saved pipeline directory, a Hub id or one of "

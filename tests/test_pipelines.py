@@ -361,6 +361,8 @@ def _one_line_not_found(model: str, *fragments: str) -> str:
 def test_missing_directory_is_not_found(tmp_path: Path) -> None:
     _one_line_not_found(str(tmp_path / "missing"), str(tmp_path / "missing"), "does not exist")
     _one_line_not_found("./no/such/model-dir", "./no/such/model-dir")
+    (tmp_path / "weights.bin").write_bytes(b"")
+    _one_line_not_found(str(tmp_path / "weights.bin"), "is a file")
 
 
 def test_directory_without_model_index_is_not_found(tmp_path: Path) -> None:

@@ -11,23 +11,21 @@ from sada_audio import (
     UnsupportedSchedulerError,
     apply_sada,
 )
-from sada_audio.pipelines import repair_pipeline, set_scheduler
-from sada_audio.testing import tiny_audioldm2_pipeline, tiny_audioldm_pipeline, tiny_musicldm_pipeline
+from sada_audio.pipelines import set_scheduler
 
-BUILDERS = {
-    "musicldm": tiny_musicldm_pipeline,
-    "audioldm": tiny_audioldm_pipeline,
-    "audioldm2": tiny_audioldm2_pipeline,
-}
-_PIPES: dict = {}
+FAMILIES = ("musicldm", "audioldm", "audioldm2")
 
 
-def pipeline(family: str):
-    if family not in _PIPES:
-        pipe = repair_pipeline(BUILDERS[family]())
+@pytest.fixture
+def pipelines(request):
+    """The shared tiny pipelines by family; their schedulers are put back after the test."""
+    pipes = {family: request.getfixturevalue(f"tiny_{family}") for family in FAMILIES}
+    schedulers = {family: pipe.scheduler for family, pipe in pipes.items()}
+    for pipe in pipes.values():
         pipe.set_progress_bar_config(disable=True)
-        _PIPES[family] = pipe
-    return _PIPES[family]
+    yield pipes
+    for family, pipe in pipes.items():
+        pipe.scheduler = schedulers[family]
 
 
 def generate(pipe, steps=50, seconds=2.56, seed=0, **kwargs):
@@ -43,9 +41,9 @@ def generate(pipe, steps=50, seconds=2.56, seed=0, **kwargs):
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "edm", "dpm++"])
-@pytest.mark.parametrize("family", list(BUILDERS))
-def test_sada_accelerates_and_remove_restores(family, scheduler):
-    pipe = pipeline(family)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sada_accelerates_and_remove_restores(pipelines, family, scheduler):
+    pipe = pipelines[family]
     set_scheduler(pipe, scheduler)
     baseline = generate(pipe)
     with apply_sada(pipe) as handle:
@@ -63,8 +61,8 @@ def test_sada_accelerates_and_remove_restores(family, scheduler):
     assert (generate(pipe) == baseline).all(), "remove() must restore bit-identical output"
 
 
-def test_token_pruning_on_odd_rectangular_latents_with_batch_and_guidance():
-    pipe = pipeline("musicldm")
+def test_token_pruning_on_odd_rectangular_latents_with_batch_and_guidance(pipelines):
+    pipe = pipelines["musicldm"]
     set_scheduler(pipe, "dpm++")
     config = SADAConfig.preset("musicldm", max_fix=64)
     # 1.0 s -> 100 mel frames -> latent 8 x 25 x 16 (odd time axis); two prompts x two waveforms.
@@ -84,8 +82,8 @@ def test_token_pruning_on_odd_rectangular_latents_with_batch_and_guidance():
     assert stats.pruned_steps and stats.pruned_fraction > 0.05
 
 
-def test_stepwise_and_tokenwise_switch_off_separately():
-    pipe = pipeline("audioldm")
+def test_stepwise_and_tokenwise_switch_off_separately(pipelines):
+    pipe = pipelines["audioldm"]
     set_scheduler(pipe, "ddim")
     with apply_sada(pipe, SADAConfig.preset("audioldm", tokenwise=False)) as handle:
         generate(pipe, steps=30)
@@ -97,25 +95,21 @@ def test_stepwise_and_tokenwise_switch_off_separately():
         assert handle.stats.pruned_steps
 
 
-def test_v_prediction_and_edm_scheduler():
-    pipe = pipeline("audioldm")
-    original = pipe.scheduler
-    try:
-        for scheduler in (
-            DDIMScheduler.from_config(original.config, prediction_type="v_prediction"),
-            EDMEulerScheduler(prediction_type="epsilon"),
-        ):
-            pipe.scheduler = scheduler
-            with apply_sada(pipe) as handle:
-                audio = generate(pipe, steps=30)
-                assert handle.stats.model_calls < 30
-            assert torch.isfinite(torch.from_numpy(audio)).all()
-    finally:
-        pipe.scheduler = original
+def test_v_prediction_and_edm_scheduler(pipelines):
+    pipe = pipelines["audioldm"]
+    for scheduler in (
+        DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction"),
+        EDMEulerScheduler(prediction_type="epsilon"),
+    ):
+        pipe.scheduler = scheduler
+        with apply_sada(pipe) as handle:
+            audio = generate(pipe, steps=30)
+            assert handle.stats.model_calls < 30
+        assert torch.isfinite(torch.from_numpy(audio)).all()
 
 
-def test_scheduler_swapped_after_apply_is_followed():
-    pipe = pipeline("musicldm")
+def test_scheduler_swapped_after_apply_is_followed(pipelines):
+    pipe = pipelines["musicldm"]
     set_scheduler(pipe, "ddim")
     with apply_sada(pipe) as handle:
         set_scheduler(pipe, "dpm++")
@@ -124,15 +118,13 @@ def test_scheduler_swapped_after_apply_is_followed():
     assert "step" not in vars(pipe.scheduler)
 
 
-def test_unsupported_inputs_get_clear_errors():
-    pipe = pipeline("musicldm")
+def test_unsupported_inputs_get_clear_errors(pipelines):
+    pipe = pipelines["musicldm"]
     original = pipe.scheduler
     pipe.scheduler = PNDMScheduler.from_config(original.config)
-    try:
-        with pytest.raises(UnsupportedSchedulerError, match="DDIMScheduler.*EulerDiscreteScheduler"):
-            apply_sada(pipe)
-    finally:
-        pipe.scheduler = original
+    with pytest.raises(UnsupportedSchedulerError, match="DDIMScheduler.*EulerDiscreteScheduler"):
+        apply_sada(pipe)
+    pipe.scheduler = original
     with pytest.raises(UnsupportedModelError, match="MusicLDMPipeline"):
         apply_sada(object())
     handle = apply_sada(pipe)
@@ -142,10 +134,10 @@ def test_unsupported_inputs_get_clear_errors():
     handle.remove()  # idempotent
 
 
-def test_non_finite_reconstruction_falls_back_in_a_pipeline(monkeypatch):
+def test_non_finite_reconstruction_falls_back_in_a_pipeline(pipelines, monkeypatch):
     from sada_audio.solvers import SolverAdapter
 
-    pipe = pipeline("audioldm")
+    pipe = pipelines["audioldm"]
     set_scheduler(pipe, "ddim")
     baseline = generate(pipe, steps=30)
     original = SolverAdapter.from_data_prediction

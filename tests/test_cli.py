@@ -16,10 +16,10 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner, Result
 from diffusers import DiffusionPipeline
-from sada_audio.cli import main as cli
 
 import sada_audio
 from sada_audio import SADAConfig
+from sada_audio.cli import main as cli
 from sada_audio.pipelines import SCHEDULER_CHOICES, load_pipeline, set_scheduler
 from sada_audio.testing import SAMPLE_RATE
 

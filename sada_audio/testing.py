@@ -52,6 +52,7 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -301,32 +302,36 @@ def _finish(pipe: Any, repair: bool) -> Any:
     return repair_pipeline(pipe) if repair else pipe
 
 
-def tiny_musicldm_pipeline(seed: int = 0, *, repair: bool = True) -> MusicLDMPipeline:
-    """A tiny random ``MusicLDMPipeline`` (ClapModel text encoder, self-attention UNet, HiFi-GAN).
-
-    Deterministic from ``seed``; the global torch RNG state is left as it was. ``repair=False`` returns it
-    as ``from_pretrained`` would, without :func:`~sada_audio.pipelines.repair_pipeline`.
-    """
+def _clap_conditioned_parts(seed: int, text_encoder_from_config: Callable[[ClapConfig], Any]) -> dict[str, Any]:
+    """The components MusicLDM and AudioLDM share; they differ only in the CLAP text encoder class."""
     tokenizer = _roberta_tokenizer()
     with torch.random.fork_rng(devices=[]):
         _seeded(seed, 1)
-        text_encoder = ClapModel(_clap_config(len(tokenizer)))
+        text_encoder = text_encoder_from_config(_clap_config(len(tokenizer)))
         _seeded(seed, 2)
         vae = _vae()
         _seeded(seed, 3)
         unet = _musicldm_unet()
         _seeded(seed, 4)
         vocoder = _vocoder()
-    pipe = MusicLDMPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        feature_extractor=_clap_feature_extractor(),
-        unet=unet,
-        scheduler=_ddim(),
-        vocoder=vocoder,
-    )
-    return _finish(pipe, repair)
+    return {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": _ddim(),
+        "vocoder": vocoder,
+    }
+
+
+def tiny_musicldm_pipeline(seed: int = 0, *, repair: bool = True) -> MusicLDMPipeline:
+    """A tiny random ``MusicLDMPipeline`` (ClapModel text encoder, self-attention UNet, HiFi-GAN).
+
+    Deterministic from ``seed``; the global torch RNG state is left as it was. ``repair=False`` returns it
+    as ``from_pretrained`` would, without :func:`~sada_audio.pipelines.repair_pipeline`.
+    """
+    parts = _clap_conditioned_parts(seed, ClapModel)
+    return _finish(MusicLDMPipeline(**parts, feature_extractor=_clap_feature_extractor()), repair)
 
 
 def tiny_audioldm_pipeline(seed: int = 0, *, repair: bool = True) -> AudioLDMPipeline:
@@ -335,26 +340,8 @@ def tiny_audioldm_pipeline(seed: int = 0, *, repair: bool = True) -> AudioLDMPip
     Deterministic from ``seed``; the global torch RNG state is left as it was. ``repair=False`` returns it
     as ``from_pretrained`` would, without :func:`~sada_audio.pipelines.repair_pipeline`.
     """
-    tokenizer = _roberta_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        _seeded(seed, 1)
-        text_config = _clap_config(len(tokenizer)).text_config
-        text_encoder = ClapTextModelWithProjection(text_config)
-        _seeded(seed, 2)
-        vae = _vae()
-        _seeded(seed, 3)
-        unet = _musicldm_unet()
-        _seeded(seed, 4)
-        vocoder = _vocoder()
-    pipe = AudioLDMPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=_ddim(),
-        vocoder=vocoder,
-    )
-    return _finish(pipe, repair)
+    parts = _clap_conditioned_parts(seed, lambda config: ClapTextModelWithProjection(config.text_config))
+    return _finish(AudioLDMPipeline(**parts), repair)
 
 
 def tiny_audioldm2_pipeline(seed: int = 0, *, repair: bool = True) -> AudioLDM2Pipeline:

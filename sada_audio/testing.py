@@ -233,16 +233,23 @@ def _vae() -> AutoencoderKL:
     )
 
 
+def _unet_geometry() -> dict[str, Any]:
+    """Latent and block layout shared by the tiny UNets of all three families."""
+    return {
+        "sample_size": _UNET_SAMPLE_SIZE,
+        "in_channels": LATENT_CHANNELS,
+        "out_channels": LATENT_CHANNELS,
+        "down_block_types": _UNET_DOWN,
+        "up_block_types": _UNET_UP,
+        "block_out_channels": _UNET_CHANNELS,
+        "layers_per_block": 1,
+        "norm_num_groups": _NORM_GROUPS,
+    }
+
+
 def _musicldm_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        sample_size=_UNET_SAMPLE_SIZE,
-        in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
-        down_block_types=_UNET_DOWN,
-        up_block_types=_UNET_UP,
-        block_out_channels=_UNET_CHANNELS,
-        layers_per_block=1,
-        norm_num_groups=_NORM_GROUPS,
+        **_unet_geometry(),
         # self-attention only: cross_attention_dim equals each block's width and the pipelines pass
         # encoder_hidden_states=None; the text enters through the class embedding instead
         cross_attention_dim=_UNET_CHANNELS,
@@ -360,14 +367,7 @@ def tiny_audioldm2_pipeline(seed: int = 0, *, repair: bool = True) -> AudioLDM2P
         vae = _vae()
         _seeded(seed, 3)
         unet = AudioLDM2UNet2DConditionModel(
-            sample_size=_UNET_SAMPLE_SIZE,
-            in_channels=LATENT_CHANNELS,
-            out_channels=LATENT_CHANNELS,
-            down_block_types=_UNET_DOWN,
-            up_block_types=_UNET_UP,
-            block_out_channels=_UNET_CHANNELS,
-            layers_per_block=1,
-            norm_num_groups=_NORM_GROUPS,
+            **_unet_geometry(),
             # per block: a self-attention (None), then cross-attention to the GPT-2 states (the
             # ``encoder_hidden_states``), then to the T5 states (``encoder_hidden_states_1``)
             cross_attention_dim=tuple((None, gpt_dim, t5_dim) for _ in _UNET_CHANNELS),

@@ -11,6 +11,10 @@ For each: the median time of a plain model call, of a call with SADA attached in
 and cache writes), of a pruned call at the preset (token selection included), measured in
 interleaved order after a warm-up; and the bookkeeping of one solver step (criterion, gradients,
 planning), which with the hooks' own cost must stay under 2% of a model call.
+
+Then whole tiny-pipeline calls of every family, baseline and SADA interleaved, and the end-to-end
+speedup the tiny run's decision schedule implies at real size (its full / pruned / skipped steps
+priced with the real-size costs).
 """
 
 from __future__ import annotations
@@ -24,12 +28,22 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
-from sada_audio import SADAConfig, SADAHandle, StepMode
+from sada_audio import SADAConfig, SADAHandle, StepMode, apply_sada
 from sada_audio.method.engine import SADAEngine
 from sada_audio.models import unet_token_blocks
 from sada_audio.solvers import solver_adapter_for
-from sada_audio.testing import real_size_audioldm_unet_config, tiny_musicldm_pipeline
+from sada_audio.testing import (
+    real_size_audioldm_unet_config,
+    tiny_audioldm2_pipeline,
+    tiny_audioldm_pipeline,
+    tiny_musicldm_pipeline,
+)
 
+TINY_BUILDERS = {
+    "musicldm": tiny_musicldm_pipeline,
+    "audioldm": tiny_audioldm_pipeline,
+    "audioldm2": tiny_audioldm2_pipeline,
+}
 
 def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
@@ -108,6 +122,48 @@ def _bookkeeping_per_step(scheduler, config: SADAConfig, shape: tuple[int, ...],
     return statistics.median(per_step)
 
 
+def end_to_end(repeats: int, steps: int = 50) -> dict[str, dict]:
+    """Whole tiny-pipeline calls, baseline and SADA (family preset) interleaved, same prompt and seed."""
+    results = {}
+    for family, builder in TINY_BUILDERS.items():
+        pipe = builder()
+        pipe.set_progress_bar_config(disable=True)
+
+        def run(pipe=pipe) -> object:
+            return pipe(
+                "a slow piano melody", num_inference_steps=steps, audio_length_in_s=2.56, guidance_scale=2.5,
+                generator=torch.Generator().manual_seed(0), output_type="np",
+            ).audios
+
+        run()
+        baseline, accelerated = [], []
+        for _ in range(repeats):
+            baseline.append(_timed(run))
+            with apply_sada(pipe) as handle:
+                accelerated.append(_timed(run))
+                stats = handle.stats
+        results[family] = {
+            "baseline_s": statistics.median(baseline),
+            "sada_s": statistics.median(accelerated),
+            "speedup": statistics.median(b / a for b, a in zip(baseline, accelerated, strict=True)),
+            "model_calls": stats.model_calls,
+            "num_steps": stats.num_steps,
+            "pruned_fraction": stats.pruned_fraction,
+            "step_modes": stats.step_modes,
+        }
+    return results
+
+
+def implied_speedup(step_modes: list[str], costs: dict) -> float:
+    """End-to-end speedup a decision schedule implies for a UNet with the measured per-mode costs."""
+    per_mode = {
+        "full": costs["sada_full_call_s"] + costs["step_bookkeeping_s"],
+        "pruned": costs["pruned_call_s"] + costs["step_bookkeeping_s"],
+        "skipped": costs["step_bookkeeping_s"],
+    }
+    return len(step_modes) * costs["plain_call_s"] / sum(per_mode[mode] for mode in step_modes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -117,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = SADAConfig.preset(args.preset)
-    unets = {"tiny": (tiny_musicldm_pipeline().unet, (64, 16))}
+    unets = {"tiny": (TINY_BUILDERS[args.preset]().unet, (64, 16))}
     if not args.no_real_size:
         torch.manual_seed(0)
         unets["real-size"] = (UNet2DConditionModel(**real_size_audioldm_unet_config()).eval(), (256, 16))
@@ -133,9 +189,22 @@ def main() -> None:
               f"| {r['sada_full_call_s'] * 1e3:.1f} ms | {r['pruned_call_s'] * 1e3:.1f} ms "
               f"| {r['pruned_speedup']:.2f}x | {r['tokens_computed_in_pruned_call']:.0%} "
               f"| {r['step_bookkeeping_s'] * 1e3:.2f} ms | {r['bookkeeping_share']:.2%} |")
+
+    pipelines = end_to_end(args.repeats)
+    print(f"\nTiny pipelines, 50 DDIM steps, guidance 2.5, 2.56 s, family preset, median of {args.repeats} "
+          "interleaved runs (random weights: speed only)")
+    print("| pipeline | baseline | SADA | speedup | NFE | pruned token share |")
+    print("|---|---|---|---|---|---|")
+    for family, r in pipelines.items():
+        print(f"| {family} | {r['baseline_s']:.3f} s | {r['sada_s']:.3f} s | {r['speedup']:.2f}x "
+              f"| {r['model_calls']}/{r['num_steps']} | {r['pruned_fraction']:.1%} |")
+    if "real-size" in results:
+        implied = implied_speedup(pipelines[args.preset]["step_modes"], results["real-size"])
+        print(f"\nThe {args.preset} schedule above, priced with the real-size per-step costs: "
+              f"{implied:.2f}x end to end")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"preset": config.to_dict(), "results": results}, handle, indent=2)
+            json.dump({"preset": config.to_dict(), "unets": results, "pipelines": pipelines}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -193,6 +193,7 @@ class SADAEngine:
         """Record step ``n`` (output fed to the solver, state before and after) and plan step ``n+1``."""
         solver, n = self._solver, self.step
         mode = self.mode()
+        self._reconstructed.pop(n, None)
         self.stats.step_modes.append(mode.value)
         if mode is StepMode.SKIPPED:
             self.stats.skipped_steps.append(n)
@@ -247,7 +248,7 @@ class SADAEngine:
     def _reconstruct_data_prediction(
         self, verdict: Stability, next_sample: torch.Tensor, a_next: float, t_next: float
     ) -> torch.Tensor:
-        """Data prediction of the skipped next step, in scaled coordinates ``x0 = z - t * y``."""
+        """Data prediction ``x0 = z - t * y`` of the skipped next step."""
         if self.bounds.in_lagrange_phase(self.step):
             return lagrange_data_prediction(list(self._anchor_times), list(self._anchors), t_next)
         z_next = next_sample.float() / a_next

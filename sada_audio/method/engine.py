@@ -23,7 +23,7 @@ from .tokens import kept_token_indices, level_grid
 logger = logging.getLogger(__name__)
 
 
-class StepMode(str, enum.Enum):
+class StepMode(enum.StrEnum):
     FULL = "full"
     """A real model call computing every token (refreshes the token caches)."""
     PRUNED = "pruned"

@@ -185,3 +185,16 @@ def test_state_resets_between_calls_and_remove_restores():
     handle.remove()
     assert "step" not in vars(scheduler) and "forward" not in vars(denoiser)
     assert torch.equal(run_sampler(denoiser, scheduler, NOISE, 30)[0], baseline)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 5, 8])
+def test_very_short_runs_work_and_stay_exact_where_nothing_can_be_skipped(steps):
+    scheduler = scheduler_zoo()["dpm++"]
+    denoiser = AnalyticDenoiser(MIXTURE, scheduler)
+    baseline, _ = run_sampler(denoiser, scheduler, NOISE, steps)
+    with SADAHandle(denoiser, scheduler, SADAConfig()) as handle:
+        out, _ = run_sampler(denoiser, scheduler, NOISE, steps)
+        assert handle.stats.num_steps == steps and len(handle.stats.step_modes) == steps
+    if steps <= 3:
+        assert torch.equal(out, baseline)
+    assert torch.isfinite(out).all()

@@ -1,0 +1,57 @@
+"""SADAConfig: validation, presets, serialisation, scaling of step indices."""
+
+import pytest
+
+from sada_audio import PRESETS, ConfigError, SADAConfig
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"acc_range": (2, 40)}, "acc_range start must be >= 3"),
+        ({"acc_range": (20, 20)}, "end > start"),
+        ({"max_interval": 0}, "max_interval must be >= 1"),
+        ({"lagrange_int": 1}, "lagrange_int must be >= 2"),
+        ({"lagrange_term": 1}, "lagrange_term must be >= 2"),
+        ({"sx": 0}, "sx and sy must be >= 1"),
+        ({"sy": -1}, "sx and sy must be >= 1"),
+        ({"max_downsample": -1}, "max_downsample must be >= 0"),
+        ({"max_fix": -5}, "max_fix must be >= 0"),
+        ({"reconstruction": "cache"}, "reconstruction must be one of extrapolate, reuse, predicted_state"),
+        ({"reference_steps": 2}, "reference_steps must be None or >= 4"),
+        ({"lagrange_step": 5}, "lagrange_step must be >= acc_range start"),
+    ],
+)
+def test_invalid_values_are_rejected_with_a_clear_message(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        SADAConfig(**changes)
+
+
+def test_presets_and_overrides():
+    assert {"musicldm", "audioldm", "audioldm2"} <= set(PRESETS)
+    preset = SADAConfig.preset("MusicLDM", max_fix=16)
+    assert preset.max_fix == 16 and preset.sy == PRESETS["musicldm"].sy
+    with pytest.raises(ConfigError, match="unknown SADA preset 'sd9'; choose one of: audioldm, audioldm2"):
+        SADAConfig.preset("sd9")
+    with pytest.raises(ConfigError, match="max_interval"):
+        SADAConfig.preset("audioldm", max_interval=0)
+
+
+def test_dict_round_trip_and_unknown_keys():
+    config = SADAConfig.preset("audioldm2", tokenwise=False, lagrange_step=None)
+    assert SADAConfig.from_dict(config.to_dict()) == config
+    assert config.to_dict()["acc_range"] == [10, 47]
+    with pytest.raises(ConfigError, match="unknown SADA config keys: speed"):
+        SADAConfig.from_dict({"speed": 2})
+
+
+def test_step_indices_scale_with_the_number_of_steps():
+    config = SADAConfig()
+    assert config.bounds(50) == config.bounds(50).__class__(50, 10, 47, 24)
+    short = config.bounds(25)
+    assert (short.acc_start, short.acc_end, short.lagrange_step) == (5, 24, 12)
+    tiny = config.bounds(8)
+    assert tiny.acc_start == 3 and tiny.acc_end == 8 and tiny.lagrange_step >= tiny.acc_start
+    absolute = SADAConfig(reference_steps=None).bounds(100)
+    assert (absolute.acc_start, absolute.acc_end, absolute.lagrange_step) == (10, 47, 24)
+    assert not SADAConfig(lagrange_step=None).bounds(50).in_lagrange_phase(40)

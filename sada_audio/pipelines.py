@@ -125,8 +125,9 @@ def parse_device(device: str | torch.device) -> torch.device:
 
 
 def _did_you_mean(name: str) -> str:
-    close = difflib.get_close_matches(name.strip().lower(), list(MODEL_ALIASES), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    key = name.strip().lower()
+    close = difflib.get_close_matches(key, list(MODEL_ALIASES), n=1)
+    return f" (did you mean {close[0]!r}?)" if close and close[0] != key else ""
 
 
 def _looks_like_path(ref: str) -> bool:

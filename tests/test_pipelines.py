@@ -481,3 +481,10 @@ def test_tiny_pipelines_are_fast(family: str) -> None:
     finally:
         torch.set_num_threads(threads)
     assert min(timings) < 3.0, timings
+
+
+def test_an_alias_that_is_not_cached_offline_gets_no_did_you_mean_hint(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as info:
+        load_pipeline("musicldm")
+    assert "ucsd-reach/musicldm" in str(info.value) and "did you mean" not in str(info.value)

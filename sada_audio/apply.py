@@ -13,6 +13,7 @@ Three attachments, all undone by :meth:`SADAHandle.remove`:
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,9 +39,11 @@ class _DenoiserHook(ModelHook):
         super().__init__()
         self.handle = handle
 
-    def new_forward(self, module: nn.Module, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         handle = self.handle
         engine = handle._sync_scheduler()
+        # The latent is the first argument, whether passed by position or by name.
+        sample = args[0] if args else kwargs[handle._input_name]
         replacement = engine.reconstructed_output()
         if replacement is not None:
             repeats, remainder = divmod(sample.shape[0], replacement.shape[0])
@@ -51,7 +54,7 @@ class _DenoiserHook(ModelHook):
                 return handle._wrap_output(output, kwargs.get("return_dict", True))
             engine.fall_back()
         engine.begin_model_call(handle._latent_grid(sample))
-        return self.fn_ref.original_forward(sample, *args, **kwargs)
+        return self.fn_ref.original_forward(*args, **kwargs)
 
 
 class _TokenBlockHook(ModelHook):
@@ -107,6 +110,7 @@ class SADAHandle:
         self._owner = scheduler_owner
         self._scheduler: Any = None
         self._wrap_output = wrap_output or (lambda sample, return_dict: sample)
+        self._input_name = next(iter(inspect.signature(denoiser.forward).parameters), "sample")
         self._latent_grid = latent_grid or (lambda sample: (int(sample.shape[-2]), int(sample.shape[-1])))
         self._hooked: list[nn.Module] = []
         self._created_registries: list[nn.Module] = []

@@ -148,3 +148,20 @@ def test_non_finite_reconstruction_falls_back_in_a_pipeline(pipelines, monkeypat
         audio = generate(pipe, steps=30)
         assert handle.stats.fallbacks > 0 and handle.stats.model_calls == 30
     assert (audio == baseline).all()
+
+
+def test_denoiser_called_with_keyword_latent(pipelines):
+    """Pipelines that pass the latent by name (``unet(sample=...)``) are served the same way."""
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    pipe = pipelines["audioldm"]
+    set_scheduler(pipe, "ddim")
+    unet, latent = pipe.unet, torch.randn(2, 8, 16, 16)
+    labels = torch.randn(2, unet.config.projection_class_embeddings_input_dim)
+    with apply_sada(pipe, SADAConfig.preset("audioldm", tokenwise=False)) as handle:
+        pipe.scheduler.set_timesteps(10)
+        by_name = unet(
+            sample=latent, timestep=pipe.scheduler.timesteps[0], encoder_hidden_states=None, class_labels=labels
+        )
+        assert isinstance(by_name, UNet2DConditionOutput) and handle.stats.model_calls == 1
+        assert handle.engine.latent_hw == (16, 16)

@@ -25,7 +25,7 @@ from torch import nn
 from .config import SADAConfig
 from .errors import SADAError
 from .method.engine import SADAEngine, SADAStats
-from .models import ModelAdapter, TokenBlock, model_adapter_for
+from .models import ModelAdapter, TokenBlock, model_adapter_for, spatial_grid
 from .solvers import check_scheduler, check_step_arguments, solver_adapter_for
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class SADAHandle:
         self._scheduler: Any = None
         self._wrap_output = wrap_output or (lambda sample, return_dict: sample)
         self._input_name = next(iter(inspect.signature(denoiser.forward).parameters), "sample")
-        self._latent_grid = latent_grid or (lambda sample: (int(sample.shape[-2]), int(sample.shape[-1])))
+        self._latent_grid = latent_grid or spatial_grid
         self._hooked: list[nn.Module] = []
         self._created_registries: list[nn.Module] = []
         self._register(denoiser, _DenoiserHook(self))

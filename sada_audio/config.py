@@ -106,7 +106,7 @@ class SADAConfig:
         key = name.lower().replace("_", "-")
         if key not in PRESETS:
             raise ConfigError(f"unknown SADA preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
-        return dataclasses.replace(PRESETS[key], **overrides)
+        return PRESETS[key].replace(**overrides)
 
     def replace(self, **changes: Any) -> SADAConfig:
         return dataclasses.replace(self, **changes)

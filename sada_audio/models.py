@@ -14,6 +14,11 @@ from torch import nn
 from .errors import UnsupportedModelError
 
 
+def spatial_grid(sample: torch.Tensor) -> tuple[int, int]:
+    """``(H, W)`` of a ``(batch, channels, H, W)`` latent: the token grid of UNet-style denoisers."""
+    return int(sample.shape[-2]), int(sample.shape[-1])
+
+
 @dataclass(frozen=True)
 class TokenBlock:
     """A transformer block whose input is ``(batch, tokens, channels)`` over a row-major grid."""
@@ -47,7 +52,7 @@ class ModelAdapter:
 
     def latent_grid(self, sample: torch.Tensor) -> tuple[int, int]:
         """Token grid ``(H, W)`` of the denoiser's input latent."""
-        return int(sample.shape[-2]), int(sample.shape[-1])
+        return spatial_grid(sample)
 
     def wrap_output(self, sample: torch.Tensor, return_dict: bool) -> Any:
         raise NotImplementedError

@@ -201,9 +201,11 @@ class SADAEngine:
             self.stats.pruned_steps.append(n)
 
         with torch.no_grad():
+            # One float32 copy of each state: fp16 / bf16 pipelines keep full-precision ODE bookkeeping.
+            state, next_state = sample.float(), next_sample.float()
             a_now, t_now = solver.ode_time(n)
-            gradient = solver.to_gradient(model_output.float(), sample.float(), n)
-            z_now = sample.float() / a_now
+            gradient = solver.to_gradient(model_output.float(), state, n)
+            z_now = state / a_now
             if mode is not StepMode.SKIPPED and self.bounds.in_lagrange_phase(n) and self._is_anchor(n):
                 self._anchor_times.append(t_now)
                 self._anchors.append(z_now - t_now * gradient)
@@ -215,17 +217,17 @@ class SADAEngine:
             verdict = None
             if len(self._history) == 3:
                 verdict = stability(
-                    next_sample.float() / a_next, z_now, list(self._history.gradients),
+                    next_state / a_next, z_now, list(self._history.gradients),
                     list(self._history.times), t_next,
                 )
                 # Token maps are tiny (H x W); selection runs on the CPU whatever the model's device.
                 self._token_momentum = verdict.token_momentum().cpu()
-            self._plan_next(verdict, next_sample, a_next, t_next)
+            self._plan_next(verdict, next_state, a_next, t_next)
 
     def _is_anchor(self, step: int) -> bool:
         return (step - self.bounds.lagrange_step) % self.config.lagrange_int == 0
 
-    def _plan_next(self, verdict: Stability | None, next_sample: torch.Tensor, a_next: float, t_next: float) -> None:
+    def _plan_next(self, verdict: Stability | None, next_state: torch.Tensor, a_next: float, t_next: float) -> None:
         config, step = self.config, self.step
         mode = StepMode.FULL
         if verdict is not None and self.bounds.accelerated(step):
@@ -238,20 +240,20 @@ class SADAEngine:
             if mode is StepMode.FULL and config.tokenwise and self._pruned_since_refresh < config.max_interval:
                 mode = StepMode.PRUNED
         if mode is StepMode.SKIPPED:
-            x0 = self._reconstruct_data_prediction(verdict, next_sample, a_next, t_next)
-            self._reconstructed[step] = self._solver.from_data_prediction(x0, next_sample.float(), step)
+            x0 = self._reconstruct_data_prediction(verdict, next_state, a_next, t_next)
+            self._reconstructed[step] = self._solver.from_data_prediction(x0, next_state, step)
         self._skip_streak = self._skip_streak + 1 if mode is StepMode.SKIPPED else 0
         if mode is not StepMode.SKIPPED:
             self._pruned_since_refresh = self._pruned_since_refresh + 1 if mode is StepMode.PRUNED else 0
         self._modes[step] = mode
 
     def _reconstruct_data_prediction(
-        self, verdict: Stability, next_sample: torch.Tensor, a_next: float, t_next: float
+        self, verdict: Stability, next_state: torch.Tensor, a_next: float, t_next: float
     ) -> torch.Tensor:
         """Data prediction ``x0 = z - t * y`` of the skipped next step."""
         if self.bounds.in_lagrange_phase(self.step):
             return lagrange_data_prediction(list(self._anchor_times), list(self._anchors), t_next)
-        z_next = next_sample.float() / a_next
+        z_next = next_state / a_next
         ys, times = list(self._history.gradients), list(self._history.times)
         reconstruction = self.config.reconstruction
         if reconstruction == "predicted_state":

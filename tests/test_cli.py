@@ -19,6 +19,7 @@ from diffusers import DiffusionPipeline
 
 import sada_audio
 from sada_audio import SADAConfig
+from sada_audio.cli import common as cli_common
 from sada_audio.cli import main as cli
 from sada_audio.pipelines import SCHEDULER_CHOICES, load_pipeline, set_scheduler
 from sada_audio.testing import SAMPLE_RATE
@@ -230,7 +231,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
     argv = ["generate", bad.prompt, "--model", model, "-o", str(tmp_path / "out.wav"), "--steps", STEPS, *extra]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     if bad.before_load:
-        monkeypatch.setattr(cli, "load_pipeline", _no_load)
+        monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
 
     result = CliRunner().invoke(cli.main, argv)
 
@@ -250,7 +251,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
 def test_unavailable_device_is_refused_before_loading(
     model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "load_pipeline", _no_load)
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
     result = _generate(model_dir, tmp_path / "out.wav", "--device", "cuda")
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: ")
@@ -258,7 +259,7 @@ def test_unavailable_device_is_refused_before_loading(
 
 
 def test_unwritable_output_dir(model_dir: Path, read_only_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "load_pipeline", _no_load)
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
     result = _generate(model_dir, read_only_dir / "out.wav")
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: ")

@@ -5,6 +5,7 @@ Three attachments, all undone by :meth:`SADAHandle.remove`:
   reconstructed output;
 - a ``ModelHook`` on every transformer block: on pruned steps it computes only the selected tokens
   and fills the others from the block's cached residual;
+- a ``ModelHook`` on every module that only feeds the denoiser (a ControlNet): skipped with it;
 - instance-level wrappers of the scheduler's ``set_timesteps`` (a new call starts: reset all state)
   and ``step`` (feed a skipped step's reconstruction to the unmodified solver, then let the engine
   read the step's ODE quantities).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 from .config import SADAConfig
 from .errors import SADAError
 from .method.engine import SADAEngine, SADAStats
-from .models import ModelAdapter, TokenBlock, model_adapter_for, spatial_grid
+from .models import DenoiserLayout, ModelAdapter, TokenBlock, model_adapter_for
 from .solvers import check_scheduler, check_step_arguments, solver_adapter_for
 
 logger = logging.getLogger(__name__)
@@ -44,17 +45,38 @@ class _DenoiserHook(ModelHook):
         engine = handle._sync_scheduler()
         # The latent is the first argument, whether passed by position or by name.
         sample = args[0] if args else kwargs[handle._input_name]
-        replacement = engine.reconstructed_output()
+        handle._grid = handle._layout.latent_grid(sample, kwargs)
+        replacement = handle._replacement()
         if replacement is not None:
             repeats, remainder = divmod(sample.shape[0], replacement.shape[0])
-            if torch.isfinite(replacement).all() and remainder == 0:
+            if remainder == 0:
                 # Every guidance branch gets the same output, so the pipeline's guidance
                 # arithmetic returns it unchanged; the scheduler wrapper uses it directly anyway.
                 output = replacement.to(sample.dtype).repeat(repeats, *([1] * (replacement.dim() - 1)))
-                return handle._wrap_output(output, kwargs.get("return_dict", True))
+                return handle._layout.wrap_output(output, kwargs.get("return_dict", True))
             engine.fall_back()
-        engine.begin_model_call(handle._latent_grid(sample))
+        engine.begin_model_call(handle._grid)
         return self.fn_ref.original_forward(*args, **kwargs)
+
+
+class _FeederHook(ModelHook):
+    """A module whose output only feeds the denoiser (a ControlNet): on a skipped step the denoiser's
+    output is rebuilt without reading it, so the module is not run and its last output stands in."""
+
+    def __init__(self, handle: SADAHandle, index: int) -> None:
+        super().__init__()
+        self.handle = handle
+        self.index = index
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        handle = self.handle
+        handle._sync_scheduler()
+        last = handle._feeder_outputs.get(self.index)
+        if last is not None and handle._replacement() is not None:
+            return last
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        handle._feeder_outputs[self.index] = output
+        return output
 
 
 class _TokenBlockHook(ModelHook):
@@ -62,26 +84,38 @@ class _TokenBlockHook(ModelHook):
         super().__init__()
         self.engine = engine
         self.level = block.level
+        self.layout = block.layout
         self.index = index
 
-    def new_forward(self, module: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        engine, forward = self.engine, self.fn_ref.original_forward
-        num_tokens = hidden_states.shape[1]
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        engine, forward, layout = self.engine, self.fn_ref.original_forward, self.layout
+        by_name = not args
+        hidden_states = kwargs["hidden_states"] if by_name else args[0]
+        rest = args[1:]
+        prefix = layout.prefix_tokens
+        tokens = hidden_states[:, prefix:]
+        num_tokens = tokens.shape[1]
         kept = engine.kept_tokens(self.level, num_tokens) if engine.running else None
         cache = engine.block_caches.get(self.index)
-        masked = kwargs.get("attention_mask") is not None or (args and args[0] is not None)
-        if kept is None or cache is None or cache.shape != hidden_states.shape or masked:
-            output = forward(hidden_states, *args, **kwargs)
+        if kept is None or cache is None or cache.shape != tokens.shape or not layout.prunable(rest, kwargs):
+            output = forward(*args, **kwargs)
             if engine.running and self.level <= engine.config.max_downsample:
-                engine.block_caches[self.index] = output - hidden_states
+                engine.block_caches[self.index] = layout.hidden_output(output)[:, prefix:] - tokens
             engine.count_tokens(num_tokens, num_tokens)
             return output
         kept = kept.to(hidden_states.device)
-        kept_states = hidden_states[:, kept]
+        kept_tokens = tokens[:, kept]
+        pruned = torch.cat([hidden_states[:, :prefix], kept_tokens], dim=1) if prefix else kept_tokens
+        kwargs = layout.pruned_kwargs(kwargs, kept)
+        output = forward(*rest, **kwargs, hidden_states=pruned) if by_name else forward(pruned, *rest, **kwargs)
+        computed = layout.hidden_output(output)
         # Skipped tokens keep their current input plus the block's last computed residual.
-        cache[:, kept] = forward(kept_states, *args, **kwargs) - kept_states
+        cache[:, kept] = computed[:, prefix:] - kept_tokens
         engine.count_tokens(int(kept.numel()), num_tokens)
-        return hidden_states + cache
+        merged = tokens + cache
+        if prefix:
+            merged = torch.cat([computed[:, :prefix], merged], dim=1)
+        return layout.with_hidden_output(output, merged)
 
 
 class SADAHandle:
@@ -97,8 +131,8 @@ class SADAHandle:
         scheduler: Any,
         config: SADAConfig,
         blocks: Sequence[TokenBlock] = (),
-        wrap_output: Callable[[torch.Tensor, bool], Any] | None = None,
-        latent_grid: Callable[[torch.Tensor], tuple[int, int]] | None = None,
+        layout: DenoiserLayout | None = None,
+        feeders: Sequence[nn.Module] = (),
         scheduler_owner: Any = None,
     ) -> None:
         if hasattr(denoiser, "_sada_handle"):
@@ -109,12 +143,15 @@ class SADAHandle:
         self._denoiser = denoiser
         self._owner = scheduler_owner
         self._scheduler: Any = None
-        self._wrap_output = wrap_output or (lambda sample, return_dict: sample)
+        self._layout = layout or DenoiserLayout()
         self._input_name = next(iter(inspect.signature(denoiser.forward).parameters), "sample")
-        self._latent_grid = latent_grid or spatial_grid
+        self._grid: tuple[int, int] | None = None
+        self._feeder_outputs: dict[int, Any] = {}
         self._hooked: list[nn.Module] = []
         self._created_registries: list[nn.Module] = []
         self._register(denoiser, _DenoiserHook(self))
+        for index, feeder in enumerate(feeders):
+            self._register(feeder, _FeederHook(self, index))
         if config.tokenwise:
             for index, block in enumerate(blocks):
                 self._register(block.module, _TokenBlockHook(self.engine, block, index))
@@ -163,21 +200,23 @@ class SADAHandle:
         @functools.wraps(set_timesteps)
         def set_timesteps_and_reset(*args: Any, **kwargs: Any) -> Any:
             result = set_timesteps(*args, **kwargs)
-            engine.start(solver_adapter_for(scheduler))
+            self._start(scheduler)
             return result
 
         @functools.wraps(step)
-        def step_with_sada(model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any,
-                           **kwargs: Any) -> Any:
+        def step_with_sada(
+            model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> Any:
             if not engine.running or engine.step >= engine.stats.num_steps:
                 return step(model_output, timestep, sample, *args, **kwargs)
             check_step_arguments(kwargs)
             replacement = engine.reconstructed_output()
             if replacement is not None:
-                model_output = replacement.to(model_output.dtype)
+                model_output = self._layout.from_grid(replacement).to(model_output.dtype)
             result = step(model_output, timestep, sample, *args, **kwargs)
             next_sample = result[0] if isinstance(result, tuple) else result.prev_sample
-            engine.after_step(model_output, sample, next_sample)
+            to_grid, grid = self._layout.to_grid, self._grid or self._layout.latent_grid(sample, {})
+            engine.after_step(to_grid(model_output, grid), to_grid(sample, grid), to_grid(next_sample, grid))
             return result
 
         scheduler.set_timesteps = set_timesteps_and_reset
@@ -194,10 +233,28 @@ class SADAHandle:
         if current is not self._scheduler:
             self._unwrap_scheduler()
             self._wrap_scheduler(current)
-            self.engine.start(solver_adapter_for(current))
+            self._start(current)
         elif not self.engine.running:
-            self.engine.start(solver_adapter_for(current))
+            self._start(current)
         return self.engine
+
+    def _start(self, scheduler: Any) -> None:
+        """A new sampling run: fresh engine state, no stand-in outputs from an earlier run."""
+        self.engine.start(solver_adapter_for(scheduler))
+        self._feeder_outputs.clear()
+
+    def _replacement(self) -> torch.Tensor | None:
+        """The current step's rebuilt denoiser output (in the denoiser's layout), or None if the model runs.
+
+        A non-finite reconstruction turns the planned skip into a real call.
+        """
+        replacement = self.engine.reconstructed_output()
+        if replacement is None:
+            return None
+        if not torch.isfinite(replacement).all():
+            self.engine.fall_back()
+            return None
+        return self._layout.from_grid(replacement)
 
 
 def apply_sada(pipe: Any, config: SADAConfig | None = None) -> SADAHandle:
@@ -215,8 +272,8 @@ def apply_sada(pipe: Any, config: SADAConfig | None = None) -> SADAHandle:
         pipe.scheduler,
         config,
         blocks=adapter.token_blocks(),
-        wrap_output=adapter.wrap_output,
-        latent_grid=adapter.latent_grid,
+        layout=adapter.layout,
+        feeders=adapter.feeder_modules(),
         scheduler_owner=pipe,
     )
     logger.info("SADA applied to %s (%s preset values)", type(pipe).__name__, adapter.family)

@@ -1,11 +1,20 @@
 """Model adapters: where a pipeline's denoiser is, which blocks carry tokens, how tokens are laid out.
 
-Adding a model family means adding one adapter here (plus a preset and a tiny-pipeline test).
+Adding a model family means adding one adapter here (plus a preset and a tiny-pipeline test); the
+method (``sada_audio.method``) never sees a diffusers class. An adapter says:
+
+- which pipeline classes it serves and the preset of each (``pipeline_classes``);
+- where the denoiser is (``denoiser_attribute``) and which other modules only feed it
+  (``feeder_modules``, e.g. a ControlNet, whose output is useless on a skipped step);
+- its :class:`DenoiserLayout`: the token grid of a denoiser call, how the solver's latent maps onto
+  it (the engine works on ``(batch, channels, H, W)``) and how the denoiser's output is wrapped;
+- the transformer blocks that carry grid tokens (``token_blocks``), each with a :class:`BlockLayout`
+  that says where its grid tokens sit in its call and output.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,20 +22,166 @@ from torch import nn
 
 from .errors import UnsupportedModelError
 
+Grid = tuple[int, int]
 
-def spatial_grid(sample: torch.Tensor) -> tuple[int, int]:
+
+def spatial_grid(sample: torch.Tensor) -> Grid:
     """``(H, W)`` of a ``(batch, channels, H, W)`` latent: the token grid of UNet-style denoisers."""
     return int(sample.shape[-2]), int(sample.shape[-1])
 
 
+class BlockLayout:
+    """Where a transformer block's call carries its grid tokens; this base fits ``BasicTransformerBlock``.
+
+    The block's input ``hidden_states`` (first positional or keyword argument) is ``(batch, tokens,
+    channels)``: ``prefix_tokens`` leading tokens that are not on the grid (always computed), then
+    the grid tokens, row-major. A pruned call gets the prefix plus the kept grid tokens, and the
+    rotary table (if the block takes one) is cut to the same rows.
+    """
+
+    prefix_tokens = 0
+    output_index: int | None = None
+    """The block returns its hidden states directly (None) or at this index of a tuple."""
+    rotary_argument: str | None = None
+    """Keyword argument holding a ``(cos, sin)`` rotary table over the attention sequence."""
+
+    def prunable(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Whether this call can run on a subset of tokens (an attention mask over all tokens cannot)."""
+        return kwargs.get("attention_mask") is None and not (args and args[0] is not None)
+
+    def rotary_offset(self, kwargs: dict[str, Any]) -> int:
+        """Rows of the rotary table that come before this block's own hidden states."""
+        return 0
+
+    def pruned_kwargs(self, kwargs: dict[str, Any], kept: torch.Tensor) -> dict[str, Any]:
+        """Keyword arguments of a call on the prefix plus the ``kept`` grid tokens: the rotary rows of
+        the leading tokens and of the kept tokens (their own positions)."""
+        table = kwargs.get(self.rotary_argument) if self.rotary_argument else None
+        if table is None:
+            return kwargs
+        offset = self.rotary_offset(kwargs) + self.prefix_tokens
+        rows = torch.cat([torch.arange(offset, device=kept.device), kept + offset])
+        selected = table[rows] if isinstance(table, torch.Tensor) else tuple(part[rows] for part in table)
+        return {**kwargs, self.rotary_argument: selected}
+
+    def hidden_output(self, output: Any) -> torch.Tensor:
+        return output if self.output_index is None else output[self.output_index]
+
+    def with_hidden_output(self, output: Any, hidden: torch.Tensor) -> Any:
+        if self.output_index is None:
+            return hidden
+        return (*output[: self.output_index], hidden, *output[self.output_index + 1 :])
+
+
+class FluxBlockLayout(BlockLayout):
+    """Flux double- and single-stream blocks: ``(encoder_hidden_states, hidden_states)`` out, image tokens
+    in ``hidden_states`` only, a rotary table over ``text + image`` tokens (text first)."""
+
+    output_index = 1
+    rotary_argument = "image_rotary_emb"
+
+    def prunable(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        # Pruning cuts the rotary rows, so the table must come by name (the pipelines' inference path).
+        return not args and "encoder_hidden_states" in kwargs
+
+    def rotary_offset(self, kwargs: dict[str, Any]) -> int:
+        return int(kwargs["encoder_hidden_states"].shape[1])
+
+
+class StableAudioBlockLayout(BlockLayout):
+    """``StableAudioDiTBlock``: the global conditioning token comes first, then the latent's time steps;
+    the rotary table covers both."""
+
+    prefix_tokens = 1
+    rotary_argument = "rotary_embedding"
+
+
+BASIC_BLOCK = BlockLayout()
+
+
 @dataclass(frozen=True)
 class TokenBlock:
-    """A transformer block whose input is ``(batch, tokens, channels)`` over a row-major grid."""
+    """A transformer block whose grid tokens SADA may prune."""
 
     name: str
     module: nn.Module
     level: int
     """Resolution level of its token grid: 0 is the latent grid, each level halves both axes."""
+    layout: BlockLayout = field(default=BASIC_BLOCK)
+
+
+class DenoiserLayout:
+    """How a denoiser's latent maps to the engine's token grid, and how its output is wrapped.
+
+    This base fits a plain ``(batch, channels, H, W)`` denoiser returning a tensor (custom loops).
+    """
+
+    def latent_grid(self, sample: torch.Tensor, kwargs: dict[str, Any]) -> Grid:
+        """Token grid ``(H, W)`` of a denoiser call with latent ``sample`` and keyword arguments ``kwargs``."""
+        return spatial_grid(sample)
+
+    def to_grid(self, latent: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """The solver's latent as a ``(batch, channels, H, W)`` view (the engine's layout)."""
+        return latent
+
+    def from_grid(self, latent: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_grid`."""
+        return latent
+
+    def wrap_output(self, sample: torch.Tensor, return_dict: bool) -> Any:
+        return sample
+
+
+class UNetLayout(DenoiserLayout):
+    def wrap_output(self, sample: torch.Tensor, return_dict: bool) -> Any:
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+        return UNet2DConditionOutput(sample=sample) if return_dict else (sample,)
+
+
+class TransformerLayout(DenoiserLayout):
+    def wrap_output(self, sample: torch.Tensor, return_dict: bool) -> Any:
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=sample) if return_dict else (sample,)
+
+
+class FluxLayout(TransformerLayout):
+    """2x2-packed latent tokens ``(batch, H/16 * W/16, 64)`` of the image, row-major.
+
+    The grid is read from the call's ``img_ids`` (row, column of every token), so any image size works.
+    """
+
+    def latent_grid(self, sample: torch.Tensor, kwargs: dict[str, Any]) -> Grid:
+        ids = kwargs.get("img_ids")
+        if ids is None:
+            raise UnsupportedModelError("SADA needs the Flux transformer's img_ids passed by name")
+        ids = ids[0] if ids.ndim == 3 else ids
+        height, width = (int(value) + 1 for value in ids[:, 1:3].amax(dim=0).tolist())
+        if height * width != sample.shape[1]:
+            raise UnsupportedModelError(
+                f"Flux img_ids describe a {height}x{width} grid but the latent has {sample.shape[1]} tokens"
+            )
+        return height, width
+
+    def to_grid(self, latent: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return latent.transpose(1, 2).unflatten(2, grid)
+
+    def from_grid(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent.flatten(2).transpose(1, 2)
+
+
+class SequenceLayout(TransformerLayout):
+    """A 1-D latent ``(batch, channels, time)``: one token per time step, the grid is ``(time, 1)``."""
+
+    def latent_grid(self, sample: torch.Tensor, kwargs: dict[str, Any]) -> Grid:
+        return int(sample.shape[-1]), 1
+
+    def to_grid(self, latent: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return latent.unsqueeze(-1)
+
+    def from_grid(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent.squeeze(-1)
 
 
 class ModelAdapter:
@@ -35,6 +190,9 @@ class ModelAdapter:
     pipeline_classes: dict[str, str] = {}
     """Pipeline class name -> preset name of the family."""
     denoiser_attribute = "unet"
+    feeder_attributes: tuple[str, ...] = ()
+    """Pipeline attributes holding modules whose outputs only feed the denoiser."""
+    layout: DenoiserLayout = UNetLayout()
 
     @classmethod
     def matches(cls, pipe: Any) -> bool:
@@ -47,39 +205,38 @@ class ModelAdapter:
     def denoiser(self) -> nn.Module:
         return getattr(self.pipe, self.denoiser_attribute)
 
+    def feeder_modules(self) -> list[nn.Module]:
+        return [module for name in self.feeder_attributes if (module := getattr(self.pipe, name, None)) is not None]
+
     def token_blocks(self) -> list[TokenBlock]:
         raise NotImplementedError
 
-    def latent_grid(self, sample: torch.Tensor) -> tuple[int, int]:
-        """Token grid ``(H, W)`` of the denoiser's input latent."""
-        return spatial_grid(sample)
 
-    def wrap_output(self, sample: torch.Tensor, return_dict: bool) -> Any:
-        raise NotImplementedError
-
-
-class AudioUNetAdapter(ModelAdapter):
-    """UNet2DConditionModel of MusicLDM / AudioLDM and the AudioLDM2 UNet.
+class UNetAdapter(ModelAdapter):
+    """``UNet2DConditionModel`` (and the AudioLDM2 UNet): audio LDMs, Stable Diffusion 2, SDXL, ControlNet.
 
     Their transformer blocks sit in ``down_blocks``, ``mid_block`` and ``up_blocks``; a down block
     at index i works at level i, the mid block at the lowest level, and up block i at level
-    ``len(up_blocks) - 1 - i`` (its attentions run before its upsampler). Spectrogram latents are
-    ``(batch, channels, time, frequency)``, flattened row-major into tokens by Transformer2DModel.
+    ``len(up_blocks) - 1 - i`` (its attentions run before its upsampler). Latents are
+    ``(batch, channels, H, W)`` (time x frequency for spectrograms), flattened row-major into tokens
+    by Transformer2DModel. A ControlNet needs nothing of its own: its residuals are UNet inputs, and
+    on a skipped step (whose UNet output is rebuilt) the ControlNet call is skipped too.
     """
 
     pipeline_classes = {
         "MusicLDMPipeline": "musicldm",
         "AudioLDMPipeline": "audioldm",
         "AudioLDM2Pipeline": "audioldm2",
+        "StableDiffusionPipeline": "sd2",
+        "StableDiffusionXLPipeline": "sdxl",
+        "StableDiffusionControlNetPipeline": "controlnet",
+        # its UNet is SDXL's, so it takes SDXL's token settings
+        "StableDiffusionXLControlNetPipeline": "sdxl",
     }
+    feeder_attributes = ("controlnet",)
 
     def token_blocks(self) -> list[TokenBlock]:
         return unet_token_blocks(self.denoiser())
-
-    def wrap_output(self, sample: torch.Tensor, return_dict: bool) -> Any:
-        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-
-        return UNet2DConditionOutput(sample=sample) if return_dict else (sample,)
 
 
 def unet_token_blocks(unet: nn.Module) -> list[TokenBlock]:
@@ -97,7 +254,40 @@ def unet_token_blocks(unet: nn.Module) -> list[TokenBlock]:
     ]
 
 
-MODEL_ADAPTERS: tuple[type[ModelAdapter], ...] = (AudioUNetAdapter,)
+class FluxAdapter(ModelAdapter):
+    """``FluxTransformer2DModel``: every double- and single-stream block works on the one token grid
+    of the packed latent (level 0)."""
+
+    pipeline_classes = {"FluxPipeline": "flux"}
+    denoiser_attribute = "transformer"
+    layout = FluxLayout()
+
+    def token_blocks(self) -> list[TokenBlock]:
+        transformer, layout = self.denoiser(), FluxBlockLayout()
+        return [
+            TokenBlock(f"{stage}.{i}", block, 0, layout)
+            for stage in ("transformer_blocks", "single_transformer_blocks")
+            for i, block in enumerate(getattr(transformer, stage))
+        ]
+
+
+class StableAudioAdapter(ModelAdapter):
+    """``StableAudioDiTModel`` on a ``(batch, channels, time)`` latent: ``sx`` is the window along time
+    and ``sy`` should be 1 (the grid is one token wide)."""
+
+    pipeline_classes = {"StableAudioPipeline": "stable-audio"}
+    denoiser_attribute = "transformer"
+    layout = SequenceLayout()
+
+    def token_blocks(self) -> list[TokenBlock]:
+        layout = StableAudioBlockLayout()
+        return [
+            TokenBlock(f"transformer_blocks.{i}", block, 0, layout)
+            for i, block in enumerate(self.denoiser().transformer_blocks)
+        ]
+
+
+MODEL_ADAPTERS: tuple[type[ModelAdapter], ...] = (UNetAdapter, FluxAdapter, StableAudioAdapter)
 
 
 def supported_pipelines() -> list[str]:

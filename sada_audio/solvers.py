@@ -6,9 +6,11 @@ system for all of them: the scaled state ``z = x / a`` moves in the solver time 
     dz/dt = y,        with the data prediction  x0 = z - t * y.
 
 For variance-preserving models (DDIM, DPM-Solver++) ``a = alpha``, ``t = sigma / alpha`` and ``y``
-is the noise prediction; for sigma-parameterised samplers (Euler, EDM) ``a = 1`` and ``t = sigma``;
-for flow matching ``a = 1``, ``t = sigma`` and ``y`` is the velocity. In these coordinates DDIM is
-exactly Euler's method, so the stability criterion and the reconstructions are solver-agnostic.
+is the noise prediction; for sigma-parameterised samplers (Euler, EDM, Stable Audio's cosine
+DPM-Solver) ``a = 1`` and ``t = sigma``; for flow matching (Flux) ``a = 1``, ``t = sigma`` and ``y``
+is the predicted velocity (``x = (1 - sigma) * x0 + sigma * noise``, velocity ``noise - x0``, so
+``x0 = x - sigma * v``). In these coordinates DDIM is exactly Euler's method, so the stability
+criterion and the reconstructions are solver-agnostic.
 
 Each adapter only says where state ``n`` sits (``a_n``, ``t_n``) and how the model's output maps to
 the data prediction at that step (``x0 = c_skip * x + c_out * output``); the conversions between
@@ -37,6 +39,20 @@ class SolverAdapter:
     @classmethod
     def matches(cls, scheduler: Any) -> bool:
         return type(scheduler).__name__ in cls.scheduler_classes
+
+    @classmethod
+    def check(cls, scheduler: Any) -> None:
+        """Raise :class:`UnsupportedSchedulerError` for configurations that are not an ODE SADA can drive."""
+        prediction_type = scheduler.config.prediction_type
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise UnsupportedSchedulerError(
+                f"prediction_type {prediction_type!r} is not supported; use epsilon, v_prediction or sample"
+            )
+        algorithm = getattr(scheduler.config, "algorithm_type", None)
+        if algorithm is not None and algorithm not in ("dpmsolver++", "dpmsolver"):
+            raise UnsupportedSchedulerError(
+                f"DPM-Solver algorithm_type {algorithm!r} is stochastic; use dpmsolver++ (the ODE solver)"
+            )
 
     def ode_time(self, n: int) -> tuple[float, float]:
         """``(a_n, t_n)`` of the state at step ``n``; ``n == num_steps`` is the final state."""
@@ -86,9 +102,7 @@ class DDIMAdapter(SolverAdapter):
             # The state after the last step sits where DDIM's final update puts it.
             last = int(scheduler.timesteps[-1])
             previous = last - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-            alpha_bar = float(
-                scheduler.alphas_cumprod[previous] if previous >= 0 else scheduler.final_alpha_cumprod
-            )
+            alpha_bar = float(scheduler.alphas_cumprod[previous] if previous >= 0 else scheduler.final_alpha_cumprod)
         return math.sqrt(alpha_bar), math.sqrt(max(1.0 - alpha_bar, 0.0))
 
     def ode_time(self, n: int) -> tuple[float, float]:
@@ -134,10 +148,26 @@ class EulerDiscreteAdapter(SolverAdapter):
         return 0.0, 1.0
 
 
-class EDMEulerAdapter(SolverAdapter):
-    """diffusers' EDMEulerScheduler; its own ``precondition_outputs`` gives c_skip and c_out."""
+class EDMAdapter(SolverAdapter):
+    """EDM-preconditioned samplers on ``sigma``; the scheduler's own ``precondition_outputs`` gives c_skip, c_out.
 
-    scheduler_classes = ("EDMEulerScheduler",)
+    ``EDMEulerScheduler``, ``EDMDPMSolverMultistepScheduler`` (its ``dpmsolver++`` ODE variant) and
+    ``CosineDPMSolverMultistepScheduler``, the scheduler Stable Audio Open ships. The latter is always
+    the SDE variant (sde-dpmsolver++ with a Brownian-tree noise sampler seeded from the generator);
+    SADA drives it anyway, because a skipped step never touches the noise: the unmodified scheduler
+    still draws its Brownian increment and only receives a reconstructed data prediction. The
+    criterion then reads states that carry the injected noise.
+    """
+
+    scheduler_classes = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "CosineDPMSolverMultistepScheduler")
+
+    @classmethod
+    def check(cls, scheduler: Any) -> None:
+        super().check(scheduler)
+        if scheduler.config.prediction_type == "sample":
+            raise UnsupportedSchedulerError(
+                f"{type(scheduler).__name__} supports epsilon or v_prediction, not 'sample'"
+            )
 
     def ode_time(self, n: int) -> tuple[float, float]:
         return 1.0, float(self.scheduler.sigmas[n])
@@ -150,11 +180,38 @@ class EDMEulerAdapter(SolverAdapter):
         return c_skip, c_out
 
 
+class FlowMatchEulerAdapter(SolverAdapter):
+    """Flow matching (Flux): ``x = (1 - sigma) x0 + sigma noise``, the model predicts ``v = noise - x0``.
+
+    The scheduler's Euler step ``x + (sigma_next - sigma) * v`` is Euler's method in ``t = sigma``
+    with ``a = 1``, so the ODE gradient is the velocity itself and ``x0 = x - sigma * v``.
+    """
+
+    scheduler_classes = ("FlowMatchEulerDiscreteScheduler",)
+
+    @classmethod
+    def check(cls, scheduler: Any) -> None:
+        if getattr(scheduler.config, "stochastic_sampling", False):
+            raise UnsupportedSchedulerError(
+                "FlowMatchEulerDiscreteScheduler with stochastic_sampling=True re-noises every step; "
+                "SADA needs the ODE sampler (stochastic_sampling=False)"
+            )
+        if getattr(scheduler.config, "invert_sigmas", False):
+            raise UnsupportedSchedulerError("FlowMatchEulerDiscreteScheduler with invert_sigmas=True is not supported")
+
+    def ode_time(self, n: int) -> tuple[float, float]:
+        return 1.0, float(self.scheduler.sigmas[n])
+
+    def preconditioning(self, n: int) -> tuple[float, float]:
+        return 1.0, -float(self.scheduler.sigmas[n])
+
+
 SOLVER_ADAPTERS: tuple[type[SolverAdapter], ...] = (
     DDIMAdapter,
     EulerDiscreteAdapter,
-    EDMEulerAdapter,
+    EDMAdapter,
     DPMSolverMultistepAdapter,
+    FlowMatchEulerAdapter,
 )
 
 
@@ -172,16 +229,7 @@ def _adapter_class(scheduler: Any) -> type[SolverAdapter]:
             f"SADA does not support {type(scheduler).__name__}; supported schedulers: "
             f"{', '.join(supported_schedulers())}"
         )
-    algorithm = getattr(scheduler.config, "algorithm_type", None)
-    if algorithm is not None and algorithm not in ("dpmsolver++", "dpmsolver"):
-        raise UnsupportedSchedulerError(
-            f"DPM-Solver algorithm_type {algorithm!r} is stochastic; use dpmsolver++ (the ODE solver)"
-        )
-    if scheduler.config.prediction_type not in ("epsilon", "v_prediction", "sample"):
-        raise UnsupportedSchedulerError(
-            f"prediction_type {scheduler.config.prediction_type!r} is not supported; "
-            "use epsilon, v_prediction or sample"
-        )
+    adapter_cls.check(scheduler)
     return adapter_cls
 
 
@@ -201,3 +249,5 @@ def check_step_arguments(kwargs: dict[str, Any]) -> None:
         raise UnsupportedSchedulerError("DDIM with eta > 0 is stochastic; SADA needs the ODE sampler (eta=0)")
     if float(kwargs.get("s_churn", 0.0) or 0.0) > 0.0:
         raise UnsupportedSchedulerError("stochastic Euler (s_churn > 0) is not an ODE solver; use s_churn=0")
+    if kwargs.get("per_token_timesteps") is not None:
+        raise UnsupportedSchedulerError("per-token timesteps are not supported by SADA; pass one timestep per step")

@@ -1,0 +1,131 @@
+"""The fidelity metrics against known values: ideal values for identical inputs, hand-computed values for
+known perturbations, symmetry where it should hold."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from sada_audio.evaluation.metrics import (
+    MEL_FLOOR,
+    METRICS,
+    N_MELS,
+    log_mel_l1,
+    log_mel_spectrogram,
+    multi_resolution_stft_distance,
+    si_sdr,
+    spectral_convergence,
+    spectrogram_psnr,
+    spectrogram_ssim,
+)
+
+SR = 16_000
+
+
+@pytest.fixture(scope="module")
+def noise() -> np.ndarray:
+    """One second of white noise at RMS 0.1: every mel bin and STFT bin is far above the floors."""
+    return (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def spectrogram() -> np.ndarray:
+    return np.random.default_rng(1).normal(-4.0, 2.0, size=(N_MELS, 120)).astype(np.float32)
+
+
+def test_log_mel_shape_and_floor() -> None:
+    spec = log_mel_spectrogram(np.zeros(SR, np.float32), SR)
+    assert spec.shape == (N_MELS, 101)  # a centred STFT with a 10 ms hop: 1 + 16000 // 160 frames
+    assert spec.dtype == np.float32
+    np.testing.assert_allclose(spec, math.log(MEL_FLOOR), rtol=1e-6)
+    # the window and hop are in seconds, so another rate gives the same frame count
+    assert log_mel_spectrogram(np.zeros(44_100, np.float32), 44_100).shape == (N_MELS, 101)
+
+
+def test_log_mel_l1_of_a_louder_copy_is_log_2(noise: np.ndarray) -> None:
+    reference, louder = log_mel_spectrogram(noise, SR), log_mel_spectrogram(2 * noise, SR)
+    assert log_mel_l1(reference, reference) == 0.0
+    assert log_mel_l1(reference, louder) == pytest.approx(math.log(2), rel=1e-5)
+    assert log_mel_l1(louder, reference) == log_mel_l1(reference, louder)
+
+
+def test_psnr_of_a_constant_offset(spectrogram: np.ndarray) -> None:
+    data_range = float(spectrogram.max() - spectrogram.min())
+    assert spectrogram_psnr(spectrogram, spectrogram) == math.inf
+    # MSE = 0.25**2, so PSNR = 10 log10(range**2 / 0.0625)
+    expected = 10 * math.log10(data_range**2 / 0.25**2)
+    assert spectrogram_psnr(spectrogram, spectrogram + 0.25) == pytest.approx(expected, rel=1e-6)
+
+
+def _ssim_by_hand(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
+    """The SSIM formula with an 11 x 11 Gaussian window (sigma 1.5), the image mirrored at its borders
+    (torch's "reflect" is scipy's "mirror"), averaged over the whole image."""
+    offsets = np.arange(11) - 5
+    g = np.exp(-(offsets**2) / (2 * 1.5**2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+
+    def local_mean(image: np.ndarray) -> np.ndarray:
+        return ndimage.correlate(image, window, mode="mirror")
+
+    mx, my = local_mean(x), local_mean(y)
+    vx, vy, cxy = local_mean(x * x) - mx**2, local_mean(y * y) - my**2, local_mean(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    ssim_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(ssim_map.mean())
+
+
+def test_ssim_matches_the_formula(spectrogram: np.ndarray) -> None:
+    assert spectrogram_ssim(spectrogram, spectrogram) == pytest.approx(1.0, abs=1e-9)
+    reference = spectrogram.astype(np.float64)
+    test = reference + np.random.default_rng(2).normal(0.0, 1.0, reference.shape)
+    expected = _ssim_by_hand(reference, test, float(reference.max() - reference.min()))
+    assert spectrogram_ssim(reference, test) == pytest.approx(expected, rel=1e-6)
+    assert 0 < expected < 0.9
+
+
+def test_constant_reference_has_no_range(spectrogram: np.ndarray) -> None:
+    flat = np.zeros_like(spectrogram)
+    with pytest.raises(ValueError, match="constant"):
+        spectrogram_psnr(flat, spectrogram)
+    with pytest.raises(ValueError, match="constant"):
+        spectrogram_ssim(flat, spectrogram)
+
+
+def test_mr_stft_of_identical_and_doubled_clips(noise: np.ndarray) -> None:
+    assert multi_resolution_stft_distance(noise, noise) == pytest.approx(0.0, abs=1e-6)
+    # every resolution: spectral convergence || |Y| - 2|Y| || / || |Y| || = 1, log-magnitude L1 = log 2
+    assert multi_resolution_stft_distance(noise, 2 * noise) == pytest.approx(1 + math.log(2), rel=1e-4)
+
+
+def test_spectral_convergence_known_values(noise: np.ndarray) -> None:
+    assert spectral_convergence(noise, noise) == pytest.approx(0.0, abs=1e-6)
+    assert spectral_convergence(noise, 2 * noise) == pytest.approx(1.0, rel=1e-5)
+    assert spectral_convergence(noise, 1.5 * noise) == pytest.approx(0.5, rel=1e-5)
+    assert spectral_convergence(noise, np.zeros_like(noise)) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_si_sdr_known_values(noise: np.ndarray) -> None:
+    reference = noise.astype(np.float64)
+    assert si_sdr(reference, 0.5 * reference) > 100  # scale-invariant: a scaled copy is perfect
+    assert si_sdr(reference, -3 * reference) > 100
+    # noise orthogonal to the reference at a tenth of its norm: exactly 20 dB
+    disturbance = np.random.default_rng(3).standard_normal(reference.shape)
+    disturbance -= disturbance @ reference / (reference @ reference) * reference
+    disturbance *= 0.1 * np.linalg.norm(reference) / np.linalg.norm(disturbance)
+    assert si_sdr(reference, reference + disturbance) == pytest.approx(20.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "metric", [log_mel_l1, spectrogram_psnr, spectrogram_ssim, multi_resolution_stft_distance, si_sdr]
+)
+def test_shape_mismatch_is_an_error(metric, noise: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="differ in shape"):
+        metric(noise[:8000], noise)
+
+
+def test_every_metric_has_a_direction_and_a_source() -> None:
+    assert {name for name, info in METRICS.items() if info.higher_is_better} == {"mel_psnr", "mel_ssim", "si_sdr"}
+    assert all(info.source for info in METRICS.values())

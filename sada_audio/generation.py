@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import AudioLDMPipeline, MusicLDMPipeline
 
 from sada_audio.apply import apply_sada
 from sada_audio.audio import pipeline_sample_rate
@@ -98,6 +99,50 @@ def _negative_prompts(clips: Sequence[ClipRequest]) -> str | list[str] | None:
     return [clip.negative_prompt or "" for clip in clips]
 
 
+class PromptEmbeddingCache:
+    """The text embeddings of the prompts a pipeline has already encoded, so that each is encoded once.
+
+    Only for pipelines whose encoding of a prompt cannot depend on the rest of its batch: MusicLDM and AudioLDM
+    encode each prompt alone into one CLAP vector (the tokenizer pads to a fixed length). Every text is encoded
+    in a batch of one, exactly as the pipeline encodes a single clip, so a clip conditioned from the cache gets
+    bit-identical embeddings whether it is rendered alone or in a batch (:meth:`supports` says which pipelines;
+    AudioLDM 2 pads to the longest prompt of its batch and is encoded by the pipeline itself).
+    """
+
+    def __init__(self, pipe: Any) -> None:
+        if not self.supports(pipe):
+            raise SADAError(f"{type(pipe).__name__} has no prompt embedding cache; it encodes its prompts itself")
+        self._pipe = pipe
+        self._embeddings: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def supports(pipe: Any) -> bool:
+        return isinstance(pipe, (MusicLDMPipeline, AudioLDMPipeline))
+
+    def __len__(self) -> int:
+        return len(self._embeddings)
+
+    def embedding(self, text: str) -> torch.Tensor:
+        """The embedding of ``text``, shape ``(1, dim)``, encoded on first use."""
+        if text not in self._embeddings:
+            device = getattr(self._pipe, "_execution_device", None) or self._pipe.device
+            with torch.no_grad():
+                # do_classifier_free_guidance=False: only the text's own embedding, no negative one
+                self._embeddings[text] = self._pipe._encode_prompt(text, device, 1, False)
+        return self._embeddings[text]
+
+    def pipeline_inputs(self, clips: Sequence[ClipRequest], guidance: float) -> dict[str, torch.Tensor | None]:
+        """``prompt_embeds`` and ``negative_prompt_embeds`` for one call; a missing negative prompt is the empty
+        text, as the pipelines encode it; no negative embeddings without guidance (scale <= 1), as they skip it."""
+        negative = None
+        if guidance > 1.0:
+            negative = torch.cat([self.embedding(clip.negative_prompt or "") for clip in clips])
+        return {
+            "prompt_embeds": torch.cat([self.embedding(clip.prompt) for clip in clips]),
+            "negative_prompt_embeds": negative,
+        }
+
+
 def generate_batch(
     pipe: Any,
     clips: Sequence[ClipRequest],
@@ -105,6 +150,7 @@ def generate_batch(
     *,
     accelerate: bool = True,
     sada_config: SADAConfig | None = None,
+    prompt_cache: PromptEmbeddingCache | None = None,
 ) -> GeneratedBatch:
     """Generate ``clips`` in one call of ``pipe`` (MusicLDM, AudioLDM or AudioLDM 2 pipelines).
 
@@ -114,6 +160,9 @@ def generate_batch(
         settings: steps, duration, guidance and waveforms per prompt, shared by all clips.
         accelerate: apply SADA for the duration of the call (removed again afterwards).
         sada_config: SADA's configuration; None picks the preset of the pipeline's family.
+        prompt_cache: take the text embeddings from this cache (made for ``pipe``) instead of letting the
+            pipeline encode the prompts. Ignored with several waveforms per prompt: MusicLDM ranks those by
+            the prompt's text.
 
     Raises:
         SADAError: no clips, several clips with several waveforms each, or the pipeline rejected the input
@@ -123,14 +172,17 @@ def generate_batch(
         raise SADAError("no clips to generate")
     device = getattr(pipe, "_execution_device", None) or pipe.device
     generator = _generators(clips, settings.num_waveforms, device)
-    prompts = clips[0].prompt if len(clips) == 1 else [clip.prompt for clip in clips]
+    if prompt_cache is not None and settings.num_waveforms == 1:
+        text_inputs: dict[str, Any] = prompt_cache.pipeline_inputs(clips, settings.guidance)
+    else:
+        prompts = clips[0].prompt if len(clips) == 1 else [clip.prompt for clip in clips]
+        text_inputs = {"prompt": prompts, "negative_prompt": _negative_prompts(clips)}
     handle = apply_sada(pipe, sada_config) if accelerate else None
     try:
         started = time.perf_counter()
         try:
             result = pipe(
-                prompt=prompts,
-                negative_prompt=_negative_prompts(clips),
+                **text_inputs,
                 num_inference_steps=settings.steps,
                 audio_length_in_s=settings.duration,
                 guidance_scale=settings.guidance,

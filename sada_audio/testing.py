@@ -62,10 +62,25 @@ from diffusers import (
     AudioLDM2UNet2DConditionModel,
     AudioLDMPipeline,
     AutoencoderKL,
+    AutoencoderOobleck,
+    ControlNetModel,
+    CosineDPMSolverMultistepScheduler,
     DDIMScheduler,
+    EDMDPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     MusicLDMPipeline,
+    StableAudioDiTModel,
+    StableAudioPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLControlNetPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from diffusers.pipelines.stable_audio import StableAudioProjectionModel
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     ClapAudioConfig,
@@ -74,6 +89,10 @@ from transformers import (
     ClapModel,
     ClapTextConfig,
     ClapTextModelWithProjection,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
     GPT2Config,
     GPT2Model,
     RobertaTokenizer,
@@ -84,6 +103,7 @@ from transformers import (
     T5Tokenizer,
 )
 
+from sada_audio.analytic import sd_betas_config
 from sada_audio.pipelines import repair_pipeline
 
 __all__ = [
@@ -95,6 +115,14 @@ __all__ = [
     "tiny_audioldm_pipeline",
     "tiny_audioldm2_pipeline",
     "real_size_audioldm_unet_config",
+    "IMAGE_SIZE",
+    "STABLE_AUDIO_FRAMES",
+    "tiny_sd2_pipeline",
+    "tiny_sdxl_pipeline",
+    "tiny_controlnet_pipeline",
+    "tiny_flux_pipeline",
+    "tiny_stable_audio_pipeline",
+    "stable_audio_open_scheduler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -172,6 +200,24 @@ def _t5_tokenizer() -> T5Tokenizer:
     vocab += [(piece, math.log(counts[piece] / total)) for piece in pieces]
     # extra_ids=0: the sentinel tokens are only used for T5's span-corruption pre-training
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=_TEXT_MAX_LENGTH)
+
+
+def _t5_encoder(vocab_size: int, width: int) -> T5EncoderModel:
+    """A one-layer T5 encoder with gated-GELU feed-forward (as FLAN-T5 and T5 v1.1)."""
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=vocab_size,
+            d_model=width,
+            d_kv=16,
+            d_ff=64,
+            num_layers=1,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
 
 
 def _clap_config(vocab_size: int) -> ClapConfig:
@@ -376,20 +422,7 @@ def tiny_audioldm2_pipeline(seed: int = 0, *, repair: bool = True) -> AudioLDM2P
         _seeded(seed, 4)
         vocoder = _vocoder()
         _seeded(seed, 5)
-        text_encoder_2 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(tokenizer_2),
-                d_model=t5_dim,
-                d_kv=16,
-                d_ff=64,
-                num_layers=1,
-                num_heads=2,
-                relative_attention_num_buckets=8,
-                feed_forward_proj="gated-gelu",  # as in FLAN-T5, which AudioLDM 2 uses
-                pad_token_id=0,
-                eos_token_id=1,
-            )
-        )
+        text_encoder_2 = _t5_encoder(len(tokenizer_2), t5_dim)
         _seeded(seed, 6)
         language_model = GPT2Model(
             GPT2Config(
@@ -439,3 +472,269 @@ def real_size_audioldm_unet_config() -> dict[str, Any]:
         "projection_class_embeddings_input_dim": 512,
         "class_embeddings_concat": True,
     }
+
+
+# -- image and transformer families (SD-2, SDXL, ControlNet, Flux, Stable Audio) --------------------------
+#
+# Same idea at tiny widths: the released pipeline classes, built from configs. The image VAEs downsample
+# x2 (two levels), so a 32 x 48 image has a 16 x 24 latent (rectangular on purpose); Flux packs it 2 x 2
+# into an 8 x 12 token grid. The Stable Audio DiT sees a 1-D latent of ``STABLE_AUDIO_FRAMES`` frames.
+
+IMAGE_SIZE = (32, 48)
+"""(height, width) of the tiny image pipelines' default output; divisible by 4 for Flux's packing."""
+STABLE_AUDIO_FRAMES = 37
+"""Latent frames of the tiny Stable Audio DiT (odd, not a multiple of the token window)."""
+
+_CLIP_WIDTH = 32
+_CLIP_MAX_LENGTH = 77
+_CLIP_SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
+
+
+def _clip_tokenizer() -> CLIPTokenizer:
+    """Character-level CLIP tokenizer: every byte-level symbol, alone and word-final (``</w>``), no merges.
+
+    Nothing is ever out of vocabulary, and no training is involved; ``<|startoftext|>`` = 0 and
+    ``<|endoftext|>`` = 1 (also the padding token, as in Stable Diffusion).
+    """
+    symbols = pre_tokenizers.ByteLevel.alphabet()
+    pieces = _CLIP_SPECIALS + sorted(symbols) + sorted(symbol + "</w>" for symbol in symbols)
+    return CLIPTokenizer(
+        vocab={piece: index for index, piece in enumerate(pieces)}, merges=[], model_max_length=_CLIP_MAX_LENGTH
+    )
+
+
+def _clip_config(vocab_size: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=_CLIP_WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=_CLIP_MAX_LENGTH,
+        projection_dim=_CLIP_WIDTH,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+
+
+def _image_vae(latent_channels: int, **extra: Any) -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=_NORM_GROUPS,
+        sample_size=IMAGE_SIZE[0],
+        scaling_factor=1.0,
+        **extra,
+    )
+
+
+def _image_unet(xl: bool) -> UNet2DConditionModel:
+    """SD-2-like (attention from the latent grid on, linear projections) or SDXL-like (no attention at
+    full resolution, two text encoders, ``text_time`` added conditioning)."""
+    common: dict[str, Any] = {
+        "sample_size": IMAGE_SIZE[0] // 2,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (16, 32, 32),
+        "layers_per_block": 1,
+        "norm_num_groups": _NORM_GROUPS,
+        "attention_head_dim": 2,
+        "use_linear_projection": True,
+    }
+    if not xl:
+        return UNet2DConditionModel(
+            **common,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=_CLIP_WIDTH,
+        )
+    time_embed_dim = 8
+    return UNet2DConditionModel(
+        **common,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        cross_attention_dim=2 * _CLIP_WIDTH,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        # six size / crop ids, plus the pooled projection of the second text encoder
+        projection_class_embeddings_input_dim=6 * time_embed_dim + _CLIP_WIDTH,
+    )
+
+
+def _controlnet(unet: UNet2DConditionModel) -> ControlNetModel:
+    # one stride-2 stage in the conditioning embedding: the control image goes to the x2 latent grid
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16), load_weights_from_unet=False)
+
+
+def _stable_diffusion_parts(seed: int, xl: bool, controlnet: bool) -> dict[str, Any]:
+    tokenizer = _clip_tokenizer()
+    parts: dict[str, Any] = {"tokenizer": tokenizer}
+    with torch.random.fork_rng(devices=[]):
+        _seeded(seed, 1)
+        parts["text_encoder"] = CLIPTextModel(_clip_config(len(tokenizer)))
+        _seeded(seed, 2)
+        parts["vae"] = _image_vae(4)
+        _seeded(seed, 3)
+        parts["unet"] = _image_unet(xl)
+        if xl:
+            _seeded(seed, 4)
+            parts["text_encoder_2"] = CLIPTextModelWithProjection(_clip_config(len(tokenizer)))
+            parts["tokenizer_2"] = tokenizer
+        if controlnet:
+            _seeded(seed, 5)
+            parts["controlnet"] = _controlnet(parts["unet"])
+    if xl:
+        # the released SDXL ships Euler (epsilon)
+        parts["scheduler"] = EulerDiscreteScheduler(
+            **sd_betas_config("epsilon"), timestep_spacing="leading", steps_offset=1
+        )
+        parts["add_watermarker"] = False
+    else:
+        # SD 2 (768-v) is a v-prediction model; DDIM with its released settings
+        parts["scheduler"] = DDIMScheduler(
+            **sd_betas_config("epsilon") | {"prediction_type": "v_prediction"},
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        )
+        parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return parts
+
+
+def tiny_sd2_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """A tiny random ``StableDiffusionPipeline`` shaped like SD 2 (v-prediction DDIM, CLIP text encoder)."""
+    return _finish(StableDiffusionPipeline(**_stable_diffusion_parts(seed, xl=False, controlnet=False)), repair=False)
+
+
+def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """A tiny random ``StableDiffusionXLPipeline`` (two CLIP encoders, Euler, no attention at full resolution)."""
+    return _finish(StableDiffusionXLPipeline(**_stable_diffusion_parts(seed, xl=True, controlnet=False)), repair=False)
+
+
+def tiny_controlnet_pipeline(seed: int = 0, *, xl: bool = False) -> Any:
+    """A tiny random ``StableDiffusionControlNetPipeline`` (``xl=True``: ``StableDiffusionXLControlNetPipeline``).
+
+    Call it with ``image=`` a control image of the output size, e.g. ``torch.rand(1, 3, *IMAGE_SIZE)``.
+    """
+    parts = _stable_diffusion_parts(seed, xl=xl, controlnet=True)
+    pipeline_class = StableDiffusionXLControlNetPipeline if xl else StableDiffusionControlNetPipeline
+    return _finish(pipeline_class(**parts), repair=False)
+
+
+def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
+    """A tiny random ``FluxPipeline``: one double- and one single-stream block, CLIP + T5 text encoders,
+    flow-matching Euler with FLUX.1-dev's dynamic shifting. Pass a short ``max_sequence_length`` (e.g. 16)."""
+    tokenizer, tokenizer_2 = _clip_tokenizer(), _t5_tokenizer()
+    t5_dim = 32
+    with torch.random.fork_rng(devices=[]):
+        _seeded(seed, 1)
+        text_encoder = CLIPTextModel(_clip_config(len(tokenizer)))
+        _seeded(seed, 2)
+        vae = _image_vae(4, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False)
+        _seeded(seed, 3)
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16,  # 4 latent channels x the 2 x 2 packing
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=t5_dim,
+            pooled_projection_dim=_CLIP_WIDTH,
+            guidance_embeds=True,
+            axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
+        )
+        _seeded(seed, 5)
+        text_encoder_2 = _t5_encoder(len(tokenizer_2), t5_dim)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    return _finish(pipe, repair=False)
+
+
+def tiny_stable_audio_pipeline(seed: int = 0) -> StableAudioPipeline:
+    """A tiny random ``StableAudioPipeline`` (T5 encoder, DiT over ``STABLE_AUDIO_FRAMES`` latent frames,
+    Oobleck VAE with hop 8) and the scheduler class the pipeline declares, ``EDMDPMSolverMultistepScheduler``
+    (the ODE solver, on Stable Audio Open's sigma range); :func:`stable_audio_open_scheduler` gives the
+    SDE scheduler the released model ships (needs ``torchsde``)."""
+    tokenizer = _t5_tokenizer()
+    t5_dim, conditioning_dim, latent_channels = 32, 32, 8
+    with torch.random.fork_rng(devices=[]):
+        _seeded(seed, 1)
+        text_encoder = _t5_encoder(len(tokenizer), t5_dim)
+        _seeded(seed, 2)
+        vae = AutoencoderOobleck(
+            encoder_hidden_size=8,
+            downsampling_ratios=[2, 4],
+            channel_multiples=[1, 2],
+            decoder_channels=8,
+            decoder_input_channels=latent_channels,
+            audio_channels=2,
+            sampling_rate=SAMPLE_RATE,
+        )
+        _seeded(seed, 3)
+        transformer = StableAudioDiTModel(
+            sample_size=STABLE_AUDIO_FRAMES,
+            in_channels=latent_channels,
+            out_channels=latent_channels,
+            num_layers=2,
+            attention_head_dim=8,  # the pipeline's rotary table covers half of it: must stay divisible by 4
+            num_attention_heads=2,
+            num_key_value_attention_heads=1,
+            cross_attention_dim=conditioning_dim,
+            time_proj_dim=16,
+            # the start and end seconds embeddings, concatenated
+            global_states_input_dim=2 * conditioning_dim,
+            cross_attention_input_dim=conditioning_dim,
+        )
+        _seeded(seed, 4)
+        projection_model = StableAudioProjectionModel(
+            text_encoder_dim=t5_dim, conditioning_dim=conditioning_dim, min_value=0, max_value=512
+        )
+    scheduler = EDMDPMSolverMultistepScheduler(
+        sigma_min=0.3, sigma_max=500, sigma_data=1.0, sigma_schedule="exponential", prediction_type="v_prediction"
+    )
+    pipe = StableAudioPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        projection_model=projection_model,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        scheduler=scheduler,
+    )
+    return _finish(pipe, repair=False)
+
+
+def stable_audio_open_scheduler() -> Any:
+    """``CosineDPMSolverMultistepScheduler`` with Stable Audio Open's released settings (needs ``torchsde``)."""
+    return CosineDPMSolverMultistepScheduler(
+        sigma_min=0.3,
+        sigma_max=500,
+        sigma_data=1.0,
+        sigma_schedule="exponential",
+        solver_order=2,
+        prediction_type="v_prediction",
+        rho=7.0,
+        final_sigmas_type="zero",
+    )

@@ -25,6 +25,8 @@ __all__ = [
     "MetricInfo",
     "MetricUnavailableError",
     "N_MELS",
+    "check_same_shape",
+    "reference_range",
     "log_mel_spectrogram",
     "log_mel_l1",
     "spectrogram_psnr",
@@ -47,6 +49,12 @@ _SC_FFT, _SC_HOP = 1024, 256
 
 class MetricUnavailableError(SADAError):
     """A metric cannot be computed here (weights not found, too few clips); the message says why in one line."""
+
+    @classmethod
+    def caused_by(cls, message: str, error: BaseException) -> MetricUnavailableError:
+        """``message: <the error in one line>``, for failures of other libraries (I/O, network, unpickling)."""
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return cls(f"{message}: {reason[:300]}")
 
 
 @dataclass(frozen=True)
@@ -93,12 +101,14 @@ def log_mel_spectrogram(waveform: np.ndarray, sample_rate: int, n_mels: int = N_
     return np.log(np.maximum(mel, MEL_FLOOR)).astype(np.float32)
 
 
-def _check_same_shape(reference: np.ndarray, test: np.ndarray) -> None:
+def check_same_shape(reference: np.ndarray, test: np.ndarray) -> None:
+    """Raise ValueError unless the two arrays have the same shape."""
     if reference.shape != test.shape:
         raise ValueError(f"reference and test differ in shape: {reference.shape} vs {test.shape}")
 
 
-def _reference_range(reference: np.ndarray) -> float:
+def reference_range(reference: np.ndarray) -> float:
+    """``max - min`` of a reference spectrogram; ValueError if it is constant (nothing to scale by)."""
     span = float(reference.max() - reference.min())
     if span <= 0:
         raise ValueError("the reference spectrogram is constant, so it has no range to scale by")
@@ -111,23 +121,23 @@ def _image(spectrogram: np.ndarray) -> torch.Tensor:
 
 def log_mel_l1(reference: np.ndarray, test: np.ndarray) -> float:
     """Mean absolute difference of two log-mel spectrograms (0 for identical ones; symmetric)."""
-    _check_same_shape(reference, test)
+    check_same_shape(reference, test)
     return float(np.mean(np.abs(np.asarray(reference, np.float64) - np.asarray(test, np.float64))))
 
 
 def spectrogram_psnr(reference: np.ndarray, test: np.ndarray) -> float:
     """PSNR in dB of ``test`` against ``reference`` log-mel spectrograms; the peak is the reference's range
     (max - min), so the value does not depend on the log floor. ``inf`` for identical spectrograms."""
-    _check_same_shape(reference, test)
-    value = peak_signal_noise_ratio(_image(test), _image(reference), data_range=_reference_range(reference))
+    check_same_shape(reference, test)
+    value = peak_signal_noise_ratio(_image(test), _image(reference), data_range=reference_range(reference))
     return float(value)
 
 
 def spectrogram_ssim(reference: np.ndarray, test: np.ndarray) -> float:
     """SSIM of two log-mel spectrograms (Gaussian window 11 x 11, sigma 1.5, K1 0.01, K2 0.03, borders
     reflect-padded, mean over the whole image); the dynamic range is the reference's. 1 for identical ones."""
-    _check_same_shape(reference, test)
-    value = structural_similarity_index_measure(_image(test), _image(reference), data_range=_reference_range(reference))
+    check_same_shape(reference, test)
+    value = structural_similarity_index_measure(_image(test), _image(reference), data_range=reference_range(reference))
     return float(value)
 
 
@@ -138,7 +148,7 @@ def _waveform_batch(waveform: np.ndarray) -> torch.Tensor:
 def multi_resolution_stft_distance(reference: np.ndarray, test: np.ndarray) -> float:
     """auraloss' multi-resolution STFT distance (FFT sizes 1024, 2048, 512): per resolution, the spectral
     convergence plus the mean absolute difference of the log magnitudes, averaged. 0 for identical clips."""
-    _check_same_shape(reference, test)
+    check_same_shape(reference, test)
     loss = auraloss.freq.MultiResolutionSTFTLoss()
     return float(loss(_waveform_batch(test), _waveform_batch(reference)))
 
@@ -146,7 +156,7 @@ def multi_resolution_stft_distance(reference: np.ndarray, test: np.ndarray) -> f
 def spectral_convergence(reference: np.ndarray, test: np.ndarray) -> float:
     """``||S_ref - S_test||_F / ||S_ref||_F`` of the STFT magnitudes (1024-point FFT, hop 256). 0 for identical
     clips, 1 for a silent test clip or one at twice the reference's level."""
-    _check_same_shape(reference, test)
+    check_same_shape(reference, test)
     loss = auraloss.freq.STFTLoss(fft_size=_SC_FFT, hop_size=_SC_HOP, win_length=_SC_FFT, w_sc=1.0, w_log_mag=0.0)
     return float(loss(_waveform_batch(test), _waveform_batch(reference)))
 
@@ -156,7 +166,7 @@ def si_sdr(reference: np.ndarray, test: np.ndarray) -> float:
 
     A scaled copy of the reference scores above 100 dB (torchmetrics' epsilon keeps it finite).
     """
-    _check_same_shape(reference, test)
+    check_same_shape(reference, test)
     ref = torch.from_numpy(np.asarray(reference, dtype=np.float64))
     est = torch.from_numpy(np.asarray(test, dtype=np.float64))
     return float(scale_invariant_signal_distortion_ratio(est, ref))

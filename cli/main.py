@@ -12,6 +12,7 @@ from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, 
 from sada_audio.pipelines import resolve_model_id
 
 from .common import Group, check_prompt, configure_logging, load_for_command, model_options, sampling_options
+from .render import render
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +97,6 @@ def generate(
         f"Wrote {', '.join(map(str, audio_paths))} ({seconds:.2f} s at {batch.sample_rate} Hz) and {sidecar}: "
         f"{steps} steps{calls} in {batch.wall_time_s:.1f} s."
     )
+
+
+main.add_command(render)

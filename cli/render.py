@@ -1,0 +1,162 @@
+"""``sada-audio render``: a manifest of clips into a folder, resumable, sharded under ``accelerate launch``."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from sada_audio.pipelines import resolve_model_id
+from sada_audio.render import (
+    FAILED,
+    FORMATS,
+    INVALID,
+    MISSING,
+    RENDERED,
+    SKIPPED,
+    RenderDefaults,
+    RenderJob,
+    RenderProgress,
+    RenderRun,
+    process_device,
+    process_state,
+    read_manifest,
+)
+
+from .common import load_for_command, model_options, sampling_options
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C (the atomic writes remove their temporary files) instead of killing at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _progress_text(progress: RenderProgress | None) -> str | None:
+    if progress is None:
+        return None
+    speedup = progress.mean_nfe_speedup
+    text = f"{progress.rendered} rendered" + (f", {progress.failed} failed" if progress.failed else "")
+    return text + ("" if speedup is None else f", mean speedup {speedup:.2f}x (NFE)")
+
+
+@click.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "-o",
+    "--output-dir",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    metavar="OUT_DIR",
+    help="Folder for the clips, their JSON sidecars and index.jsonl (created if missing).",
+)
+@model_options
+@sampling_options
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of rows without one.")
+@click.option("--negative-prompt", help="Negative prompt of rows without one.")
+@click.option(
+    "--format",
+    "audio_format",
+    type=click.Choice(FORMATS),
+    default="wav",
+    show_default=True,
+    help="Format of rows without one.",
+)
+@click.option(
+    "--batch-size",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Clips per pipeline call; only rows with equal steps, duration and guidance share a call.",
+)
+@click.option("--skip-invalid", is_flag=True, help="Render the valid rows of a manifest that has invalid ones.")
+def render(
+    manifest: Path,
+    out_dir: Path,
+    model: str,
+    scheduler: str | None,
+    accelerate: str,
+    device: str,
+    dtype: str,
+    steps: int,
+    duration: float | None,
+    guidance: float,
+    seed: int,
+    negative_prompt: str | None,
+    audio_format: str,
+    batch_size: int,
+    skip_invalid: bool,
+) -> None:
+    """Render every row of MANIFEST (JSONL or CSV) into OUT_DIR: NAME.wav (or .flac) and NAME.json per row,
+    and index.jsonl with each row's status.
+
+    \b
+    Rows: name, prompt, and optionally negative_prompt, seed, duration, steps, guidance, format (wav/flac);
+    the options give the values of the fields a row leaves out. A re-run skips the clips that are
+    complete for the same row and settings, so an interrupted run is resumed by running it again.
+    Exit status: 0 when every row rendered, 1 when some failed or were invalid, 2 for bad input.
+
+    \b
+    Several processes (GPUs or machines, OUT_DIR on shared storage) split the rows:
+      accelerate launch --num_processes 4 --no_python sada-audio render cues.jsonl -o out --device cuda
+    On CPUs use 'accelerate launch --multi_gpu --num_processes N' ('--cpu' starts a single process).
+    """
+    with _terminate_as_exit():
+        rows = read_manifest(
+            manifest,
+            RenderDefaults(seed, duration, steps, guidance, audio_format, negative_prompt),
+        )
+        rows.check(skip_invalid)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = process_state(device)
+        device = process_device(device, state)
+        run = RenderRun(model, resolve_model_id(model), scheduler, accelerate == "sada", device, dtype)
+        started = time.perf_counter()
+        with RenderJob(rows, out_dir, run, batch_size=batch_size, state=state) as job:
+            if job.plan.pending:
+                pipe, load_time = load_for_command(model, scheduler, device, dtype)
+                pipe.set_progress_bar_config(disable=True)
+                label = f"Rendering {job.plan.pending} clips" + (
+                    f" ({len(job.plan.done)} already done)" if job.plan.done else ""
+                )
+                with click.progressbar(
+                    length=job.plan.pending,
+                    label=label,
+                    item_show_func=_progress_text,
+                    file=click.get_text_stream("stderr"),
+                    hidden=not state.is_main_process,
+                ) as bar:
+                    job.render(pipe, load_time, on_clip=lambda progress: bar.update(1, progress))
+        summary = job.finish()
+    counts = summary.counts
+    if summary.index_path is not None:
+        minutes = (time.perf_counter() - started) / 60
+        rate = f", {counts.get(RENDERED, 0) / minutes:.1f} clips/min" if counts.get(RENDERED) else ""
+        others = ", ".join(
+            f"{counts[status]} {status}" for status in (SKIPPED, FAILED, INVALID, MISSING) if status in counts
+        )
+        click.echo(
+            f"Rendered {counts.get(RENDERED, 0)} clips into {out_dir}{rate}"
+            + (f" ({others})" if others else "")
+            + f"; index: {summary.index_path}"
+        )
+    if not summary.all_succeeded:
+        raise SystemExit(1)

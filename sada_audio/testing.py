@@ -52,7 +52,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -163,18 +163,18 @@ _ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 _T5_SPECIALS = ["<pad>", "</s>", "<unk>"]
 
 
-def _roberta_tokenizer() -> RobertaTokenizer:
-    """Byte-level BPE trained on the built-in corpus, with RoBERTa's special tokens at ids 0..4."""
+def _roberta_tokenizer(corpus: Iterable[str] = _CORPUS, vocab_size: int = 400) -> RobertaTokenizer:
+    """Byte-level BPE trained on ``corpus`` (the built-in one by default), RoBERTa's special tokens at ids 0..4."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=_ROBERTA_SPECIALS,
         # the full byte alphabet, so that no input text is ever out of vocabulary
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS, trainer)
+    tok.train_from_iterator(corpus, trainer)
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     return RobertaTokenizer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -141,7 +142,7 @@ def render(
                     length=job.plan.pending,
                     label=label,
                     item_show_func=_progress_text,
-                    file=click.get_text_stream("stderr"),
+                    file=sys.stderr,
                     hidden=not state.is_main_process,
                 ) as bar:
                     job.render(pipe, load_time, on_clip=lambda progress: bar.update(1, progress))

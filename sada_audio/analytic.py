@@ -6,9 +6,15 @@ coordinates of ``sada_audio.solvers`` (``z = x0 + t * noise``) the noisy margina
 shrinkages, and for a single component the probability-flow ODE has the exact solution
 ``z(t) = mean + (z(T) - mean) * sqrt((std^2 + t^2) / (std^2 + T^2))``.
 
+Flow matching (Flux, ``FlowMatchEulerDiscreteScheduler``) interpolates ``x_s = (1 - s) x0 + s noise``:
+that is the variance-preserving form with ``alpha = 1 - s`` and ``sigma = s``, so ``E[x0 | x_s]`` is the
+posterior mean at ``z = x_s / (1 - s)``, ``t = s / (1 - s)``, the velocity is ``(x_s - E[x0 | x_s]) / s``,
+and for a single component the flow from noise is ``x_s = (1 - s) mean + sqrt((1 - s)^2 std^2 + s^2) noise``.
+
 :class:`AnalyticDenoiser` answers each diffusers scheduler with the model output it expects
-(epsilon or v for variance-preserving models, EDM-preconditioned output for ``EDMEulerScheduler``),
-so tests and the ablation benchmark run the real, unmodified schedulers on exact model outputs.
+(epsilon or v for variance-preserving models, EDM-preconditioned output for the EDM-style schedulers,
+the velocity for flow matching), so tests and the ablation benchmark run the real, unmodified
+schedulers on exact model outputs.
 """
 
 from __future__ import annotations
@@ -42,6 +48,26 @@ class GaussianMixtureData:
         component_means = torch.stack([m + shrink * (z - m) for m in self.means])
         return (resp * component_means).sum(0)
 
+    def flow_posterior_mean(self, x: torch.Tensor, s: float) -> torch.Tensor:
+        """``E[x0 | x_s]`` for the flow-matching interpolation ``x_s = (1 - s) x0 + s noise``."""
+        if s >= 1.0 - 1e-9:
+            # pure noise: the prior mean
+            weights = self.weights or tuple(1.0 / len(self.means) for _ in self.means)
+            return torch.full_like(x, sum(w * m for w, m in zip(weights, self.means, strict=True)), dtype=torch.float64)
+        return self.posterior_mean(x.double() / (1.0 - s), s / (1.0 - s))
+
+    def exact_flow_solution(self, x_start: torch.Tensor, s_start: float, s_end: float) -> torch.Tensor:
+        """Exact flow-matching ODE solution from ``s_start`` to ``s_end``; single-component data only."""
+        if len(self.means) != 1:
+            raise ValueError("the closed-form ODE solution exists for single-Gaussian data")
+        mean, s2 = self.means[0], self.std**2
+
+        def scale(s: float) -> float:
+            return math.sqrt((1.0 - s) ** 2 * s2 + s**2)
+
+        noise = (x_start.double() - (1.0 - s_start) * mean) / scale(s_start)
+        return (1.0 - s_end) * mean + scale(s_end) * noise
+
     def exact_solution(self, z_start: torch.Tensor, t_start: float, t_end: float) -> torch.Tensor:
         """Exact ODE solution from ``t_start`` to ``t_end``; single-component data only."""
         if len(self.means) != 1:
@@ -64,9 +90,15 @@ class AnalyticDenoiser(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
         timestep = float(timestep)
-        prediction_type = self.scheduler.config.prediction_type
-        if type(self.scheduler).__name__ == "EDMEulerScheduler":
-            sigma = math.exp(4.0 * timestep)  # the scheduler feeds log(sigma) / 4 as the timestep
+        prediction_type = getattr(self.scheduler.config, "prediction_type", None)
+        if type(self.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler":
+            s = timestep / self.scheduler.config.num_train_timesteps
+            x0 = self.data.flow_posterior_mean(sample, s)
+            return ((sample.double() - x0) / s).to(sample.dtype)
+        if hasattr(self.scheduler, "precondition_outputs"):
+            # EDM-style schedulers: the input was scaled by c_in = 1 / sqrt(sigma^2 + sigma_data^2) in
+            # scale_model_input, which also fixed the step index that locates sigma.
+            sigma = float(self.scheduler.sigmas[self.scheduler.step_index])
             sigma_data = self.scheduler.config.sigma_data
             x = sample.double() * math.sqrt(sigma**2 + sigma_data**2)
             x0 = self.data.posterior_mean(x, sigma)
@@ -91,10 +123,12 @@ def run_sampler(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Plain diffusers sampling loop; returns the final sample and every intermediate state."""
     scheduler.set_timesteps(num_steps)
-    x = noise * scheduler.init_noise_sigma
+    x = noise * getattr(scheduler, "init_noise_sigma", 1.0)
     states = [x]
+    # flow-matching schedulers take the state as it is (no scale_model_input)
+    scale = getattr(scheduler, "scale_model_input", lambda sample, timestep: sample)
     for timestep in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(x, timestep)
+        model_input = scale(x, timestep)
         x = scheduler.step(denoiser(model_input, timestep), timestep, x).prev_sample
         states.append(x)
     return x, states
@@ -116,12 +150,14 @@ def sd_betas_config(prediction_type: str = "epsilon") -> dict:
 
 
 def scheduler_zoo(prediction_type: str = "epsilon") -> dict[str, object]:
-    """One instance of every supported scheduler on the same betas."""
+    """One instance of every supported ODE scheduler (the variance-preserving ones on the same betas)."""
     from diffusers import (
         DDIMScheduler,
         DPMSolverMultistepScheduler,
+        EDMDPMSolverMultistepScheduler,
         EDMEulerScheduler,
         EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
     )
 
     config = sd_betas_config(prediction_type)
@@ -131,6 +167,9 @@ def scheduler_zoo(prediction_type: str = "epsilon") -> dict[str, object]:
         "euler-karras": EulerDiscreteScheduler(**config, use_karras_sigmas=True),
         "edm": EDMEulerScheduler(prediction_type=prediction_type),
         "dpm++": DPMSolverMultistepScheduler(**config, algorithm_type="dpmsolver++", solver_order=2),
+        "edm-dpm++": EDMDPMSolverMultistepScheduler(prediction_type=prediction_type),
+        # flow matching has no prediction type: the model always predicts the velocity (SD3 / Flux shift)
+        "flow": FlowMatchEulerDiscreteScheduler(shift=3.0),
     }
 
 

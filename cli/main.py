@@ -12,6 +12,7 @@ from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, 
 from sada_audio.pipelines import resolve_model_id
 
 from .common import Group, check_prompt, configure_logging, load_for_command, model_options, sampling_options
+from .evaluate import evaluate
 from .render import render
 
 logger = logging.getLogger(__name__)
@@ -100,3 +101,4 @@ def generate(
 
 
 main.add_command(render)
+main.add_command(evaluate)

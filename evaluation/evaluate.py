@@ -1,0 +1,427 @@
+"""Evaluate a folder of test clips against a folder of reference clips (same prompts, same seeds).
+
+Files are paired by name (``a.wav`` with ``a.flac`` too), each with its JSON sidecar when there is one.
+A file that cannot be used -- unmatched, unreadable, empty, silent, too short, or whose metrics fail -- is
+listed under ``problems`` and the run goes on. A test clip at another sample rate than its reference is
+resampled to the reference's rate (``librosa.resample``), and the pair says so in its ``notes``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import librosa
+import numpy as np
+import soundfile as sf
+
+from sada_audio.errors import SADAError
+
+from .embeddings import AudioEmbedding, clap_scores, frechet_distance, load_clap_embedding
+from .lpips import LPIPS, SCALING_CONVENTION, load_lpips, spectrogram_lpips
+from .metrics import (
+    METRICS,
+    MetricUnavailableError,
+    log_mel_l1,
+    log_mel_spectrogram,
+    multi_resolution_stft_distance,
+    si_sdr,
+    spectral_convergence,
+    spectrogram_psnr,
+    spectrogram_ssim,
+)
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "MIN_DURATION_S",
+    "Progress",
+    "Clip",
+    "UnusableClipError",
+    "read_clip",
+    "pair_files",
+    "pair_metrics",
+    "evaluate_directories",
+]
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+#: Shorter clips are reported, not evaluated: AlexNet's pooling needs 31 spectrogram frames (0.31 s).
+MIN_DURATION_S = 0.5
+#: A clip whose peak is below one 16-bit step is silent.
+SILENCE_PEAK = 1 / 32768
+_RESAMPLER = "soxr_hq"
+
+_Item = TypeVar("_Item")
+#: Wraps the items of a long loop, e.g. in a progress bar: ``progress(items, label)`` is a context manager
+#: that yields the items.
+Progress = Callable[[Sequence[_Item], str], AbstractContextManager[Iterable[_Item]]]
+
+
+def no_progress(items: Sequence[_Item], label: str) -> AbstractContextManager[Iterable[_Item]]:
+    return contextlib.nullcontext(items)
+
+
+class UnusableClipError(Exception):
+    """A clip that cannot be evaluated; the message is the reason shown in the report."""
+
+
+@dataclass
+class Clip:
+    """A readable, non-silent mono clip and its sidecar (None without one)."""
+
+    path: Path
+    waveform: np.ndarray
+    sample_rate: int
+    sidecar: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_sidecar(path: Path, notes: list[str]) -> dict[str, Any] | None:
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        notes.append(f"sidecar {sidecar.name} ignored: {' '.join(str(error).split())}")
+        return None
+    if not isinstance(data, dict):
+        notes.append(f"sidecar {sidecar.name} ignored: not a JSON object")
+        return None
+    return data
+
+
+def read_clip(path: Path) -> Clip:
+    """Read an audio file as a mono float32 clip (channels averaged), with its JSON sidecar.
+
+    Raises:
+        UnusableClipError: unreadable, empty, not finite, silent, or shorter than :data:`MIN_DURATION_S`.
+    """
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as error:  # libsndfile reports every format problem with its own exception types
+        raise UnusableClipError(f"unreadable: {' '.join(str(error).split())}") from error
+    notes: list[str] = []
+    if data.size == 0:
+        raise UnusableClipError("empty: no samples")
+    if not np.isfinite(data).all():
+        raise UnusableClipError("contains NaN or infinite samples")
+    if data.shape[1] > 1:
+        notes.append(f"{path.name}: mixed down from {data.shape[1]} channels")
+    waveform = data.mean(axis=1)
+    if float(np.abs(waveform).max()) < SILENCE_PEAK:
+        raise UnusableClipError("silent: the peak is below one 16-bit step")
+    if len(waveform) < MIN_DURATION_S * rate:
+        raise UnusableClipError(f"too short: {len(waveform) / rate:.3f} s (the metrics need {MIN_DURATION_S} s)")
+    return Clip(path, waveform, int(rate), _read_sidecar(path, notes), notes)
+
+
+def _read_or_report(path: Path, problems: list[dict[str, str]]) -> Clip | None:
+    try:
+        return read_clip(path)
+    except UnusableClipError as error:
+        problems.append({"file": str(path), "reason": str(error)})
+        return None
+
+
+def _audio_files(directory: Path, role: str) -> list[Path]:
+    if not directory.is_dir():
+        raise SADAError(f"{role} directory '{directory}' does not exist or is not a directory")
+    # hidden files include the temporary files of atomic writes in progress
+    files = sorted(
+        p for p in directory.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
+    )
+    files = [p for p in files if p.is_file()]
+    if not files:
+        raise SADAError(
+            f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in the {role} directory '{directory}'; "
+            "pass the folders that hold the clips"
+        )
+    return files
+
+
+def _by_name(files: list[Path], problems: list[dict[str, str]]) -> dict[str, Path]:
+    counts = Counter(p.stem for p in files)
+    for path in files:
+        if counts[path.stem] > 1:
+            problems.append({"file": str(path), "reason": f"ambiguous: several audio files are named {path.stem}"})
+    return {p.stem: p for p in files if counts[p.stem] == 1}
+
+
+def pair_files(reference_dir: Path, test_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[dict[str, str]]]:
+    """Pair the audio files of two folders by name (the file name without its extension).
+
+    Returns:
+        ``(name, reference, test)`` triples sorted by name, and the problems: unmatched or ambiguous files.
+
+    Raises:
+        SADAError: a folder is missing or holds no audio files.
+    """
+    problems: list[dict[str, str]] = []
+    references = _by_name(_audio_files(reference_dir, "reference"), problems)
+    tests = _by_name(_audio_files(test_dir, "test"), problems)
+    for name in sorted(references.keys() - tests.keys()):
+        problems.append({"file": str(references[name]), "reason": "unmatched: no test clip of this name"})
+    for name in sorted(tests.keys() - references.keys()):
+        problems.append({"file": str(tests[name]), "reason": "unmatched: no reference clip of this name"})
+    return [(name, references[name], tests[name]) for name in sorted(references.keys() & tests.keys())], problems
+
+
+def align(reference: Clip, test: Clip) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The two waveforms at the reference's rate and of equal length, and notes saying what was changed."""
+    notes = reference.notes + test.notes
+    waveform = test.waveform
+    if test.sample_rate != reference.sample_rate:
+        waveform = librosa.resample(
+            waveform, orig_sr=test.sample_rate, target_sr=reference.sample_rate, res_type=_RESAMPLER
+        )
+        notes.append(
+            f"test resampled from {test.sample_rate} Hz to the reference's {reference.sample_rate} Hz "
+            f"(librosa.resample, {_RESAMPLER})"
+        )
+    length = min(len(reference.waveform), len(waveform))
+    if len(reference.waveform) != len(waveform):
+        rate = reference.sample_rate
+        notes.append(
+            f"lengths differ (reference {len(reference.waveform) / rate:.3f} s, test {len(waveform) / rate:.3f} s): "
+            f"both cut to {length / rate:.3f} s"
+        )
+    return reference.waveform[:length], waveform[:length], notes
+
+
+def pair_metrics(
+    reference: np.ndarray, test: np.ndarray, sample_rate: int, lpips_model: LPIPS | None
+) -> dict[str, float]:
+    """Every fidelity metric of one aligned pair (LPIPS only with a model)."""
+    ref_mel, test_mel = log_mel_spectrogram(reference, sample_rate), log_mel_spectrogram(test, sample_rate)
+    values = {
+        "log_mel_l1": log_mel_l1(ref_mel, test_mel),
+        "mel_psnr": spectrogram_psnr(ref_mel, test_mel),
+        "mel_ssim": spectrogram_ssim(ref_mel, test_mel),
+        "mr_stft": multi_resolution_stft_distance(reference, test),
+        "spectral_convergence": spectral_convergence(reference, test),
+        "si_sdr": si_sdr(reference, test),
+    }
+    if lpips_model is not None:
+        values = {"lpips": spectrogram_lpips(lpips_model, ref_mel, test_mel), **values}
+    return values
+
+
+def _summary(pairs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    summary = {}
+    for metric, info in METRICS.items():
+        scored = [(pair["metrics"][metric], pair["name"]) for pair in pairs if metric in pair["metrics"]]
+        if not scored:
+            continue
+        values = np.array([value for value, _ in scored])
+        worst = min(scored) if info.higher_is_better else max(scored)
+        summary[metric] = {
+            "mean": float(values.mean()),
+            "median": float(np.median(values)),
+            "worst": worst[0],
+            "worst_clip": worst[1],
+            "count": len(scored),
+            "higher_is_better": info.higher_is_better,
+        }
+    return summary
+
+
+def _key_metric(summary: dict[str, Any]) -> str | None:
+    """The metric that ranks pairs for the figures: LPIPS when it ran, else the log-mel L1."""
+    return next((m for m in ("lpips", "log_mel_l1") if m in summary), None)
+
+
+def _embed(embedding: AudioEmbedding, clips: Sequence[Clip]) -> np.ndarray:
+    """Embed clips of possibly different sample rates, keeping their order."""
+    rows: list[np.ndarray | None] = [None] * len(clips)
+    for rate in sorted({clip.sample_rate for clip in clips}):
+        indices = [i for i, clip in enumerate(clips) if clip.sample_rate == rate]
+        for i, row in zip(indices, embedding.embed_audio([clips[i].waveform for i in indices], rate), strict=True):
+            rows[i] = row
+    return np.stack(rows)
+
+
+def _prompt(reference: Clip, test: Clip) -> str | None:
+    for sidecar in (test.sidecar, reference.sidecar):
+        prompt = (sidecar or {}).get("prompt")
+        if isinstance(prompt, str) and prompt.strip():
+            return prompt
+    return None
+
+
+def _set_metrics(evaluated: list[tuple[dict[str, Any], Clip, Clip]], embedding_source: str | None) -> dict[str, Any]:
+    """Frechet Audio Distance (reference set vs test set) and CLAP scores, each pair's stored in its record."""
+    try:
+        embedding = load_clap_embedding(embedding_source)
+    except MetricUnavailableError as error:
+        logger.warning("set metrics unavailable: %s", error)
+        return {"embedding": None, "fad": f"unavailable: {error}", "clap_score": f"unavailable: {error}"}
+    references = _embed(embedding, [ref for _, ref, _ in evaluated])
+    tests = _embed(embedding, [test for _, _, test in evaluated])
+    try:
+        fad: float | str = frechet_distance(references, tests)
+    except MetricUnavailableError as error:
+        fad = f"unavailable: {error}"
+    prompted = [(i, prompt) for i, (_, ref, test) in enumerate(evaluated) if (prompt := _prompt(ref, test))]
+    result: dict[str, Any] = {"embedding": embedding.name, "fad": fad}
+    if not prompted:
+        result["clap_score"] = "unavailable: no sidecar with a prompt"
+        return result
+    indices, prompts = zip(*prompted, strict=True)
+    text = embedding.embed_text(list(prompts))
+    ref_scores = clap_scores(references[list(indices)], text)
+    test_scores = clap_scores(tests[list(indices)], text)
+    for i, ref_score, test_score in zip(indices, ref_scores, test_scores, strict=True):
+        evaluated[i][0]["clap_score"] = {"reference": float(ref_score), "test": float(test_score)}
+    result["clap_score"] = {
+        "reference": float(ref_scores.mean()),
+        "test": float(test_scores.mean()),
+        "clips": len(indices),
+    }
+    return result
+
+
+def _clip_cost(sidecar: dict[str, Any] | None) -> tuple[float, int] | None:
+    """(wall time, NFE) of one clip from its sidecar; a batched call's time is shared by its clips."""
+    if not sidecar or not isinstance(sidecar.get("wall_time_s"), int | float):
+        return None
+    stats = sidecar.get("sada_stats") or {}
+    nfe = stats.get("model_calls", sidecar.get("steps"))
+    if not isinstance(nfe, int):
+        return None
+    return sidecar["wall_time_s"] / max(int(sidecar.get("batch_size") or 1), 1), nfe
+
+
+def _speed(evaluated: list[tuple[dict[str, Any], Clip, Clip]]) -> dict[str, Any] | None:
+    costs = [(_clip_cost(ref.sidecar), _clip_cost(test.sidecar)) for _, ref, test in evaluated]
+    costs = [(ref, test) for ref, test in costs if ref is not None and test is not None]
+    if not costs:
+        return None
+    ref_time, test_time = sum(ref[0] for ref, _ in costs), sum(test[0] for _, test in costs)
+    ref_nfe, test_nfe = sum(ref[1] for ref, _ in costs), sum(test[1] for _, test in costs)
+    return {
+        "clips": len(costs),
+        "reference_wall_time_s": ref_time,
+        "test_wall_time_s": test_time,
+        "speedup": ref_time / test_time if test_time > 0 else None,
+        "reference_nfe": ref_nfe,
+        "test_nfe": test_nfe,
+        "nfe_ratio": test_nfe / ref_nfe if ref_nfe else None,
+    }
+
+
+def _step_modes(evaluated: list[tuple[dict[str, Any], Clip, Clip]]) -> dict[str, list[str]]:
+    modes = {}
+    for record, _, test in evaluated:
+        steps = ((test.sidecar or {}).get("sada_stats") or {}).get("step_modes")
+        if isinstance(steps, list) and steps and all(isinstance(s, str) for s in steps):
+            modes[record["name"]] = steps
+    return modes
+
+
+def _load_lpips_or_reason(backbone: str | None, heads: str | None) -> tuple[LPIPS | None, dict[str, Any]]:
+    try:
+        model = load_lpips(backbone, heads)
+    except MetricUnavailableError as error:
+        logger.warning("LPIPS unavailable: %s", error)
+        return None, {"status": f"unavailable: {error}"}
+    return model, {"status": "ok", "backbone": backbone or "torch hub cache (alexnet-owt-7be5be79.pth)", "heads": heads}
+
+
+@dataclass
+class Evaluation:
+    """The report (JSON-ready) and the spectrograms of the pairs the figures show (``worst``, ``median``)."""
+
+    report: dict[str, Any]
+    figure_pairs: dict[str, tuple[str, np.ndarray, np.ndarray]]
+
+
+def evaluate_directories(
+    reference_dir: Path,
+    test_dir: Path,
+    *,
+    lpips_backbone: str | None = None,
+    lpips_heads: str | None = None,
+    embedding: str | None = None,
+    progress: Progress = no_progress,
+) -> Evaluation:
+    """Pair the clips of two folders, compute the fidelity metrics per pair, their summary, and the set metrics.
+
+    Args:
+        reference_dir, test_dir: folders of audio files (and JSON sidecars), paired by file name.
+        lpips_backbone, lpips_heads: LPIPS weights (see :func:`~sada_audio.evaluation.lpips.load_lpips`).
+        embedding: CLAP embedding for FAD and CLAP score (see
+            :func:`~sada_audio.evaluation.embeddings.load_clap_embedding`); None for the embedded model's.
+        progress: wraps the loop over pairs (a progress bar in the CLI).
+
+    Raises:
+        SADAError: a folder is missing or has no audio files.
+    """
+    pairs, problems = pair_files(reference_dir, test_dir)
+    lpips_model, lpips_status = _load_lpips_or_reason(lpips_backbone, lpips_heads)
+    evaluated: list[tuple[dict[str, Any], Clip, Clip]] = []
+    with progress(pairs, "Evaluating pairs") as items:
+        for name, ref_path, test_path in items:
+            reference, test = _read_or_report(ref_path, problems), _read_or_report(test_path, problems)
+            if reference is None or test is None:
+                continue
+            try:
+                ref_wave, test_wave, notes = align(reference, test)
+                metrics = pair_metrics(ref_wave, test_wave, reference.sample_rate, lpips_model)
+            except ValueError as error:
+                problems.append({"file": str(test_path), "reason": f"metrics failed: {error}"})
+                continue
+            record = {
+                "name": name,
+                "reference": str(ref_path),
+                "test": str(test_path),
+                "sample_rate": reference.sample_rate,
+                "duration_s": len(ref_wave) / reference.sample_rate,
+                "metrics": metrics,
+                "notes": notes,
+            }
+            evaluated.append((record, reference, test))
+    summary = _summary([record for record, _, _ in evaluated])
+    report = {
+        "reference_dir": str(reference_dir),
+        "test_dir": str(test_dir),
+        "conventions": {
+            "lpips_scaling": SCALING_CONVENTION,
+            "spectrogram": "log-mel, 64 Slaney bins 0 Hz to Nyquist, 64 ms Hann window, 10 ms hop, log floor 1e-5",
+            "alignment": f"test resampled to the reference's rate (librosa.resample, {_RESAMPLER}); "
+            "both cut to the shorter length",
+        },
+        "lpips": lpips_status,
+        "pairs_evaluated": len(evaluated),
+        "summary": summary,
+        "set_metrics": _set_metrics(evaluated, embedding) if evaluated else {"embedding": None},
+        "speed": _speed(evaluated),
+        "step_modes": _step_modes(evaluated),
+        "problems": problems,
+        "pairs": [record for record, _, _ in evaluated],
+    }
+    return Evaluation(report, _figure_pairs(evaluated, _key_metric(summary)))
+
+
+def _figure_pairs(
+    evaluated: list[tuple[dict[str, Any], Clip, Clip]], metric: str | None
+) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+    """Spectrograms of the worst and the median pair by ``metric`` (recomputed: only two pairs are kept)."""
+    if metric is None:
+        return {}
+    ranked = sorted(evaluated, key=lambda item: item[0]["metrics"][metric], reverse=METRICS[metric].higher_is_better)
+    chosen = {"worst": ranked[-1], "median": ranked[len(ranked) // 2]}
+    figures = {}
+    for label, (record, reference, test) in chosen.items():
+        ref_wave, test_wave, _ = align(reference, test)
+        ref_mel = log_mel_spectrogram(ref_wave, reference.sample_rate)
+        figures[label] = (record["name"], ref_mel, log_mel_spectrogram(test_wave, reference.sample_rate))
+    return figures

@@ -1,0 +1,87 @@
+"""``evaluate --generate``: run the baseline and the accelerated pipeline on the same prompts and seeds.
+
+Each prompt's reference (no SADA) and test clip (SADA) are generated back to back, so that slow drifts of a
+shared machine hit both alike, after one untimed warm-up call that absorbs one-time costs. Clips and JSON
+sidecars are written as ``sada-audio generate`` writes them; the sidecars' wall times and model calls give
+the speedup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from sada_audio.audio import write_audio, write_json
+from sada_audio.errors import SADAError
+from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch
+
+from .evaluate import Progress, no_progress
+
+__all__ = ["read_prompts", "clip_names", "generate_pair_folders"]
+
+_NAME_CHARS = re.compile(r"[^a-z0-9]+")
+_NAME_LENGTH = 40
+
+
+def read_prompts(path: Path) -> list[str]:
+    """One prompt per line; blank lines and lines starting with ``#`` are skipped.
+
+    Raises:
+        SADAError: the file cannot be read, is not UTF-8, or holds no prompt.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise SADAError(f"prompts file '{path}' is not UTF-8 text") from error
+    except OSError as error:
+        raise SADAError(f"cannot read the prompts file '{path}': {error.strerror or error}") from error
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise SADAError(f"no prompts in '{path}': write one prompt per line")
+    return prompts
+
+
+def clip_names(prompts: list[str]) -> list[str]:
+    """``000_slow-piano-arpeggio``: the line number keeps names unique, the slug is only for people and never
+    contains a path separator or a dot."""
+    return [
+        f"{index:03d}_{_NAME_CHARS.sub('-', prompt.lower()).strip('-')[:_NAME_LENGTH].strip('-') or 'clip'}"
+        for index, prompt in enumerate(prompts)
+    ]
+
+
+def generate_pair_folders(
+    pipe: Any,
+    prompts: list[str],
+    settings: SamplingSettings,
+    *,
+    seed: int,
+    reference_dir: Path,
+    test_dir: Path,
+    accelerate: bool = True,
+    run_info: dict[str, Any] | None = None,
+    progress: Progress = no_progress,
+) -> list[str]:
+    """Generate clip ``i`` with seed ``seed + i``, without SADA into ``reference_dir`` and with it (if
+    ``accelerate``) into ``test_dir``, as ``NAME.wav`` plus ``NAME.json``; return the names.
+
+    Args:
+        run_info: added to every sidecar (e.g. :func:`~sada_audio.generation.run_metadata`).
+    """
+    names = clip_names(prompts)
+    # untimed, short, without SADA: the first call of a process pays for lazy initialisation
+    warm_up = dataclasses.replace(settings, steps=min(2, settings.steps))
+    generate_batch(pipe, [ClipRequest(prompts[0], seed)], warm_up, accelerate=False)
+    runs = ((reference_dir, False), (test_dir, accelerate))
+    with progress(list(enumerate(zip(names, prompts, strict=True))), "Generating") as items:
+        for index, (name, prompt) in items:
+            clip = ClipRequest(prompt=prompt, seed=seed + index)
+            for directory, with_sada in runs:
+                batch = generate_batch(pipe, [clip], settings, accelerate=with_sada)
+                path = write_audio(directory / f"{name}.wav", batch.waveforms[0, 0], batch.sample_rate)
+                write_json(
+                    path.with_suffix(".json"), {**clip_metadata(clip, settings, batch, [path.name]), **(run_info or {})}
+                )
+    return names

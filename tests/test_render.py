@@ -20,7 +20,6 @@ import torch
 from click.testing import CliRunner, Result
 from diffusers import DiffusionPipeline
 
-from sada_audio import render as render_module
 from sada_audio.cli import common as cli_common
 from sada_audio.cli import main as cli
 from sada_audio.generation import ClipRequest, PromptEmbeddingCache, SamplingSettings, generate_batch
@@ -31,6 +30,7 @@ from sada_audio.render import (
     read_manifest,
     shard,
 )
+from sada_audio.render import job as render_job
 from sada_audio.testing import SAMPLE_RATE
 
 STEPS = "8"
@@ -341,7 +341,7 @@ def _failing_generate(real: Any) -> Any:
 def test_a_failing_clip_is_recorded_and_the_rest_render(
     render_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(render_module, "generate_batch", _failing_generate(render_module.generate_batch))
+    monkeypatch.setattr(render_job, "generate_batch", _failing_generate(render_job.generate_batch))
     rows = [*_rows(2), {"name": "oom", "prompt": "boom"}, {"name": "nan", "prompt": "silence"}, *_rows(4)[2:]]
     rows.append({"name": "tiny", "prompt": "too short for the model", "duration": 0.001})
     manifest = _write_manifest(tmp_path / "cues.jsonl", rows)

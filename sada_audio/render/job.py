@@ -1,0 +1,292 @@
+"""One process's rendering: run the batches, write clips and sidecars, record results, merge the index."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+
+from sada_audio.audio import _write_atomically, write_audio, write_json
+from sada_audio.errors import SADAError
+from sada_audio.generation import (
+    ClipRequest,
+    GeneratedBatch,
+    PromptEmbeddingCache,
+    SamplingSettings,
+    clip_metadata,
+    generate_batch,
+    run_metadata,
+)
+
+from .manifest import FORMATS, Manifest, RenderRow, RenderRun, RowProblem
+from .plan import RenderPlan, completed_sidecar, plan_render, read_sidecar, remove_temporary_files
+
+logger = logging.getLogger(__name__)
+
+INDEX_NAME = "index.jsonl"
+# Statuses in the index. "skipped": complete from an earlier run; "missing": its process stopped before reporting it.
+RENDERED, SKIPPED, FAILED, INVALID, MISSING = "rendered", "skipped", "failed", "invalid", "missing"
+
+
+def index_entry(
+    row: RenderRow, status: str, meta: Mapping[str, Any] | None = None, error: str | None = None
+) -> dict[str, Any]:
+    """One line of ``index.jsonl``: the row, its status, and from its sidecar the timings and SADA statistics.
+
+    ``nfe_speedup`` is the estimate of the speedup over the unaccelerated pipeline: steps / model calls (SADA's
+    NFE ratio inverted; 1.0 without SADA). It counts denoiser calls only, so it overstates the wall-clock
+    speedup when text encoding, VAE and vocoder weigh in, and ignores the gain of pruned steps.
+    """
+    entry: dict[str, Any] = {"name": row.name, "line": row.line, "status": status, "prompt": row.clip.prompt}
+    entry.update(seed=row.clip.seed, steps=row.settings.steps, files=[row.audio_name] if meta else [], error=error)
+    if meta is not None:
+        stats = meta.get("sada_stats") or {}
+        calls = stats.get("model_calls", row.settings.steps)
+        batch_size = meta.get("batch_size", 1)
+        entry.update(
+            wall_time_s=meta.get("wall_time_s"),
+            batch_size=batch_size,
+            clip_time_s=meta["wall_time_s"] / batch_size if meta.get("wall_time_s") is not None else None,
+            nfe=calls,
+            nfe_speedup=round(row.settings.steps / calls, 4) if calls else None,
+            steps_skipped=len(stats.get("skipped_steps", [])),
+            steps_pruned=len(stats.get("pruned_steps", [])),
+            pruned_fraction=stats.get("pruned_fraction", 0.0),
+            rank=meta.get("rank"),
+        )
+    return entry
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+@dataclass
+class RenderProgress:
+    """This process's progress, handed to the callback after each clip."""
+
+    last: dict[str, Any] = field(default_factory=dict)  # the index entry of the latest clip
+    rendered: int = 0
+    failed: int = 0
+    nfe_speedups: list[float] = field(default_factory=list)
+
+    @property
+    def mean_nfe_speedup(self) -> float | None:
+        return sum(self.nfe_speedups) / len(self.nfe_speedups) if self.nfe_speedups else None
+
+
+GenerateFn = Callable[[Any, Sequence[ClipRequest], SamplingSettings], GeneratedBatch]
+
+
+class IndexPart:
+    """This process's results, one JSON line each, appended and fsynced (a kill loses at most the last line)."""
+
+    def __init__(self, out_dir: Path, rank: int) -> None:
+        self.path = out_dir / f"index.rank{rank}.jsonl"
+        # a fresh part per run: the index lists this run's results, and the sidecars carry the older ones
+        self._file = self.path.open("w", encoding="utf-8")
+
+    def append(self, entry: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _write_clip(
+    out_dir: Path, row: RenderRow, batch: GeneratedBatch, index: int, run: RenderRun, run_meta: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Write the clip's audio, then its sidecar (both atomic); remove the audio of an older format."""
+    previous = read_sidecar(out_dir, row)
+    write_audio(out_dir / row.audio_name, batch.waveforms[index, 0], batch.sample_rate)
+    meta = clip_metadata(row.clip, row.settings, batch, [row.audio_name])
+    meta.update(run_meta, name=row.name, manifest_line=row.line, render_request=row.request(run))
+    write_json(out_dir / row.sidecar_name, meta)
+    stale = {f"{row.name}.{fmt}" for fmt in FORMATS} - {row.audio_name}
+    for name in (previous or {}).get("files", []):
+        if name in stale:  # only the files this row's own earlier sidecar listed
+            (out_dir / name).unlink(missing_ok=True)
+    return meta
+
+
+def render_batches(
+    pipe: Any,
+    plan: RenderPlan,
+    run: RenderRun,
+    out_dir: Path,
+    run_meta: Mapping[str, Any],
+    part: IndexPart,
+    *,
+    generate: GenerateFn,
+    on_clip: Callable[[RenderProgress], None] | None = None,
+) -> RenderProgress:
+    """Render the plan's batches; every clip's result goes to ``part`` and to ``on_clip`` as it is known.
+
+    A call that fails is retried clip by clip (so an out-of-memory batch still renders what fits, and one bad
+    clip fails alone); a clip that cannot be written (non-finite output) fails alone. Failures are recorded,
+    never raised: only interruptions (KeyboardInterrupt, SystemExit) stop the run.
+
+    Args:
+        generate: makes one call, ``generate(pipe, clips, settings)`` (for example
+            :func:`sada_audio.generation.generate_batch` with the run's acceleration and prompt cache).
+        run_meta: added to every sidecar (:func:`sada_audio.generation.run_metadata` and the like).
+    """
+    progress = RenderProgress()
+
+    def record(entry: dict[str, Any]) -> None:
+        part.append(entry)
+        progress.last = entry
+        if entry["status"] == RENDERED:
+            progress.rendered += 1
+            progress.nfe_speedups.append(entry["nfe_speedup"])
+        else:
+            progress.failed += 1
+        if on_clip is not None:
+            on_clip(progress)
+
+    queue = list(plan.batches)
+    while queue:
+        rows = queue.pop(0)
+        started = time.perf_counter()
+        try:
+            batch = generate(pipe, [row.clip for row in rows], rows[0].settings)
+        except Exception as error:
+            logger.debug("the call for %s failed", [row.name for row in rows], exc_info=True)
+            if len(rows) > 1:
+                logger.warning("a batch of %d clips failed (%s); rendering them one by one", len(rows), error)
+                queue[:0] = [[row] for row in rows]
+            else:
+                logger.warning("%s failed: %s", rows[0].name, _error_text(error))
+                record(index_entry(rows[0], FAILED, error=_error_text(error)))
+            continue
+        logger.debug("rendered %d clips in %.2f s", len(rows), time.perf_counter() - started)
+        for index, row in enumerate(rows):
+            try:
+                meta = _write_clip(out_dir, row, batch, index, run, run_meta)
+            except (SADAError, OSError) as error:
+                logger.warning("%s failed: %s", row.name, _error_text(error))
+                record(index_entry(row, FAILED, error=_error_text(error)))
+            else:
+                record(index_entry(row, RENDERED, meta))
+    return progress
+
+
+@dataclass
+class RenderSummary:
+    """The merged index's counts (on the main process: all processes; elsewhere: this process's share)."""
+
+    counts: dict[str, int]
+    index_path: Path | None
+
+    @property
+    def all_succeeded(self) -> bool:
+        return all(self.counts.get(status, 0) == 0 for status in (FAILED, INVALID, MISSING))
+
+
+def _read_part(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return
+    for line in lines:
+        try:
+            yield json.loads(line)
+        except ValueError:
+            logger.warning("ignoring a truncated line in %s", path)
+
+
+def merge_index(out_dir: Path, manifest: Manifest, run: RenderRun, world: int = 1) -> RenderSummary:
+    """Write ``index.jsonl``: every manifest row in manifest order, from this run's parts (rendered, failed),
+    the sidecars (complete before: skipped), the validation (invalid); then remove the parts."""
+    parts = [out_dir / f"index.rank{rank}.jsonl" for rank in range(world)]
+    reported = {entry["name"]: entry for path in parts for entry in _read_part(path)}
+    entries = []
+    for row in manifest.rows:
+        entry = reported.get(row.name)
+        if entry is None:
+            meta = completed_sidecar(out_dir, row, run)
+            entry = index_entry(row, SKIPPED, meta) if meta is not None else index_entry(row, MISSING)
+        entries.append(entry)
+    invalid: dict[int, list[RowProblem]] = {}
+    for problem in manifest.problems:
+        invalid.setdefault(problem.line, []).append(problem)
+    for line, problems in invalid.items():
+        entries.append(
+            {"name": problems[0].name, "line": line, "status": INVALID, "error": "; ".join(p.message for p in problems)}
+        )
+    entries.sort(key=lambda entry: entry["line"])
+    path = out_dir / INDEX_NAME
+    text = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
+    _write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+    for part in out_dir.glob("index.rank*.jsonl"):
+        part.unlink(missing_ok=True)
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+    return RenderSummary(counts, path)
+
+
+class RenderJob:
+    """One process's part of rendering a manifest: plan on creation, then :meth:`render`, then :meth:`finish`.
+
+    Use it as a context manager (it holds this process's index part open)::
+
+        with RenderJob(manifest, out_dir, run, batch_size=4, state=state) as job:
+            if job.plan.pending:
+                job.render(pipe, load_time_s)
+        summary = job.finish()
+    """
+
+    def __init__(self, manifest: Manifest, out_dir: Path, run: RenderRun, *, batch_size: int, state: PartialState):
+        self.manifest, self.out_dir, self.run, self.state = manifest, Path(out_dir), run, state
+        if not self.out_dir.is_dir():
+            raise SADAError(f"output directory '{out_dir}' does not exist or is not a directory")
+        if not os.access(self.out_dir, os.W_OK | os.X_OK):
+            raise SADAError(f"output directory '{out_dir}' is not writable")
+        rank, world = state.process_index, state.num_processes
+        self.plan = plan_render(manifest.rows, run, self.out_dir, batch_size, rank, world)
+        removed = remove_temporary_files(self.out_dir, self.plan.share)
+        if removed:
+            logger.info("removed %d temporary files of an interrupted run", removed)
+        self.part = IndexPart(self.out_dir, rank)
+        self.progress = RenderProgress()
+
+    def __enter__(self) -> RenderJob:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.part.close()
+
+    def render(
+        self, pipe: Any, load_time_s: float, on_clip: Callable[[RenderProgress], None] | None = None
+    ) -> RenderProgress:
+        """Render this process's pending clips with ``pipe`` (prompt embeddings cached where exact)."""
+        cache = PromptEmbeddingCache(pipe) if PromptEmbeddingCache.supports(pipe) else None
+        run = self.run
+        run_meta = run_metadata(pipe, run.model, run.model_id, run.device, run.dtype)
+        run_meta.update(load_time_s=load_time_s, rank=self.state.process_index, manifest=str(self.manifest.path))
+
+        def generate(pipe: Any, clips: Sequence[ClipRequest], settings: SamplingSettings) -> GeneratedBatch:
+            return generate_batch(pipe, clips, settings, accelerate=run.accelerate, prompt_cache=cache)
+
+        self.progress = render_batches(
+            pipe, self.plan, run, self.out_dir, run_meta, self.part, generate=generate, on_clip=on_clip
+        )
+        return self.progress
+
+    def finish(self) -> RenderSummary:
+        """Wait for every process; the main one merges the index. Elsewhere, the summary covers this share."""
+        self.state.wait_for_everyone()
+        if self.state.is_main_process:
+            return merge_index(self.out_dir, self.manifest, self.run, self.state.num_processes)
+        counts = {RENDERED: self.progress.rendered, FAILED: self.progress.failed, SKIPPED: len(self.plan.done)}
+        return RenderSummary(counts, None)

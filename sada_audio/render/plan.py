@@ -1,0 +1,114 @@
+"""Who renders what: shares of the rows per process, the clips already complete, the batches to run."""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import soundfile as sf
+from accelerate import PartialState
+
+from sada_audio.errors import SADAError
+from sada_audio.generation import SamplingSettings
+from sada_audio.pipelines import parse_device
+
+from .manifest import FORMATS, RenderRow, RenderRun
+
+
+def shape_groups(rows: Sequence[RenderRow]) -> list[list[RenderRow]]:
+    """Rows grouped by the settings that fix a call's shape (steps, duration, guidance), in order of first use."""
+    groups: dict[SamplingSettings, list[RenderRow]] = {}
+    for row in rows:
+        groups.setdefault(row.settings, []).append(row)
+    return list(groups.values())
+
+
+def shard(rows: Sequence[RenderRow], rank: int, world: int) -> list[RenderRow]:
+    """Process ``rank``'s share of ``rows`` out of ``world`` processes: every ``world``-th row after grouping by
+    shape, so each process gets about as many rows of each shape. Depends on the rows only (not on what earlier
+    runs finished), so concurrent processes always agree on disjoint shares."""
+    ordered = [row for group in shape_groups(rows) for row in group]
+    return ordered[rank::world]
+
+
+def plan_batches(rows: Sequence[RenderRow], batch_size: int) -> list[list[RenderRow]]:
+    """Calls of at most ``batch_size`` rows of equal shape settings, in the order of the rows."""
+    if batch_size < 1:
+        raise SADAError(f"the batch size must be at least 1, got {batch_size}")
+    return [group[i : i + batch_size] for group in shape_groups(rows) for i in range(0, len(group), batch_size)]
+
+
+def read_sidecar(out_dir: Path, row: RenderRow) -> dict[str, Any] | None:
+    """The clip's sidecar if it is readable JSON, else None."""
+    try:
+        meta = json.loads((out_dir / row.sidecar_name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def completed_sidecar(out_dir: Path, row: RenderRow, run: RenderRun) -> dict[str, Any] | None:
+    """The sidecar of ``row`` if the clip is complete for this request (sidecar up to date, audio file of the
+    recorded length), else None."""
+    meta = read_sidecar(out_dir, row)
+    if meta is None or meta.get("render_request") != row.request(run) or meta.get("files") != [row.audio_name]:
+        return None
+    try:
+        info = sf.info(str(out_dir / row.audio_name))
+    except (OSError, RuntimeError):  # soundfile raises LibsndfileError (a RuntimeError) on unreadable files
+        return None
+    expected = round(meta.get("duration_s", -1) * meta.get("sample_rate", 0))
+    return meta if info.frames == expected and info.samplerate == meta.get("sample_rate") else None
+
+
+def remove_temporary_files(out_dir: Path, rows: Sequence[RenderRow]) -> int:
+    """Delete the temporary files an interrupted write left for ``rows`` (hidden ``.NAME.EXT.*.tmp``, see
+    :func:`sada_audio.audio.write_audio`); return how many. Only this process's rows: a peer may be writing its own."""
+    removed = 0
+    for row in rows:
+        for target in (row.audio_name, row.sidecar_name, *(f"{row.name}.{fmt}" for fmt in FORMATS)):
+            for tmp in out_dir.glob(f".{glob.escape(target)}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+@dataclass
+class RenderPlan:
+    """What one process does: its share of the rows, the ones already done, the calls to make."""
+
+    share: list[RenderRow]
+    done: dict[str, dict[str, Any]]  # name -> sidecar of the clips complete before this run
+    batches: list[list[RenderRow]]
+
+    @property
+    def pending(self) -> int:
+        return sum(map(len, self.batches))
+
+
+def plan_render(
+    rows: Sequence[RenderRow], run: RenderRun, out_dir: Path, batch_size: int, rank: int = 0, world: int = 1
+) -> RenderPlan:
+    """Take this process's share, find the clips already complete and batch the others."""
+    share = shard(rows, rank, world)
+    done = {row.name: meta for row in share if (meta := completed_sidecar(out_dir, row, run)) is not None}
+    return RenderPlan(share, done, plan_batches([row for row in share if row.name not in done], batch_size))
+
+
+def process_state(device: str) -> PartialState:
+    """Accelerate's view of the processes: one without a launcher, N under ``accelerate launch`` / ``torchrun``.
+
+    On a CPU device the processes join a gloo process group (``PartialState(cpu=True)``; accelerate otherwise
+    groups only processes that use accelerators)."""
+    return PartialState(cpu=parse_device(device).type == "cpu")
+
+
+def process_device(device: str, state: PartialState) -> str:
+    """``cuda`` without an index means each process's own GPU (``cuda:LOCAL_RANK``) when there are several."""
+    if device == "cuda" and state.num_processes > 1:
+        return f"cuda:{state.local_process_index}"
+    return device

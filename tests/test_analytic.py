@@ -275,3 +275,32 @@ def test_sada_on_edm_dpm_solver_stays_close_to_the_unaccelerated_run(prediction_
     deviation = relative_error(accelerated, baseline)
     finer, _ = run_sampler(denoiser, scheduler, NOISE, 200)
     assert 0 < deviation < 0.04 and deviation < 8 * relative_error(baseline, finer)
+
+
+def test_sde_sampler_gets_noise_free_reconstructions(monkeypatch):
+    """Stable Audio Open's CosineDPMSolverMultistepScheduler injects Brownian noise in every step: skipped
+    steps must not extrapolate the noisy gradients (measured: 24x the deviation of predicted_state)."""
+    pytest.importorskip("torchsde")
+    from sada_audio.method import criterion
+    from sada_audio.testing import stable_audio_open_scheduler
+
+    monkeypatch.setattr(criterion.Stability, "stable", property(lambda self: True))
+    scheduler = stable_audio_open_scheduler()
+    denoiser = AnalyticDenoiser(MIXTURE, scheduler)
+
+    def run(steps):
+        scheduler.set_timesteps(steps)
+        x, generator = NOISE * scheduler.init_noise_sigma, torch.Generator().manual_seed(0)
+        for t in scheduler.timesteps:
+            x = scheduler.step(denoiser(scheduler.scale_model_input(x, t), t), t, x, generator=generator).prev_sample
+        return x
+
+    baseline = run(50)
+    assert torch.equal(run(50), baseline), "the Brownian noise is seeded by the generator"
+    deviations = {}
+    for reconstruction in ("extrapolate", "predicted_state"):
+        config = SADAConfig(tokenwise=False, lagrange_step=None, max_interval=1, reconstruction=reconstruction)
+        with SADAHandle(denoiser, scheduler, config) as handle:
+            deviations[reconstruction] = relative_error(run(50), baseline)
+            assert handle.engine._solver.stochastic and handle.stats.model_calls < 35
+    assert deviations["extrapolate"] == deviations["predicted_state"] < 0.3

@@ -36,6 +36,8 @@ class ODECoordinates(Protocol):
     """What the engine needs from a solver adapter (see ``sada_audio.solvers``)."""
 
     num_steps: int
+    stochastic: bool
+    """The sampler adds fresh noise in every step (an SDE): states carry noise the gradients never saw."""
 
     def ode_time(self, n: int) -> tuple[float, float]: ...
 
@@ -256,6 +258,10 @@ class SADAEngine:
         z_next = next_state / a_next
         ys, times = list(self._history.gradients), list(self._history.times)
         reconstruction = self.config.reconstruction
+        if reconstruction == "extrapolate" and self._solver.stochastic:
+            # Extrapolating noisy gradients amplifies the injected noise (unstable on the analytic
+            # model); the multistep-predicted state is noise-free and measured best there.
+            reconstruction = "predicted_state"
         if reconstruction == "predicted_state":
             return verdict.predicted_state - t_next * ys[0]
         if reconstruction == "reuse":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ _GENERATION_OPTIONS = ("model", "scheduler", "accelerate", "device", "dtype", "s
 @contextlib.contextmanager
 def _progress_bar(items: Sequence[Any], label: str) -> Iterator[Any]:
     # click draws the bar only on a terminal, on stderr so that stdout stays the result summary
-    with click.progressbar(items, label=label, file=click.get_text_stream("stderr"), show_pos=True) as bar:
+    with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
         yield bar
 
 

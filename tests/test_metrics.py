@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from sada_audio.evaluation.embeddings import clap_scores, frechet_distance
 from sada_audio.evaluation.metrics import (
     MEL_FLOOR,
     METRICS,
     N_MELS,
+    MetricUnavailableError,
     log_mel_l1,
     log_mel_spectrogram,
     multi_resolution_stft_distance,
@@ -129,3 +131,29 @@ def test_shape_mismatch_is_an_error(metric, noise: np.ndarray) -> None:
 def test_every_metric_has_a_direction_and_a_source() -> None:
     assert {name for name, info in METRICS.items() if info.higher_is_better} == {"mel_psnr", "mel_ssim", "si_sdr"}
     assert all(info.source for info in METRICS.values())
+
+
+def test_frechet_distance_known_values() -> None:
+    rng = np.random.default_rng(4)
+    first = rng.standard_normal((50, 6))
+    assert frechet_distance(first, first) == pytest.approx(0.0, abs=1e-9)
+    shift = np.array([1.0, -2.0, 0.5, 0.0, 0.0, 3.0])
+    # equal covariances: only the squared distance of the means remains
+    assert frechet_distance(first, first + shift) == pytest.approx(shift @ shift, rel=1e-9)
+    # a set and its c-fold scaled copy: (1 - c)^2 tr(S) + (1 - c)^2 |mu|^2
+    centred = first - first.mean(axis=0)
+    trace = np.trace(np.cov(centred, rowvar=False))
+    assert frechet_distance(centred, 3 * centred) == pytest.approx(4 * trace, rel=1e-9)
+    second = rng.standard_normal((40, 6)) * 2 + 1
+    assert frechet_distance(first, second) == pytest.approx(frechet_distance(second, first), rel=1e-9)
+
+
+def test_frechet_distance_needs_two_clips_per_set() -> None:
+    with pytest.raises(MetricUnavailableError, match="at least two clips"):
+        frechet_distance(np.ones((1, 4)), np.ones((5, 4)))
+
+
+def test_clap_scores_are_cosines() -> None:
+    audio = np.array([[1.0, 0.0], [0.0, 3.0], [2.0, 2.0]])
+    text = np.array([[5.0, 0.0], [1.0, 0.0], [-1.0, -1.0]])
+    np.testing.assert_allclose(clap_scores(audio, text), [1.0, 0.0, -1.0], atol=1e-12)

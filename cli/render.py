@@ -141,6 +141,7 @@ def render(
                 with click.progressbar(
                     length=job.plan.pending,
                     label=label,
+                    show_pos=True,
                     item_show_func=_progress_text,
                     file=sys.stderr,
                     hidden=not state.is_main_process,

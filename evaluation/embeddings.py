@@ -33,6 +33,7 @@ __all__ = [
     "load_clap_embedding",
     "frechet_distance",
     "clap_scores",
+    "set_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -201,3 +202,57 @@ def clap_scores(audio: np.ndarray, text: np.ndarray) -> np.ndarray:
     audio, text = np.asarray(audio, np.float64), np.asarray(text, np.float64)
     norms = np.linalg.norm(audio, axis=1) * np.linalg.norm(text, axis=1)
     return np.sum(audio * text, axis=1) / norms
+
+
+def _embed_clips(embedding: AudioEmbedding, clips: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+    """Embed ``(waveform, sample_rate)`` clips of possibly different rates, keeping their order."""
+    rows: list[np.ndarray] = [np.empty(0)] * len(clips)
+    for rate in sorted({rate for _, rate in clips}):
+        indices = [i for i, (_, clip_rate) in enumerate(clips) if clip_rate == rate]
+        for i, row in zip(indices, embedding.embed_audio([clips[i][0] for i in indices], rate), strict=True):
+            rows[i] = row
+    return np.stack(rows)
+
+
+def set_metrics(
+    source: str | None,
+    references: Sequence[tuple[np.ndarray, int]],
+    tests: Sequence[tuple[np.ndarray, int]],
+    prompts: Sequence[str | None],
+) -> tuple[dict[str, Any], list[dict[str, float] | None]]:
+    """FAD between the reference and the test set and the CLAP scores of both, with the embedding ``source``.
+
+    Args:
+        references, tests: ``(waveform, sample_rate)`` of the pairs' clips, in pair order.
+        prompts: each pair's prompt; pairs without one get no CLAP score.
+
+    Returns:
+        The summary (``embedding``, ``fad``, ``clap_score``; a metric that cannot be computed is the string
+        ``"unavailable: <reason>"``) and each pair's CLAP scores (``{"reference", "test"}`` or None).
+    """
+    per_pair: list[dict[str, float] | None] = [None] * len(references)
+    try:
+        embedding = load_clap_embedding(source)
+    except MetricUnavailableError as error:
+        logger.warning("set metrics unavailable: %s", error)
+        return {"embedding": None, "fad": f"unavailable: {error}", "clap_score": f"unavailable: {error}"}, per_pair
+    ref_rows, test_rows = _embed_clips(embedding, references), _embed_clips(embedding, tests)
+    summary: dict[str, Any] = {"embedding": embedding.name}
+    try:
+        summary["fad"] = frechet_distance(ref_rows, test_rows)
+    except MetricUnavailableError as error:
+        summary["fad"] = f"unavailable: {error}"
+    prompted = [i for i, text in enumerate(prompts) if text]
+    if not prompted:
+        summary["clap_score"] = "unavailable: no sidecar with a prompt"
+        return summary, per_pair
+    text_rows = embedding.embed_text([prompts[i] for i in prompted])
+    ref_scores, test_scores = clap_scores(ref_rows[prompted], text_rows), clap_scores(test_rows[prompted], text_rows)
+    for i, ref_score, test_score in zip(prompted, ref_scores, test_scores, strict=True):
+        per_pair[i] = {"reference": float(ref_score), "test": float(test_score)}
+    summary["clap_score"] = {
+        "reference": float(ref_scores.mean()),
+        "test": float(test_scores.mean()),
+        "clips": len(prompted),
+    }
+    return summary, per_pair

@@ -24,7 +24,8 @@ import soundfile as sf
 
 from sada_audio.errors import SADAError
 
-from .embeddings import AudioEmbedding, clap_scores, frechet_distance, load_clap_embedding
+from . import sidecars
+from .embeddings import set_metrics
 from .lpips import LPIPS, SCALING_CONVENTION, load_lpips, spectrogram_lpips
 from .metrics import (
     METRICS,
@@ -177,7 +178,7 @@ def pair_files(reference_dir: Path, test_dir: Path) -> tuple[list[tuple[str, Pat
 
 def align(reference: Clip, test: Clip) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The two waveforms at the reference's rate and of equal length, and notes saying what was changed."""
-    notes = reference.notes + test.notes
+    notes = reference.notes + test.notes + sidecars.mismatch_notes(reference.sidecar, test.sidecar)
     waveform = test.waveform
     if test.sample_rate != reference.sample_rate:
         waveform = librosa.resample(
@@ -239,92 +240,20 @@ def _key_metric(summary: dict[str, Any]) -> str | None:
     return next((m for m in ("lpips", "log_mel_l1") if m in summary), None)
 
 
-def _embed(embedding: AudioEmbedding, clips: Sequence[Clip]) -> np.ndarray:
-    """Embed clips of possibly different sample rates, keeping their order."""
-    rows: list[np.ndarray | None] = [None] * len(clips)
-    for rate in sorted({clip.sample_rate for clip in clips}):
-        indices = [i for i, clip in enumerate(clips) if clip.sample_rate == rate]
-        for i, row in zip(indices, embedding.embed_audio([clips[i].waveform for i in indices], rate), strict=True):
-            rows[i] = row
-    return np.stack(rows)
-
-
-def _prompt(reference: Clip, test: Clip) -> str | None:
-    for sidecar in (test.sidecar, reference.sidecar):
-        prompt = (sidecar or {}).get("prompt")
-        if isinstance(prompt, str) and prompt.strip():
-            return prompt
-    return None
-
-
-def _set_metrics(evaluated: list[tuple[dict[str, Any], Clip, Clip]], embedding_source: str | None) -> dict[str, Any]:
-    """Frechet Audio Distance (reference set vs test set) and CLAP scores, each pair's stored in its record."""
-    try:
-        embedding = load_clap_embedding(embedding_source)
-    except MetricUnavailableError as error:
-        logger.warning("set metrics unavailable: %s", error)
-        return {"embedding": None, "fad": f"unavailable: {error}", "clap_score": f"unavailable: {error}"}
-    references = _embed(embedding, [ref for _, ref, _ in evaluated])
-    tests = _embed(embedding, [test for _, _, test in evaluated])
-    try:
-        fad: float | str = frechet_distance(references, tests)
-    except MetricUnavailableError as error:
-        fad = f"unavailable: {error}"
-    prompted = [(i, prompt) for i, (_, ref, test) in enumerate(evaluated) if (prompt := _prompt(ref, test))]
-    result: dict[str, Any] = {"embedding": embedding.name, "fad": fad}
-    if not prompted:
-        result["clap_score"] = "unavailable: no sidecar with a prompt"
-        return result
-    indices, prompts = zip(*prompted, strict=True)
-    text = embedding.embed_text(list(prompts))
-    ref_scores = clap_scores(references[list(indices)], text)
-    test_scores = clap_scores(tests[list(indices)], text)
-    for i, ref_score, test_score in zip(indices, ref_scores, test_scores, strict=True):
-        evaluated[i][0]["clap_score"] = {"reference": float(ref_score), "test": float(test_score)}
-    result["clap_score"] = {
-        "reference": float(ref_scores.mean()),
-        "test": float(test_scores.mean()),
-        "clips": len(indices),
-    }
-    return result
-
-
-def _clip_cost(sidecar: dict[str, Any] | None) -> tuple[float, int] | None:
-    """(wall time, NFE) of one clip from its sidecar; a batched call's time is shared by its clips."""
-    if not sidecar or not isinstance(sidecar.get("wall_time_s"), int | float):
-        return None
-    stats = sidecar.get("sada_stats") or {}
-    nfe = stats.get("model_calls", sidecar.get("steps"))
-    if not isinstance(nfe, int):
-        return None
-    return sidecar["wall_time_s"] / max(int(sidecar.get("batch_size") or 1), 1), nfe
-
-
-def _speed(evaluated: list[tuple[dict[str, Any], Clip, Clip]]) -> dict[str, Any] | None:
-    costs = [(_clip_cost(ref.sidecar), _clip_cost(test.sidecar)) for _, ref, test in evaluated]
-    costs = [(ref, test) for ref, test in costs if ref is not None and test is not None]
-    if not costs:
-        return None
-    ref_time, test_time = sum(ref[0] for ref, _ in costs), sum(test[0] for _, test in costs)
-    ref_nfe, test_nfe = sum(ref[1] for ref, _ in costs), sum(test[1] for _, test in costs)
-    return {
-        "clips": len(costs),
-        "reference_wall_time_s": ref_time,
-        "test_wall_time_s": test_time,
-        "speedup": ref_time / test_time if test_time > 0 else None,
-        "reference_nfe": ref_nfe,
-        "test_nfe": test_nfe,
-        "nfe_ratio": test_nfe / ref_nfe if ref_nfe else None,
-    }
-
-
-def _step_modes(evaluated: list[tuple[dict[str, Any], Clip, Clip]]) -> dict[str, list[str]]:
-    modes = {}
-    for record, _, test in evaluated:
-        steps = ((test.sidecar or {}).get("sada_stats") or {}).get("step_modes")
-        if isinstance(steps, list) and steps and all(isinstance(s, str) for s in steps):
-            modes[record["name"]] = steps
-    return modes
+def _set_metrics(evaluated: list[tuple[dict[str, Any], Clip, Clip]], embedding: str | None) -> dict[str, Any]:
+    """The set metrics' summary; each pair's CLAP scores go into its record."""
+    if not evaluated:
+        return {"embedding": None}
+    summary, scores = set_metrics(
+        embedding,
+        [(ref.waveform, ref.sample_rate) for _, ref, _ in evaluated],
+        [(test.waveform, test.sample_rate) for _, _, test in evaluated],
+        [sidecars.prompt(ref.sidecar, test.sidecar) for _, ref, test in evaluated],
+    )
+    for (record, _, _), score in zip(evaluated, scores, strict=True):
+        if score is not None:
+            record["clap_score"] = score
+    return summary
 
 
 def _load_lpips_or_reason(backbone: str | None, heads: str | None) -> tuple[LPIPS | None, dict[str, Any]]:
@@ -402,9 +331,11 @@ def evaluate_directories(
         "lpips": lpips_status,
         "pairs_evaluated": len(evaluated),
         "summary": summary,
-        "set_metrics": _set_metrics(evaluated, embedding) if evaluated else {"embedding": None},
-        "speed": _speed(evaluated),
-        "step_modes": _step_modes(evaluated),
+        "set_metrics": _set_metrics(evaluated, embedding),
+        "speed": sidecars.speed([(ref.sidecar, test.sidecar) for _, ref, test in evaluated]),
+        "step_modes": {
+            record["name"]: modes for record, _, test in evaluated if (modes := sidecars.step_modes(test.sidecar))
+        },
         "problems": problems,
         "pairs": [record for record, _, _ in evaluated],
     }

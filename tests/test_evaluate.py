@@ -17,7 +17,7 @@ from transformers import ClapModel
 
 from sada_audio.cli import main as cli
 from sada_audio.errors import SADAError
-from sada_audio.evaluation import embeddings
+from sada_audio.evaluation import embeddings, sidecars
 from sada_audio.evaluation.embeddings import load_clap_embedding
 from sada_audio.evaluation.evaluate import (
     UnusableClipError,
@@ -398,3 +398,34 @@ def test_generate_then_evaluate(tmp_path: Path, tiny_musicldm: DiffusionPipeline
     assert "speedup" in result.stdout
     # the generated clips are never replaced without --overwrite
     _one_line_error(_invoke(*args[:-6], "-o", str(out)), "already")
+
+
+def test_sidecar_readers() -> None:
+    reference = {"prompt": "piano", "seed": 1, "steps": 50, "wall_time_s": 8.0, "batch_size": 4, "sada_stats": None}
+    test = {"prompt": "piano", "seed": 2, "steps": 50, "wall_time_s": 1.0, "sada_stats": {"model_calls": 30}}
+    assert sidecars.mismatch_notes(reference, test) == ["seed differs: reference 1, test 2"]
+    assert sidecars.mismatch_notes(reference, None) == []
+    assert sidecars.clip_cost(reference) == (2.0, 50)  # a batch of 4 shares the call's wall time
+    assert sidecars.clip_cost(test) == (1.0, 30)
+    assert sidecars.clip_cost({"steps": 50}) is None
+    assert sidecars.speed([(reference, test), (None, test)])["speedup"] == 2.0
+    assert sidecars.speed([(None, test)]) is None
+    assert sidecars.prompt(None, {"prompt": "  "}) is None
+    assert sidecars.step_modes(test) is None and sidecars.step_modes({"sada_stats": {"step_modes": ["full"]}}) == [
+        "full"
+    ]
+
+
+def test_nothing_usable_still_gives_a_report(tmp_path: Path) -> None:
+    ref_dir, test_dir = tmp_path / "ref", tmp_path / "test"
+    ref_dir.mkdir()
+    test_dir.mkdir()
+    _write(ref_dir / "a.wav", np.zeros(SR, np.float32))
+    _write(test_dir / "a.wav", np.zeros(SR, np.float32))
+    out = tmp_path / "out"
+    result = _invoke(str(ref_dir), str(test_dir), "-o", str(out), "--lpips-backbone", str(tmp_path / "none.pth"))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "0 pairs evaluated, 2 problems" in result.stdout
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "No pair could be evaluated." in markdown and "LPIPS: unavailable" in markdown
+    assert not (out / "figures" / "worst_pair.png").exists()

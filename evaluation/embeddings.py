@@ -21,7 +21,7 @@ from scipy import linalg
 from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
 import sada_audio
-from sada_audio.pipelines import _hub_offline, _looks_like_path, _probe_hub
+from sada_audio.pipelines import _hub_offline, _looks_like_path, _probe_hub, resolve_model_id
 
 from .metrics import MetricUnavailableError
 
@@ -103,8 +103,10 @@ class ClapEmbedding:
 
 
 def default_embedding_source() -> Path:
-    """Where the embedded model's pipeline folder lives (it may not be installed)."""
-    return Path(sada_audio.__file__).parent / "assets" / DEFAULT_EMBEDDING
+    """Where the embedded model's pipeline folder lives (it may not be installed): where its model alias points,
+    else the package's ``assets`` folder."""
+    aliased = Path(resolve_model_id(DEFAULT_EMBEDDING)).expanduser()
+    return aliased if aliased.is_dir() else Path(sada_audio.__file__).parent / "assets" / DEFAULT_EMBEDDING
 
 
 def _pipeline_parts(folder: Path) -> tuple[Path, Path, Path]:

@@ -107,7 +107,7 @@ class _TokenBlockHook(ModelHook):
         kept_tokens = tokens[:, kept]
         pruned = torch.cat([hidden_states[:, :prefix], kept_tokens], dim=1) if prefix else kept_tokens
         kwargs = layout.pruned_kwargs(kwargs, kept)
-        output = forward(*rest, **kwargs, hidden_states=pruned) if by_name else forward(pruned, *rest, **kwargs)
+        output = forward(*rest, **{**kwargs, "hidden_states": pruned}) if by_name else forward(pruned, *rest, **kwargs)
         computed = layout.hidden_output(output)
         # Skipped tokens keep their current input plus the block's last computed residual.
         cache[:, kept] = computed[:, prefix:] - kept_tokens

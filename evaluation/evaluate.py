@@ -29,6 +29,7 @@ from .embeddings import set_metrics
 from .lpips import LPIPS, SCALING_CONVENTION, load_lpips, spectrogram_lpips
 from .metrics import (
     METRICS,
+    SPECTROGRAM_CONVENTION,
     MetricUnavailableError,
     log_mel_l1,
     log_mel_spectrogram,
@@ -42,11 +43,15 @@ from .metrics import (
 __all__ = [
     "AUDIO_EXTENSIONS",
     "MIN_DURATION_S",
+    "SILENCE_PEAK",
     "Progress",
+    "no_progress",
     "Clip",
     "UnusableClipError",
+    "Evaluation",
     "read_clip",
     "pair_files",
+    "align",
     "pair_metrics",
     "evaluate_directories",
 ]
@@ -324,7 +329,7 @@ def evaluate_directories(
         "test_dir": str(test_dir),
         "conventions": {
             "lpips_scaling": SCALING_CONVENTION,
-            "spectrogram": "log-mel, 64 Slaney bins 0 Hz to Nyquist, 64 ms Hann window, 10 ms hop, log floor 1e-5",
+            "spectrogram": SPECTROGRAM_CONVENTION,
             "alignment": f"test resampled to the reference's rate (librosa.resample, {_RESAMPLER}); "
             "both cut to the shorter length",
         },
@@ -345,7 +350,8 @@ def evaluate_directories(
 def _figure_pairs(
     evaluated: list[tuple[dict[str, Any], Clip, Clip]], metric: str | None
 ) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
-    """Spectrograms of the worst and the median pair by ``metric`` (recomputed: only two pairs are kept)."""
+    """Spectrograms of the worst and the median pair by ``metric`` (recomputed for these two rather than kept
+    for every pair)."""
     if metric is None:
         return {}
     ranked = sorted(evaluated, key=lambda item: item[0]["metrics"][metric], reverse=METRICS[metric].higher_is_better)

@@ -25,6 +25,7 @@ __all__ = [
     "MetricInfo",
     "MetricUnavailableError",
     "N_MELS",
+    "SPECTROGRAM_CONVENTION",
     "check_same_shape",
     "reference_range",
     "log_mel_spectrogram",
@@ -43,6 +44,11 @@ _WINDOW_S = 0.064
 _HOP_S = 0.01
 #: Magnitudes are floored here before the log (log(1e-5) is the value of silence).
 MEL_FLOOR = 1e-5
+#: How the evaluation spectrograms are computed, as every report states it.
+SPECTROGRAM_CONVENTION = (
+    f"log-mel, {N_MELS} Slaney bins from 0 Hz to Nyquist, magnitude, {_WINDOW_S * 1e3:.0f} ms Hann window, "
+    f"{_HOP_S * 1e3:.0f} ms hop, natural log floored at {MEL_FLOOR:g}"
+)
 # Spectral convergence resolution (auraloss' single-resolution default).
 _SC_FFT, _SC_HOP = 1024, 256
 

@@ -1,0 +1,44 @@
+"""Shared by the family samples: one pipeline run with and without SADA, same seed, and a report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sada_audio import SADAConfig, SADAStats, apply_sada
+from sada_audio.audio import _write_atomically
+
+
+def compare(pipe: Any, generate: Callable[[], Any], config: SADAConfig | None = None) -> tuple[Any, Any]:
+    """Run ``generate()`` without and with SADA (``config``, by default the family's preset); print wall
+    times and what SADA did; return both outputs."""
+    pipe.set_progress_bar_config(disable=True)
+    started = time.perf_counter()
+    baseline = generate()
+    baseline_time = time.perf_counter() - started
+    with apply_sada(pipe, config) as handle:
+        started = time.perf_counter()
+        accelerated = generate()
+        sada_time = time.perf_counter() - started
+        stats: SADAStats = handle.stats
+    print(f"baseline {baseline_time:.2f} s, SADA {sada_time:.2f} s ({baseline_time / sada_time:.2f}x)")
+    print(f"model calls {stats.model_calls}/{stats.num_steps}, skipped steps {stats.skipped_steps}")
+    print(f"pruned token share {stats.pruned_fraction:.1%}, fallbacks {stats.fallbacks}")
+    return baseline, accelerated
+
+
+def relative_difference(accelerated: np.ndarray, baseline: np.ndarray) -> float:
+    """Mean absolute difference relative to the baseline's mean magnitude."""
+    return float(np.abs(accelerated - baseline).mean() / max(float(np.abs(baseline).mean()), 1e-12))
+
+
+def save_images(pipe: Any, out_dir: Path, **images: np.ndarray) -> None:
+    """Write ``(1, H, W, 3)`` float images in [0, 1] as ``<name>.png`` in ``out_dir``, atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, image in images.items():
+        picture = pipe.image_processor.numpy_to_pil(image)[0]
+        _write_atomically(out_dir / f"{name}.png", lambda f, picture=picture: picture.save(f, format="PNG"))

@@ -153,50 +153,19 @@ _AUDIO_UNET = SADAConfig(
     max_fix=1024,
 )
 
-# The published image presets (50 steps). SD-2's UNet has attention from the latent grid on, so
-# level 1 (half resolution) is the coarsest pruned; SDXL's first level has no attention, hence 2.
-_SD2 = SADAConfig(
-    acc_range=(10, 47),
-    max_interval=4,
-    lagrange_step=24,
-    lagrange_int=4,
-    lagrange_term=4,
-    sx=3,
-    sy=3,
-    max_downsample=1,
-    max_fix=5120,
-)
+# The published image presets (50 steps). SADAConfig's defaults are SD-2's values: its UNet has
+# attention from the latent grid on, so level 1 (half resolution) is the coarsest pruned; SDXL's first
+# level has no attention, hence 2.
+_SD2 = SADAConfig()
 _SDXL = _SD2.replace(max_downsample=2, max_fix=10240)
-# Flux was published without token pruning (a later Lagrange phase through fewer anchors);
-# tokenwise=True with the window settings below turns it on.
-_FLUX = SADAConfig(
-    acc_range=(10, 47),
-    max_interval=4,
-    lagrange_step=20,
-    lagrange_int=4,
-    lagrange_term=3,
-    sx=3,
-    sy=3,
-    max_downsample=0,
-    max_fix=0,
-    tokenwise=False,
-)
+# Flux was published without token pruning and with a later Lagrange phase through fewer anchors;
+# tokenwise=True turns pruning on with SD-2's windows on the packed-token grid.
+_FLUX = _SD2.replace(lagrange_step=20, lagrange_term=3, max_downsample=0, max_fix=0, tokenwise=False)
 # Stable Audio Open has no published values: the step schedule of the other presets, and no token
 # pruning by default, as for Flux (the other rotary-position transformer). Its token grid is
 # (time, 1): windows of 4 latent frames when pruning is switched on, at most a quarter of the
 # 1024 frames of a full-length clip forced.
-_STABLE_AUDIO = SADAConfig(
-    acc_range=(10, 47),
-    max_interval=4,
-    lagrange_step=24,
-    lagrange_int=4,
-    lagrange_term=4,
-    sx=4,
-    sy=1,
-    max_downsample=0,
-    max_fix=256,
-    tokenwise=False,
-)
+_STABLE_AUDIO = _SD2.replace(sx=4, sy=1, max_downsample=0, max_fix=256, tokenwise=False)
 
 PRESETS: dict[str, SADAConfig] = {
     "musicldm": _AUDIO_UNET,

@@ -488,6 +488,14 @@ STABLE_AUDIO_FRAMES = 37
 _CLIP_WIDTH = 32
 _CLIP_MAX_LENGTH = 77
 _CLIP_SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
+# Stable Audio Open's released noise range and parameterisation
+_STABLE_AUDIO_SIGMAS = {
+    "sigma_min": 0.3,
+    "sigma_max": 500,
+    "sigma_data": 1.0,
+    "sigma_schedule": "exponential",
+    "prediction_type": "v_prediction",
+}
 
 
 def _clip_tokenizer() -> CLIPTokenizer:
@@ -712,9 +720,7 @@ def tiny_stable_audio_pipeline(seed: int = 0) -> StableAudioPipeline:
         projection_model = StableAudioProjectionModel(
             text_encoder_dim=t5_dim, conditioning_dim=conditioning_dim, min_value=0, max_value=512
         )
-    scheduler = EDMDPMSolverMultistepScheduler(
-        sigma_min=0.3, sigma_max=500, sigma_data=1.0, sigma_schedule="exponential", prediction_type="v_prediction"
-    )
+    scheduler = EDMDPMSolverMultistepScheduler(**_STABLE_AUDIO_SIGMAS)
     pipe = StableAudioPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -728,13 +734,4 @@ def tiny_stable_audio_pipeline(seed: int = 0) -> StableAudioPipeline:
 
 def stable_audio_open_scheduler() -> Any:
     """``CosineDPMSolverMultistepScheduler`` with Stable Audio Open's released settings (needs ``torchsde``)."""
-    return CosineDPMSolverMultistepScheduler(
-        sigma_min=0.3,
-        sigma_max=500,
-        sigma_data=1.0,
-        sigma_schedule="exponential",
-        solver_order=2,
-        prediction_type="v_prediction",
-        rho=7.0,
-        final_sigmas_type="zero",
-    )
+    return CosineDPMSolverMultistepScheduler(**_STABLE_AUDIO_SIGMAS, solver_order=2, rho=7.0, final_sigmas_type="zero")

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from sada_audio import SADAConfig, SADAStats, apply_sada
 from sada_audio.audio import _write_atomically
+
+
+def sample_parser(doc: str, prompt: str, steps: int = 50) -> argparse.ArgumentParser:
+    """The options every sample shares: MODEL, --prompt, --steps, --seed, --out-dir."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("model", help="Hub id or local pipeline directory")
+    parser.add_argument("--prompt", default=prompt)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", type=Path, default=Path("."))
+    return parser
 
 
 def compare(pipe: Any, generate: Callable[[], Any], config: SADAConfig | None = None) -> tuple[Any, Any]:
@@ -42,3 +55,16 @@ def save_images(pipe: Any, out_dir: Path, **images: np.ndarray) -> None:
     for name, image in images.items():
         picture = pipe.image_processor.numpy_to_pil(image)[0]
         _write_atomically(out_dir / f"{name}.png", lambda f, picture=picture: picture.save(f, format="PNG"))
+
+
+def compare_images(pipe: Any, args: argparse.Namespace, config: SADAConfig | None = None, **call: Any) -> None:
+    """:func:`compare` for an image pipeline called with the prompt, steps and seed of ``args`` plus
+    ``call``; writes baseline.png and sada.png to ``args.out_dir``."""
+
+    def generate() -> np.ndarray:
+        generator = torch.Generator().manual_seed(args.seed)
+        return pipe(args.prompt, num_inference_steps=args.steps, generator=generator, output_type="np", **call).images
+
+    baseline, accelerated = compare(pipe, generate, config)
+    save_images(pipe, args.out_dir, baseline=baseline, sada=accelerated)
+    print(f"mean relative pixel difference {relative_difference(accelerated, baseline):.4f}")

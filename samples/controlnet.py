@@ -9,26 +9,19 @@ edge map) in the output size; without --control a synthetic pattern of the model
 Writes baseline.png and sada.png to --out-dir; on skipped steps SADA skips the ControlNet with the UNet.
 """
 
-import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
-from _compare import compare, relative_difference, save_images
+from _compare import compare_images, sample_parser
 from PIL import Image
 
 from sada_audio.pipelines import SCHEDULER_CHOICES, load_pipeline, set_scheduler
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
+    parser = sample_parser(__doc__, "a futuristic city street, night, neon lights")
     parser.add_argument("--control", type=Path, help="control image file")
-    parser.add_argument("--prompt", default="a futuristic city street, night, neon lights")
-    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--scheduler", choices=SCHEDULER_CHOICES, help="replace the pipeline's sampler")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=Path("."))
     args = parser.parse_args()
 
     pipe = load_pipeline(args.model)
@@ -42,21 +35,7 @@ def main() -> None:
         radius = np.hypot(*np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j])
         control = Image.fromarray(np.uint8(255 * (np.sin(24 * radius) > 0.9))).convert("RGB")
 
-    def generate():
-        generator = torch.Generator().manual_seed(args.seed)
-        return pipe(
-            args.prompt,
-            image=control,
-            height=control.height,
-            width=control.width,
-            num_inference_steps=args.steps,
-            generator=generator,
-            output_type="np",
-        ).images
-
-    baseline, accelerated = compare(pipe, generate)
-    save_images(pipe, args.out_dir, baseline=baseline, sada=accelerated)
-    print(f"mean relative pixel difference {relative_difference(accelerated, baseline):.4f}")
+    compare_images(pipe, args, image=control, height=control.height, width=control.width)
 
 
 if __name__ == "__main__":

@@ -9,25 +9,17 @@ Brownian noise is seeded by the generator, so both runs see the same noise. Writ
 sada.wav (stereo) to --out-dir.
 """
 
-import argparse
-from pathlib import Path
-
 import torch
-from _compare import compare, relative_difference
+from _compare import compare, relative_difference, sample_parser
 
 from sada_audio.audio import write_audio
 from sada_audio.pipelines import load_pipeline
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("--prompt", default="The sound of a hammer hitting a wooden surface.")
-    parser.add_argument("--steps", type=int, default=100)
+    parser = sample_parser(__doc__, "The sound of a hammer hitting a wooden surface.", steps=100)
     parser.add_argument("--seconds", type=float, help="clip length (default: the model's maximum)")
     parser.add_argument("--guidance", type=float, default=7.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=Path("."))
     args = parser.parse_args()
 
     pipe = load_pipeline(args.model)

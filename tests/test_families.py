@@ -246,32 +246,35 @@ def test_non_finite_reconstruction_falls_back_on_flux(pipes, monkeypatch):
     assert torch.equal(latent, baseline)
 
 
-def test_unsupported_schedulers_and_models_get_clear_errors(pipes):
-    pipe = pipes["sd2"]
+@pytest.mark.parametrize(
+    ("family", "make_scheduler", "message"),
+    [
+        ("sd2", lambda config: PNDMScheduler.from_config(config), "FlowMatchEulerDiscreteScheduler"),
+        (
+            "flux",
+            lambda config: FlowMatchEulerDiscreteScheduler.from_config(config, stochastic_sampling=True),
+            "stochastic_sampling",
+        ),
+        (
+            "stable-audio",
+            lambda config: EDMDPMSolverMultistepScheduler.from_config(config, algorithm_type="sde-dpmsolver++"),
+            "dpmsolver\\+\\+",
+        ),
+    ],
+)
+def test_unsupported_schedulers_get_clear_errors(pipes, family, make_scheduler, message):
+    pipe = pipes[family]
     original = pipe.scheduler
+    pipe.scheduler = make_scheduler(original.config)
     try:
-        pipe.scheduler = PNDMScheduler.from_config(original.config)
-        with pytest.raises(UnsupportedSchedulerError, match="FlowMatchEulerDiscreteScheduler"):
+        with pytest.raises(UnsupportedSchedulerError, match=message):
             apply_sada(pipe)
     finally:
         pipe.scheduler = original
-    flux = pipes["flux"]
-    original = flux.scheduler
-    try:
-        flux.scheduler = FlowMatchEulerDiscreteScheduler.from_config(original.config, stochastic_sampling=True)
-        with pytest.raises(UnsupportedSchedulerError, match="stochastic_sampling"):
-            apply_sada(flux)
-    finally:
-        flux.scheduler = original
-    audio = pipes["stable-audio"]
-    original = audio.scheduler
-    try:
-        audio.scheduler = EDMDPMSolverMultistepScheduler.from_config(original.config, algorithm_type="sde-dpmsolver++")
-        with pytest.raises(UnsupportedSchedulerError, match="dpmsolver\\+\\+"):
-            apply_sada(audio)
-    finally:
-        audio.scheduler = original
-    with pytest.raises(UnsupportedModelError, match="FluxPipeline.*StableAudioPipeline"):
+
+
+def test_unsupported_model_error_names_the_new_families():
+    with pytest.raises(UnsupportedModelError, match="StableDiffusionXLControlNetPipeline.*FluxPipeline.*StableAudio"):
         apply_sada(torch.nn.Linear(1, 1))
 
 

@@ -126,7 +126,6 @@ def render(
             RenderDefaults(seed, duration, steps, guidance, audio_format, negative_prompt),
         )
         rows.check(skip_invalid)
-        out_dir.mkdir(parents=True, exist_ok=True)
         state = process_state(device)
         device = process_device(device, state)
         run = RenderRun(model, resolve_model_id(model), scheduler, accelerate == "sada", device, dtype)

@@ -26,7 +26,14 @@ from sada_audio.generation import (
 )
 
 from .manifest import FORMATS, Manifest, RenderRow, RenderRun, RowProblem
-from .plan import RenderPlan, completed_sidecar, plan_render, read_sidecar, remove_temporary_files
+from .plan import (
+    RenderPlan,
+    completed_sidecar,
+    plan_render,
+    prepare_output_dir,
+    read_sidecar,
+    remove_temporary_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +243,8 @@ def merge_index(out_dir: Path, manifest: Manifest, run: RenderRun, world: int = 
 
 
 class RenderJob:
-    """One process's part of rendering a manifest: plan on creation, then :meth:`render`, then :meth:`finish`.
+    """One process's part of rendering a manifest: on creation it makes the output folder if needed, plans its
+    share and removes the temporary files an interrupted run left; then :meth:`render`, then :meth:`finish`.
 
     Use it as a context manager (it holds this process's index part open)::
 
@@ -247,11 +255,7 @@ class RenderJob:
     """
 
     def __init__(self, manifest: Manifest, out_dir: Path, run: RenderRun, *, batch_size: int, state: PartialState):
-        self.manifest, self.out_dir, self.run, self.state = manifest, Path(out_dir), run, state
-        if not self.out_dir.is_dir():
-            raise SADAError(f"output directory '{out_dir}' does not exist or is not a directory")
-        if not os.access(self.out_dir, os.W_OK | os.X_OK):
-            raise SADAError(f"output directory '{out_dir}' is not writable")
+        self.manifest, self.out_dir, self.run, self.state = manifest, prepare_output_dir(Path(out_dir)), run, state
         rank, world = state.process_index, state.num_processes
         self.plan = plan_render(manifest.rows, run, self.out_dir, batch_size, rank, world)
         removed = remove_temporary_files(self.out_dir, self.plan.share)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,25 @@ def completed_sidecar(out_dir: Path, row: RenderRow, run: RenderRun) -> dict[str
         info = sf.info(str(out_dir / row.audio_name))
     except (OSError, RuntimeError):  # soundfile raises LibsndfileError (a RuntimeError) on unreadable files
         return None
-    expected = round(meta.get("duration_s", -1) * meta.get("sample_rate", 0))
-    return meta if info.frames == expected and info.samplerate == meta.get("sample_rate") else None
+    duration, rate = meta.get("duration_s"), meta.get("sample_rate")
+    if not isinstance(duration, float | int) or not isinstance(rate, int):  # a sidecar edited by hand
+        return None
+    return meta if info.samplerate == rate and info.frames == round(duration * rate) else None
+
+
+def prepare_output_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) if missing; check that it is a writable directory.
+
+    Raises:
+        SADAError: it cannot be created, is not a directory, or is not writable.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SADAError(f"cannot create the output directory '{path}': {error.strerror or error}") from error
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SADAError(f"output directory '{path}' is not writable")
+    return path
 
 
 def remove_temporary_files(out_dir: Path, rows: Sequence[RenderRow]) -> int:

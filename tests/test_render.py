@@ -287,6 +287,21 @@ def test_rerun_skips_complete_clips_and_rerenders_changed_rows(render_model: Pat
     assert set(_statuses(out).values()) == {"rendered"}
 
 
+def test_damaged_clips_are_rendered_again(render_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    manifest = _write_manifest(tmp_path / "cues.jsonl", _rows(4))
+    assert _render(manifest, out, render_model, "--accelerate", "none").exit_code == 0
+    (out / "cue00.json").write_text("{", encoding="utf-8")  # unreadable sidecar
+    meta = json.loads((out / "cue01.json").read_text(encoding="utf-8"))
+    (out / "cue01.json").write_text(json.dumps({**meta, "duration_s": "long"}), encoding="utf-8")  # edited by hand
+    sf.write(out / "cue02.wav", np.zeros(100), SAMPLE_RATE)  # audio shorter than its sidecar says
+    (out / "cue03.wav").unlink()
+
+    assert _render(manifest, out, render_model, "--accelerate", "none").exit_code == 0
+    assert set(_statuses(out).values()) == {"rendered"}
+    assert len(_read(out / "cue02.wav")) == int(0.64 * SAMPLE_RATE)
+
+
 def test_batched_equals_unbatched_for_the_same_seeds(render_model: Path, tmp_path: Path) -> None:
     manifest = _write_manifest(
         tmp_path / "cues.jsonl", [*_rows(4), {**_rows(1)[0], "name": "neg", "negative_prompt": "x"}]
@@ -400,10 +415,13 @@ def test_skip_invalid_renders_the_valid_rows(
     assert not (tmp_path / "escape.wav").exists()
 
 
-def test_unwritable_output_dir_is_one_line(render_model: Path, tmp_path: Path, read_only_dir: Path) -> None:
+def test_unusable_output_dir_is_one_line(render_model: Path, tmp_path: Path, read_only_dir: Path) -> None:
     manifest = _write_manifest(tmp_path / "cues.jsonl", _rows(1))
-    result = _render(manifest, read_only_dir, render_model)
-    assert result.exit_code == 2 and result.stderr.startswith("Error: ") and "is not writable" in result.stderr
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    for out, message in ((read_only_dir, "is not writable"), (tmp_path / "a-file" / "out", "cannot create")):
+        result = _render(manifest, out, render_model)
+        assert result.exit_code == 2 and result.stderr.startswith("Error: ") and message in result.stderr
+        assert result.stderr.count("\n") == 1
 
 
 # ---------------------------------------------------------------- interruption and processes

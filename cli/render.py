@@ -33,21 +33,29 @@ from sada_audio.render import (
 from .common import load_for_command, model_options, sampling_options
 
 
+class _Interrupted(SystemExit):
+    """Ctrl-C or SIGTERM: unwinds (the atomic writes remove their temporary files), exit status 128 + signal."""
+
+
 @contextlib.contextmanager
-def _terminate_as_exit() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C (the atomic writes remove their temporary files) instead of killing at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _interruptible() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C instead of killing at once; both end with a hint to resume and the shell's
+    status for the signal (130, 143), not click's 'Aborted!' with 1, which here means failed clips."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
+        raise _Interrupted(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    handle_term = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if handle_term else None
     try:
         yield
+    except (KeyboardInterrupt, _Interrupted) as error:
+        status = error.code if isinstance(error, _Interrupted) else 128 + signal.SIGINT
+        click.echo("Interrupted: run the same command again to render the rest.", err=True)
+        raise SystemExit(status) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if handle_term:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _progress_text(progress: RenderProgress | None) -> str | None:
@@ -120,7 +128,7 @@ def render(
       accelerate launch --num_processes 4 --no_python sada-audio render cues.jsonl -o out --device cuda
     On CPUs use 'accelerate launch --multi_gpu --num_processes N' ('--cpu' starts a single process).
     """
-    with _terminate_as_exit():
+    with _interruptible():
         rows = read_manifest(
             manifest,
             RenderDefaults(seed, duration, steps, guidance, audio_format, negative_prompt),

@@ -441,7 +441,7 @@ def _complete_clips(out: Path) -> set[str]:
     return {path.stem for path in out.glob("*.json") if (out / f"{path.stem}.wav").exists()}
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_killed_run_leaves_no_partial_audio_and_resumes(render_model: Path, tmp_path: Path, signum: int) -> None:
     """Kill a render mid-run; every audio file left is complete, and the re-run renders exactly the rest."""
     count = 12
@@ -454,14 +454,15 @@ def test_a_killed_run_leaves_no_partial_audio_and_resumes(render_model: Path, tm
         _wait_for_lines(out / "index.rank0.jsonl", 3, process)
     finally:
         process.send_signal(signum)
-        process.communicate(timeout=60)
-    assert process.returncode == (-signal.SIGKILL if signum == signal.SIGKILL else 128 + signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == (-signal.SIGKILL if signum == signal.SIGKILL else 128 + signum), stderr
 
     audio = sorted(out.glob("*.wav"))
     for path in audio:  # whatever was written is whole
         assert len(_read(path)) == int(0.64 * SAMPLE_RATE)
-    if signum == signal.SIGTERM:  # unwound: no temporary file left either
+    if signum != signal.SIGKILL:  # unwound: no temporary file left either, and a hint to resume
         assert not list(out.glob(".*.tmp"))
+        assert stderr.endswith("Interrupted: run the same command again to render the rest.\n")
     done_before = _complete_clips(out)
     assert 3 <= len(done_before) < count
     sidecars = {name: (out / f"{name}.json").read_bytes() for name in done_before}

@@ -119,9 +119,14 @@ class AnalyticDenoiser(nn.Module):
 
 
 def run_sampler(
-    denoiser: nn.Module, scheduler, noise: torch.Tensor, num_steps: int
+    denoiser: nn.Module, scheduler, noise: torch.Tensor, num_steps: int, seed: int | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Plain diffusers sampling loop; returns the final sample and every intermediate state."""
+    """Plain diffusers sampling loop; returns the final sample and every intermediate state.
+
+    ``seed`` seeds the noise of SDE samplers (Stable Audio's cosine DPM-Solver draws its Brownian
+    noise from the generator's seed), so that runs are comparable; ODE samplers ignore it.
+    """
+    step_kwargs = {} if seed is None else {"generator": torch.Generator().manual_seed(seed)}
     scheduler.set_timesteps(num_steps)
     x = noise * getattr(scheduler, "init_noise_sigma", 1.0)
     states = [x]
@@ -129,7 +134,7 @@ def run_sampler(
     scale = getattr(scheduler, "scale_model_input", lambda sample, timestep: sample)
     for timestep in scheduler.timesteps:
         model_input = scale(x, timestep)
-        x = scheduler.step(denoiser(model_input, timestep), timestep, x).prev_sample
+        x = scheduler.step(denoiser(model_input, timestep), timestep, x, **step_kwargs).prev_sample
         states.append(x)
     return x, states
 

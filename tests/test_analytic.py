@@ -289,11 +289,7 @@ def test_sde_sampler_gets_noise_free_reconstructions(monkeypatch):
     denoiser = AnalyticDenoiser(MIXTURE, scheduler)
 
     def run(steps):
-        scheduler.set_timesteps(steps)
-        x, generator = NOISE * scheduler.init_noise_sigma, torch.Generator().manual_seed(0)
-        for t in scheduler.timesteps:
-            x = scheduler.step(denoiser(scheduler.scale_model_input(x, t), t), t, x, generator=generator).prev_sample
-        return x
+        return run_sampler(denoiser, scheduler, NOISE, steps, seed=0)[0]
 
     baseline = run(50)
     assert torch.equal(run(50), baseline), "the Brownian noise is seeded by the generator"

@@ -121,7 +121,8 @@ def render(
     Rows: name, prompt, and optionally negative_prompt, seed, duration, steps, guidance, format (wav/flac);
     the options give the values of the fields a row leaves out. A re-run skips the clips that are
     complete for the same row and settings, so an interrupted run is resumed by running it again.
-    Exit status: 0 when every row rendered, 1 when some failed or were invalid, 2 for bad input.
+    Exit status: 0 when every row rendered, 1 when some failed or were invalid, 2 for bad input,
+    130 / 143 when interrupted (Ctrl-C / SIGTERM).
 
     \b
     Several processes (GPUs or machines, OUT_DIR on shared storage) split the rows:

@@ -97,7 +97,7 @@ def test_jsonl_and_csv_manifests_fill_in_the_defaults(tmp_path: Path) -> None:
     defaults = RenderDefaults(seed=7, duration=1.28, steps=12, guidance=3.0, format="flac", negative_prompt="hiss")
     jsonl = tmp_path / "m.jsonl"
     jsonl.write_text(
-        '{"name": "a", "prompt": "piano"}\n\n'
+        '{"name": "a", "prompt": "piano\u2028"}\n\n'
         '{"name": "b", "prompt": "drums", "seed": 3, "steps": 4, "duration": 0.64, "guidance": 1, '
         '"format": "WAV", "negative_prompt": "noise"}\n',
         encoding="utf-8",
@@ -114,7 +114,8 @@ def test_jsonl_and_csv_manifests_fill_in_the_defaults(tmp_path: Path) -> None:
         assert manifest.problems == []
         first, second = manifest.rows
         assert (first.line, second.line) == lines
-        assert (first.name, first.clip, first.format) == ("a", ClipRequest("piano", 7, "hiss"), "flac")
+        assert (first.name, first.clip.prompt.strip(), first.format) == ("a", "piano", "flac")
+        assert (first.clip.seed, first.clip.negative_prompt) == (7, "hiss")
         assert first.settings == SamplingSettings(steps=12, duration=1.28, guidance=3.0)
         assert second.clip.seed == 3 and second.clip.negative_prompt == "noise" and second.format == "wav"
         assert second.settings == SamplingSettings(steps=4, duration=0.64, guidance=1.0)

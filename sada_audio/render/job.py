@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +78,6 @@ def _error_text(error: BaseException) -> str:
 class RenderProgress:
     """This process's progress, handed to the callback after each clip."""
 
-    last: dict[str, Any] = field(default_factory=dict)  # the index entry of the latest clip
     rendered: int = 0
     failed: int = 0
     nfe_speedups: list[float] = field(default_factory=list)
@@ -151,7 +149,6 @@ def render_batches(
 
     def record(entry: dict[str, Any]) -> None:
         part.append(entry)
-        progress.last = entry
         if entry["status"] == RENDERED:
             progress.rendered += 1
             progress.nfe_speedups.append(entry["nfe_speedup"])
@@ -163,7 +160,6 @@ def render_batches(
     queue = list(plan.batches)
     while queue:
         rows = queue.pop(0)
-        started = time.perf_counter()
         try:
             batch = generate(pipe, [row.clip for row in rows], rows[0].settings)
         except Exception as error:
@@ -175,7 +171,7 @@ def render_batches(
                 logger.warning("%s failed: %s", rows[0].name, _error_text(error))
                 record(index_entry(rows[0], FAILED, error=_error_text(error)))
             continue
-        logger.debug("rendered %d clips in %.2f s", len(rows), time.perf_counter() - started)
+        logger.debug("rendered %d clips in %.2f s", len(rows), batch.wall_time_s)
         for index, row in enumerate(rows):
             try:
                 meta = _write_clip(out_dir, row, batch, index, run, run_meta)

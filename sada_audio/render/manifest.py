@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -101,6 +102,8 @@ class RowProblem:
 
 @dataclass
 class Manifest:
+    """A parsed manifest: its valid rows (in file order) and the problems of the others."""
+
     path: Path
     rows: list[RenderRow]
     problems: list[RowProblem]
@@ -135,7 +138,8 @@ def _records(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str | 
     except (OSError, UnicodeDecodeError) as error:
         raise ManifestError(f"cannot read the manifest '{path}': {error}") from error
     if suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
+        # split on newlines only: str.splitlines also breaks at U+2028 and friends, which JSON strings may hold
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -145,7 +149,7 @@ def _records(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str | 
                 continue
             yield (number, record, None) if isinstance(record, dict) else (number, None, "not a JSON object")
         return
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     unknown = [column for column in reader.fieldnames or () if column not in FIELDS]
     if unknown:
         yield (

@@ -130,22 +130,21 @@ def render(
     On CPUs use 'accelerate launch --multi_gpu --num_processes N' ('--cpu' starts a single process).
     """
     with _interruptible():
-        rows = read_manifest(
-            manifest,
-            RenderDefaults(seed, duration, steps, guidance, audio_format, negative_prompt),
-        )
-        rows.check(skip_invalid)
+        cues = read_manifest(manifest, RenderDefaults(seed, duration, steps, guidance, audio_format, negative_prompt))
+        cues.check(skip_invalid)
         state = process_state(device)
         device = process_device(device, state)
         run = RenderRun(model, resolve_model_id(model), scheduler, accelerate == "sada", device, dtype)
         started = time.perf_counter()
-        with RenderJob(rows, out_dir, run, batch_size=batch_size, state=state) as job:
+        with RenderJob(cues, out_dir, run, batch_size=batch_size, state=state) as job:
             if job.plan.pending:
                 pipe, load_time = load_for_command(model, scheduler, device, dtype)
                 pipe.set_progress_bar_config(disable=True)
-                label = f"Rendering {job.plan.pending} clips" + (
-                    f" ({len(job.plan.done)} already done)" if job.plan.done else ""
-                )
+                label = f"Rendering {job.plan.pending} clips"
+                if state.num_processes > 1:
+                    label += f" of process 1/{state.num_processes}"
+                if job.plan.done:
+                    label += f" ({len(job.plan.done)} already done)"
                 with click.progressbar(
                     length=job.plan.pending,
                     label=label,
@@ -159,7 +158,7 @@ def render(
     counts = summary.counts
     if summary.index_path is not None:
         minutes = (time.perf_counter() - started) / 60
-        rate = f", {counts.get(RENDERED, 0) / minutes:.1f} clips/min" if counts.get(RENDERED) else ""
+        rate = f", {counts.get(RENDERED, 0) / minutes:.1f} clips/min overall" if counts.get(RENDERED) else ""
         others = ", ".join(
             f"{counts[status]} {status}" for status in (SKIPPED, FAILED, INVALID, MISSING) if status in counts
         )

@@ -55,6 +55,8 @@ class _DenoiserHook(ModelHook):
                 output = replacement.to(sample.dtype).repeat(repeats, *([1] * (replacement.dim() - 1)))
                 return handle._layout.wrap_output(output, kwargs.get("return_dict", True))
             engine.fall_back()
+        handle._call_in_step = handle._call_in_step + 1 if engine.step == handle._last_call_step else 0
+        handle._last_call_step = engine.step
         engine.begin_model_call(handle._grid)
         return self.fn_ref.original_forward(*args, **kwargs)
 
@@ -80,9 +82,10 @@ class _FeederHook(ModelHook):
 
 
 class _TokenBlockHook(ModelHook):
-    def __init__(self, engine: SADAEngine, block: TokenBlock, index: int) -> None:
+    def __init__(self, handle: SADAHandle, block: TokenBlock, index: int) -> None:
         super().__init__()
-        self.engine = engine
+        self.handle = handle
+        self.engine = handle.engine
         self.level = block.level
         self.layout = block.layout
         self.index = index
@@ -96,11 +99,13 @@ class _TokenBlockHook(ModelHook):
         tokens = hidden_states[:, prefix:]
         num_tokens = tokens.shape[1]
         kept = engine.kept_tokens(self.level, num_tokens) if engine.running else None
-        cache = engine.block_caches.get(self.index)
+        # Pipelines that call the denoiser twice per step (Flux's true CFG) get one cache per call.
+        key = (self.index, self.handle._call_in_step)
+        cache = engine.block_caches.get(key)
         if kept is None or cache is None or cache.shape != tokens.shape or not layout.prunable(rest, kwargs):
             output = forward(*args, **kwargs)
             if engine.running and self.level <= engine.config.max_downsample:
-                engine.block_caches[self.index] = layout.hidden_output(output)[:, prefix:] - tokens
+                engine.block_caches[key] = layout.hidden_output(output)[:, prefix:] - tokens
             engine.count_tokens(num_tokens, num_tokens)
             return output
         kept = kept.to(hidden_states.device)
@@ -146,6 +151,8 @@ class SADAHandle:
         self._layout = layout or DenoiserLayout()
         self._input_name = next(iter(inspect.signature(denoiser.forward).parameters), "sample")
         self._grid: tuple[int, int] | None = None
+        self._call_in_step = 0
+        self._last_call_step = -1
         self._feeder_outputs: dict[int, Any] = {}
         self._hooked: list[nn.Module] = []
         self._created_registries: list[nn.Module] = []
@@ -154,7 +161,7 @@ class SADAHandle:
             self._register(feeder, _FeederHook(self, index))
         if config.tokenwise:
             for index, block in enumerate(blocks):
-                self._register(block.module, _TokenBlockHook(self.engine, block, index))
+                self._register(block.module, _TokenBlockHook(self, block, index))
         self._wrap_scheduler(scheduler)
         denoiser._sada_handle = self
         self._removed = False
@@ -242,6 +249,7 @@ class SADAHandle:
         """A new sampling run: fresh engine state, no stand-in outputs from an earlier run."""
         self.engine.start(solver_adapter_for(scheduler))
         self._feeder_outputs.clear()
+        self._last_call_step = -1
 
     def _replacement(self) -> torch.Tensor | None:
         """The current step's rebuilt denoiser output (in the denoiser's layout), or None if the model runs.

@@ -146,6 +146,18 @@ def test_flux_token_grid_and_token_pruning_with_rotary_positions(pipes):
     assert stats.pruned_steps and stats.pruned_fraction > 0.05
 
 
+def test_flux_true_cfg_calls_keep_separate_token_caches(pipes):
+    """With true CFG Flux calls the transformer twice per step (prompt, negative prompt)."""
+    pipe = pipes["flux"]
+    config = SADAConfig.preset("flux", tokenwise=True, max_fix=8)
+    with apply_sada(pipe, config) as handle:
+        latent = generate(pipe, steps=30, true_cfg_scale=2.0, negative_prompt="blurry")
+        stats = handle.stats
+        slots = {slot for _, slot in handle.engine.block_caches}
+    assert torch.isfinite(latent).all() and slots == {0, 1}
+    assert stats.model_calls == 2 * (30 - len(stats.skipped_steps)) and stats.pruned_fraction > 0.05
+
+
 def test_stable_audio_token_pruning_keeps_the_global_token(pipes):
     pipe = pipes["stable-audio"]
     with apply_sada(pipe, SADAConfig.preset("stable-audio", tokenwise=True, max_fix=4)) as handle:

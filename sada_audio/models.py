@@ -46,7 +46,10 @@ class BlockLayout:
     """Keyword argument holding a ``(cos, sin)`` rotary table over the attention sequence."""
 
     def prunable(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        """Whether this call can run on a subset of tokens (an attention mask over all tokens cannot)."""
+        """Whether this call can run on a subset of tokens: not with an attention mask over all tokens,
+        nor with a rotary table passed by position (only one passed by name is cut to the kept rows)."""
+        if self.rotary_argument is not None and args:
+            return False
         return kwargs.get("attention_mask") is None and not (args and args[0] is not None)
 
     def rotary_offset(self, kwargs: dict[str, Any]) -> int:
@@ -81,8 +84,7 @@ class FluxBlockLayout(BlockLayout):
     rotary_argument = "image_rotary_emb"
 
     def prunable(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        # Pruning cuts the rotary rows, so the table must come by name (the pipelines' inference path).
-        return not args and "encoder_hidden_states" in kwargs
+        return super().prunable(args, kwargs) and "encoder_hidden_states" in kwargs
 
     def rotary_offset(self, kwargs: dict[str, Any]) -> int:
         return int(kwargs["encoder_hidden_states"].shape[1])

@@ -1,12 +1,16 @@
 """Every model family through SADA: NFE of a 50-step tiny run with the family preset, per scheduler.
 
-Run:  python -m sada_audio.evaluation.family_nfe [--steps 50] [--analytic] [--json out.json]
+Run:  python -m sada_audio.evaluation.family_nfe [--steps 50] [--analytic] [--controlnet-repeats 5]
+      [--json out.json]
 
 For every supported pipeline family (tiny random pipelines from ``sada_audio.testing``) and each
 scheduler it can run with, one baseline call and one call with ``apply_sada(pipe)`` (the family's
 preset), same seed: NFE, skipped and pruned steps, the pruned token share, the relative deviation of
 the output from the baseline (random weights: this says nothing about fidelity, only that the run
 is sane) and which test file covers the pair.
+
+``--controlnet-repeats N`` times the ControlNet pipelines three ways (baseline, SADA, SADA with the
+ControlNet run on every step as if only the UNet were hooked).
 
 ``--analytic`` adds the accuracy table on the analytic Gaussian-mixture model (exact denoiser,
 ``sada_audio.analytic``) for every solver family: SADA's deviation from the unaccelerated run, and
@@ -18,6 +22,7 @@ and Stable Audio Open's SDE sampler.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -36,6 +41,7 @@ from sada_audio.analytic import (
     run_sampler,
     scheduler_zoo,
 )
+from sada_audio.models import model_adapter_for
 from sada_audio.pipelines import set_scheduler
 from sada_audio.solvers import FlowMatchEulerAdapter
 from sada_audio.testing import (
@@ -142,6 +148,39 @@ def pipeline_rows(steps: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _controlnet_times(pipe: Any, steps: int, repeats: int) -> dict[str, float]:
+    adapter = model_adapter_for(pipe)
+    config = SADAConfig.preset(adapter.family)
+
+    def unet_only() -> SADAHandle:
+        return SADAHandle(pipe.unet, pipe.scheduler, config, layout=adapter.layout, scheduler_owner=pipe)
+
+    variants = {
+        "baseline": nullcontext,
+        "sada": lambda: apply_sada(pipe, config),
+        "sada, controlnet every step": unet_only,
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, attach in variants.items():
+            with attach():
+                started = time.perf_counter()
+                _generate(pipe, steps)
+                times[name].append(time.perf_counter() - started)
+    return {name: round(statistics.median(values), 3) for name, values in times.items()}
+
+
+def controlnet_rows(steps: int, repeats: int) -> list[dict[str, Any]]:
+    """Wall time of the tiny ControlNet pipelines: baseline, SADA with the ControlNet skipped with the
+    UNet (the adapter's default), and SADA with the ControlNet run every step (hooks on the UNet only).
+    Median of ``repeats`` interleaved runs."""
+    rows = []
+    for family in ("controlnet", "controlnet-xl"):
+        pipe = FAMILIES[family][0]()
+        rows.append({"pipeline": type(pipe).__name__, **_controlnet_times(pipe, steps, repeats)})
+    return rows
+
+
 def _sigma_time(self: FlowMatchEulerAdapter, n: int) -> tuple[float, float]:
     """The other reading of flow matching: Euler in ``t = sigma`` with ``a = 1`` (gradient = velocity)."""
     return 1.0, float(self.scheduler.sigmas[n])
@@ -192,6 +231,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--analytic", action="store_true", help="also the accuracy table on the analytic model")
+    parser.add_argument(
+        "--controlnet-repeats", type=int, default=0, help="also time the ControlNet pipelines (median of N)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="also write all rows to this JSON file")
     args = parser.parse_args()
@@ -214,6 +256,10 @@ def main() -> None:
             "sada_s",
         ],
     )
+    if args.controlnet_repeats:
+        results["controlnet"] = controlnet_rows(args.steps, args.controlnet_repeats)
+        print()
+        _print_table(results["controlnet"], list(results["controlnet"][0]))
     if args.analytic:
         results["analytic"] = analytic_rows(args.steps)
         print()

@@ -195,11 +195,13 @@ class FlowMatchEulerAdapter(SolverAdapter):
     The scheduler's Euler step ``x + (s_next - s) v`` is exactly DDIM for the variance-preserving
     model ``alpha = 1 - s``, ``sigma = s``, so we read it in the same coordinates as DDIM:
     ``a = 1 - s``, ``t = s / (1 - s)``; the data prediction is ``x0 = x - s v`` and the ODE gradient
-    is the predicted noise ``x + (1 - s) v``. Reading it instead as Euler in ``t = s`` with ``a = 1``
-    (gradient = velocity) describes the same sampler, but the criterion and the reconstructions are
-    less accurate there: on the analytic flow model (shift 3, Flux preset, 50 steps) SADA's deviation
-    from the unaccelerated run was 0.037 in those coordinates and 0.025 in these
-    (``evaluation/family_nfe.py --analytic``).
+    is the predicted noise ``x + (1 - s) v``. A skipped step's velocity is rebuilt from that
+    gradient extrapolated linearly in ``t``. Reading the sampler instead as Euler in ``t = s`` with
+    ``a = 1`` (gradient = velocity, so extrapolation is the published ``2 v_n - v_{n-1}`` rule for
+    uneven steps) describes the same sampler, but the criterion and the reconstructions are less
+    accurate there: on the analytic flow model (shift 3, Flux preset, 50 steps) SADA's deviation from
+    the unaccelerated run was 0.037 in those coordinates and 0.025 in these
+    (``python -m sada_audio.evaluation.family_nfe --analytic``).
     """
 
     scheduler_classes = ("FlowMatchEulerDiscreteScheduler",)

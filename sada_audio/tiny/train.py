@@ -159,6 +159,7 @@ class TrainConfig:
     seed: int
     save_every: int
     device: torch.device
+    max_minutes: float | None = None
 
 
 def _train_loop(
@@ -233,8 +234,12 @@ def _train_loop(
                 " ".join(f"{k}={v / count:.4f}" for k, v in running.items()),
             )
             running = {}
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        out_of_time = cfg.max_minutes is not None and elapsed + time.time() - tick > 60 * cfg.max_minutes
+        if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
             save()
+        if out_of_time:
+            logger.info("%s: stopping at step %d, the --max-minutes limit", name, step)
+            break
     logger.info("%s done: %d steps, %.0f s", name, step, elapsed)
 
 
@@ -489,6 +494,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--batch", type=int, default=int(defaults["batch"]))
         p.add_argument("--lr", type=float, default=defaults["lr"])
         p.add_argument("--save-every", type=int, default=250)
+        p.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
         if name in ("vae", "unet"):
             p.add_argument("--crop", type=int, default=128 if name == "vae" else 64, help="training crop (frames)")
     out = sub.add_parser("assemble", help="save the trained MusicLDMPipeline")
@@ -516,6 +522,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         save_every=args.save_every,
         device=torch.device(args.device),
+        max_minutes=args.max_minutes,
     )
     trainers: dict[str, Callable[[], None]] = {
         "vae": lambda: train_vae(cfg, crop=args.crop),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from diffusers import AudioLDM2Pipeline, AudioLDMPipeline, DiffusionPipeline, MusicLDMPipeline
 
 from sada_audio.testing import tiny_audioldm2_pipeline, tiny_audioldm_pipeline, tiny_musicldm_pipeline
@@ -26,6 +27,16 @@ def _build(builder: Callable[[], DiffusionPipeline]) -> DiffusionPipeline:
         # diffusers warns on every construction of its deprecated MusicLDM / AudioLDM pipelines
         warnings.simplefilter("ignore", FutureWarning)
         return builder()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for the whole run: faster for tiny models, and immune to oversubscription on a busy
+    2-core machine (two threads spinning against other processes made a 0.3 s generation take up to 50 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +55,14 @@ def tiny_audioldm() -> AudioLDMPipeline:
 def tiny_audioldm2() -> AudioLDM2Pipeline:
     """Tiny random AudioLDM 2 pipeline, repaired for transformers 5 (shared: restore what you change)."""
     return _build(tiny_audioldm2_pipeline)
+
+
+@pytest.fixture(scope="session")
+def tiny_musicldm_dir(tmp_path_factory: pytest.TempPathFactory, tiny_musicldm: MusicLDMPipeline) -> Path:
+    """The tiny MusicLDM pipeline, saved once per session like a downloaded checkpoint (a ``--model PATH``)."""
+    path = tmp_path_factory.mktemp("tiny-musicldm")
+    tiny_musicldm.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(params=TINY_FAMILIES)

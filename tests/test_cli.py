@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,7 +14,6 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner, Result
-from diffusers import DiffusionPipeline
 
 import sada_audio
 from sada_audio import SADAConfig
@@ -28,27 +26,20 @@ PROMPT = "slow piano arpeggio in A minor"
 STEPS = "12"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: faster for tiny models, and immune to oversubscription on a busy machine
-    (two threads spinning against other processes made a 0.3 s generation take up to 50 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_musicldm: DiffusionPipeline) -> Path:
-    """The tiny MusicLDM pipeline, saved once per session like a downloaded checkpoint."""
-    path = tmp_path_factory.mktemp("tiny-musicldm")
-    tiny_musicldm.save_pretrained(path)
-    return path
-
-
-def _generate(model_dir: Path, output: Path, *args: str) -> Result:
+def _generate(tiny_musicldm_dir: Path, output: Path, *args: str) -> Result:
     """Run ``generate`` in-process: 12 steps of 1.28 s clips, unless ``args`` say otherwise (last wins)."""
-    argv = ["generate", PROMPT, "--model", str(model_dir), "-o", str(output), "--steps", STEPS, "--duration", "1.28"]
+    argv = [
+        "generate",
+        PROMPT,
+        "--model",
+        str(tiny_musicldm_dir),
+        "-o",
+        str(output),
+        "--steps",
+        STEPS,
+        "--duration",
+        "1.28",
+    ]
     argv += args
     return CliRunner().invoke(cli.main, argv)
 
@@ -69,9 +60,9 @@ def _read(path: Path) -> np.ndarray:
     return data
 
 
-def test_generate_writes_audio_and_sidecar(model_dir: Path, tmp_path: Path) -> None:
+def test_generate_writes_audio_and_sidecar(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "clip.wav"
-    result = _ok(_generate(model_dir, out, "--duration", "0.96", "--seed", "3", "--negative-prompt", "noise"))
+    result = _ok(_generate(tiny_musicldm_dir, out, "--duration", "0.96", "--seed", "3", "--negative-prompt", "noise"))
     assert "clip.wav" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.json", "clip.wav"]
     assert sf.info(out).format == "WAV"
@@ -83,7 +74,7 @@ def test_generate_writes_audio_and_sidecar(model_dir: Path, tmp_path: Path) -> N
     assert meta["prompt"] == PROMPT
     assert meta["negative_prompt"] == "noise"
     assert meta["seed"] == 3
-    assert meta["model"] == str(model_dir)
+    assert meta["model"] == str(tiny_musicldm_dir)
     assert meta["pipeline_class"] == "MusicLDMPipeline"
     assert meta["scheduler_class"] == "DDIMScheduler"
     assert meta["steps"] == 12
@@ -106,11 +97,11 @@ def test_generate_writes_audio_and_sidecar(model_dir: Path, tmp_path: Path) -> N
     assert 0 < stats["model_calls"] <= 12
 
 
-def test_generate_is_deterministic_and_accelerate_none_has_no_stats(model_dir: Path, tmp_path: Path) -> None:
+def test_generate_is_deterministic_and_accelerate_none_has_no_stats(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     first, second, plain = tmp_path / "a.wav", tmp_path / "b.wav", tmp_path / "plain.wav"
-    _ok(_generate(model_dir, first))
-    _ok(_generate(model_dir, second))
-    _ok(_generate(model_dir, plain, "--accelerate", "none"))
+    _ok(_generate(tiny_musicldm_dir, first))
+    _ok(_generate(tiny_musicldm_dir, second))
+    _ok(_generate(tiny_musicldm_dir, plain, "--accelerate", "none"))
     np.testing.assert_array_equal(_read(first), _read(second))
     assert len(_read(plain)) == len(_read(first))
     meta = _sidecar(plain)
@@ -121,18 +112,18 @@ def test_generate_is_deterministic_and_accelerate_none_has_no_stats(model_dir: P
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULER_CHOICES))
-def test_generate_with_each_scheduler(model_dir: Path, tmp_path: Path, scheduler: str) -> None:
+def test_generate_with_each_scheduler(tiny_musicldm_dir: Path, tmp_path: Path, scheduler: str) -> None:
     out = tmp_path / "s.wav"
-    _ok(_generate(model_dir, out, "--scheduler", scheduler))
-    expected = load_pipeline(str(model_dir))
+    _ok(_generate(tiny_musicldm_dir, out, "--scheduler", scheduler))
+    expected = load_pipeline(str(tiny_musicldm_dir))
     set_scheduler(expected, scheduler)
     assert _sidecar(out)["scheduler_class"] == type(expected.scheduler).__name__
     _read(out)
 
 
-def test_generate_flac_and_several_waveforms(model_dir: Path, tmp_path: Path) -> None:
+def test_generate_flac_and_several_waveforms(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "take.flac"
-    _ok(_generate(model_dir, out, "--num-waveforms", "3"))
+    _ok(_generate(tiny_musicldm_dir, out, "--num-waveforms", "3"))
     names = ["take.flac", "take_1.flac", "take_2.flac"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names, "take.json"])
     assert _sidecar(out)["files"] == names
@@ -142,20 +133,20 @@ def test_generate_flac_and_several_waveforms(model_dir: Path, tmp_path: Path) ->
         _read(tmp_path / name)
 
 
-def test_overwrite_replaces_existing_files(model_dir: Path, tmp_path: Path) -> None:
+def test_overwrite_replaces_existing_files(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "clip.wav"
     out.write_bytes(b"old audio")
     out.with_suffix(".json").write_text("{}")
-    _ok(_generate(model_dir, out, "--overwrite"))
+    _ok(_generate(tiny_musicldm_dir, out, "--overwrite"))
     _read(out)
     assert _sidecar(out)["prompt"] == PROMPT
 
 
-def test_installed_script_in_a_subprocess(model_dir: Path, tmp_path: Path) -> None:
+def test_installed_script_in_a_subprocess(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "sada-audio"
     assert script.exists(), "the console script is not installed: pip install -e ."
     out = tmp_path / "sub.wav"
-    argv = [str(script), "generate", PROMPT, "--model", str(model_dir), "-o", str(out), "--steps", STEPS]
+    argv = [str(script), "generate", PROMPT, "--model", str(tiny_musicldm_dir), "-o", str(out), "--steps", STEPS]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
@@ -221,12 +212,12 @@ EXISTING = {"existing.wav": b"keep me", "existing.json": b"{}", "take_2.wav": b"
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(
-    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+    tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     bad = BAD_INPUTS[case]
     for name, content in EXISTING.items():
         (tmp_path / name).write_bytes(content)
-    model = (bad.model or str(model_dir)).replace("{tmp}", str(tmp_path))
+    model = (bad.model or str(tiny_musicldm_dir)).replace("{tmp}", str(tmp_path))
     extra = [arg.replace("{tmp}", str(tmp_path)) for arg in bad.args]
     argv = ["generate", bad.prompt, "--model", model, "-o", str(tmp_path / "out.wav"), "--steps", STEPS, *extra]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -249,18 +240,18 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_device_is_refused_before_loading(
-    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
-    result = _generate(model_dir, tmp_path / "out.wav", "--device", "cuda")
+    result = _generate(tiny_musicldm_dir, tmp_path / "out.wav", "--device", "cuda")
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: ")
     assert "CUDA is not available" in result.stderr
 
 
-def test_unwritable_output_dir(model_dir: Path, read_only_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unwritable_output_dir(tiny_musicldm_dir: Path, read_only_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
-    result = _generate(model_dir, read_only_dir / "out.wav")
+    result = _generate(tiny_musicldm_dir, read_only_dir / "out.wav")
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: ")
     assert "is not writable" in result.stderr

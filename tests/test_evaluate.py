@@ -4,7 +4,6 @@ embedding loaders (a tiny ClapModel built here) and ``--generate`` on the tiny M
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +31,6 @@ from sada_audio.evaluation.metrics import MetricUnavailableError
 from sada_audio.testing import _clap_config, _clap_feature_extractor, _roberta_tokenizer
 
 SR = 16_000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -246,9 +237,8 @@ def test_unavailable_metrics_do_not_stop_the_evaluation(tones: tuple[Path, Path]
     assert report["set_metrics"]["fad"].startswith("unavailable: the default embedding")
 
 
-def test_clap_embedding_from_a_pipeline_folder(tmp_path: Path, tiny_musicldm: DiffusionPipeline) -> None:
-    tiny_musicldm.save_pretrained(tmp_path / "pipe")
-    embedding = load_clap_embedding(str(tmp_path / "pipe"))
+def test_clap_embedding_from_a_pipeline_folder(tiny_musicldm_dir: Path) -> None:
+    embedding = load_clap_embedding(str(tiny_musicldm_dir))
     audio = embedding.embed_audio([_tone(220), _tone(220, rate=8_000)], SR)
     assert audio.shape == (2, 32)
     np.testing.assert_allclose(np.linalg.norm(audio, axis=1), 1.0, rtol=1e-5)
@@ -360,9 +350,8 @@ def test_prompts_file(tmp_path: Path) -> None:
     _one_line_error(_invoke("--generate", str(path)), "not UTF-8")
 
 
-def test_generate_then_evaluate(tmp_path: Path, tiny_musicldm: DiffusionPipeline, backbone: str) -> None:
-    model_dir = tmp_path / "tiny-musicldm"
-    tiny_musicldm.save_pretrained(model_dir)
+def test_generate_then_evaluate(tmp_path: Path, tiny_musicldm_dir: Path, backbone: str) -> None:
+    model_dir = tiny_musicldm_dir
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("slow piano arpeggio\nfast drums\n", encoding="utf-8")
     out = tmp_path / "eval"

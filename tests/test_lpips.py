@@ -21,10 +21,7 @@ def _isolated_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     """An empty torch hub cache, and a download URL that cannot reach the network."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(lpips_module, "ALEXNET_URL", (tmp_path / "offline" / "alexnet-owt-7be5be79.pth").as_uri())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield tmp_path
-    torch.set_num_threads(threads)
 
 
 def _torchvision_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +36,6 @@ STEPS = "8"
 DURATION = "0.64"
 SCRIPT = Path(sys.executable).parent / "sada-audio"
 SUBPROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def render_model(tmp_path_factory: pytest.TempPathFactory, tiny_musicldm: DiffusionPipeline) -> Path:
-    """The tiny MusicLDM pipeline saved like a downloaded checkpoint (a ``--model PATH``)."""
-    path = tmp_path_factory.mktemp("render-model")
-    tiny_musicldm.save_pretrained(path)
-    return path
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -218,11 +201,11 @@ def test_shards_are_disjoint_complete_and_batches_share_a_shape(tmp_path: Path) 
 # ---------------------------------------------------------------- rendering
 
 
-def test_render_writes_clips_sidecars_and_index(render_model: Path, tmp_path: Path) -> None:
+def test_render_writes_clips_sidecars_and_index(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     rows = [*_rows(3), {"name": "loud", "prompt": "drums", "seed": 9, "format": "flac", "negative_prompt": "hiss"}]
     manifest = _write_manifest(tmp_path / "cues.jsonl", rows)
     out = tmp_path / "out" / "nested"
-    result = _render(manifest, out, render_model, "--batch-size", "2", "--steps", "20")
+    result = _render(manifest, out, tiny_musicldm_dir, "--batch-size", "2", "--steps", "20")
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "Rendered 4 clips" in result.stdout
 
@@ -240,12 +223,12 @@ def test_render_writes_clips_sidecars_and_index(render_model: Path, tmp_path: Pa
         20,
         "MusicLDMPipeline",
     )
-    assert meta["render_request"]["model_id"] == str(render_model) and meta["sada_stats"]["num_steps"] == 20
+    assert meta["render_request"]["model_id"] == str(tiny_musicldm_dir) and meta["sada_stats"]["num_steps"] == 20
     # the sidecar holds everything generate's does
     generated = tmp_path / "g.wav"
     assert (
         CliRunner()
-        .invoke(cli.main, ["generate", "p", "-o", str(generated), "--model", str(render_model), "--steps", "2"])
+        .invoke(cli.main, ["generate", "p", "-o", str(generated), "--model", str(tiny_musicldm_dir), "--steps", "2"])
         .exit_code
         == 0
     )
@@ -261,14 +244,14 @@ def test_render_writes_clips_sidecars_and_index(render_model: Path, tmp_path: Pa
     assert [index[name]["batch_size"] for name in sorted(names)] == [2, 2, 2, 2]
 
 
-def test_rerun_skips_complete_clips_and_rerenders_changed_rows(render_model: Path, tmp_path: Path) -> None:
+def test_rerun_skips_complete_clips_and_rerenders_changed_rows(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     rows = _rows(3)
     manifest = _write_manifest(tmp_path / "cues.jsonl", rows)
-    assert _render(manifest, out, render_model, "--accelerate", "none").exit_code == 0
+    assert _render(manifest, out, tiny_musicldm_dir, "--accelerate", "none").exit_code == 0
     before = _snapshot(out)
 
-    again = _render(manifest, out, render_model, "--accelerate", "none")
+    again = _render(manifest, out, tiny_musicldm_dir, "--accelerate", "none")
     assert again.exit_code == 0
     assert _snapshot(out) == before
     assert set(_statuses(out).values()) == {"skipped"}
@@ -277,33 +260,33 @@ def test_rerun_skips_complete_clips_and_rerenders_changed_rows(render_model: Pat
     rows[1]["seed"] = 99
     rows[2]["format"] = "flac"
     _write_manifest(manifest, rows)
-    assert _render(manifest, out, render_model, "--accelerate", "none").exit_code == 0
+    assert _render(manifest, out, tiny_musicldm_dir, "--accelerate", "none").exit_code == 0
     assert _statuses(out) == {"cue00": "skipped", "cue01": "rendered", "cue02": "rendered"}
     after = _snapshot(out)
     assert after["cue00.wav"] == before["cue00.wav"] and after["cue01.wav"] != before["cue01.wav"]
     assert "cue02.wav" not in after and "cue02.flac" in after  # the old format's file is gone
 
     # other settings on the command line are another request too
-    assert _render(manifest, out, render_model, "--accelerate", "none", "--guidance", "3").exit_code == 0
+    assert _render(manifest, out, tiny_musicldm_dir, "--accelerate", "none", "--guidance", "3").exit_code == 0
     assert set(_statuses(out).values()) == {"rendered"}
 
 
-def test_damaged_clips_are_rendered_again(render_model: Path, tmp_path: Path) -> None:
+def test_damaged_clips_are_rendered_again(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     manifest = _write_manifest(tmp_path / "cues.jsonl", _rows(4))
-    assert _render(manifest, out, render_model, "--accelerate", "none").exit_code == 0
+    assert _render(manifest, out, tiny_musicldm_dir, "--accelerate", "none").exit_code == 0
     (out / "cue00.json").write_text("{", encoding="utf-8")  # unreadable sidecar
     meta = json.loads((out / "cue01.json").read_text(encoding="utf-8"))
     (out / "cue01.json").write_text(json.dumps({**meta, "duration_s": "long"}), encoding="utf-8")  # edited by hand
     sf.write(out / "cue02.wav", np.zeros(100), SAMPLE_RATE)  # audio shorter than its sidecar says
     (out / "cue03.wav").unlink()
 
-    assert _render(manifest, out, render_model, "--accelerate", "none").exit_code == 0
+    assert _render(manifest, out, tiny_musicldm_dir, "--accelerate", "none").exit_code == 0
     assert set(_statuses(out).values()) == {"rendered"}
     assert len(_read(out / "cue02.wav")) == int(0.64 * SAMPLE_RATE)
 
 
-def test_batched_equals_unbatched_for_the_same_seeds(render_model: Path, tmp_path: Path) -> None:
+def test_batched_equals_unbatched_for_the_same_seeds(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     manifest = _write_manifest(
         tmp_path / "cues.jsonl", [*_rows(4), {**_rows(1)[0], "name": "neg", "negative_prompt": "x"}]
     )
@@ -313,7 +296,9 @@ def test_batched_equals_unbatched_for_the_same_seeds(render_model: Path, tmp_pat
         for size in ("1", "4"):
             outs[size] = tmp_path / f"{accelerate}-{size}"
             assert (
-                _render(manifest, outs[size], render_model, "--batch-size", size, "--accelerate", accelerate).exit_code
+                _render(
+                    manifest, outs[size], tiny_musicldm_dir, "--batch-size", size, "--accelerate", accelerate
+                ).exit_code
                 == 0
             )
         index_1, index_4 = _index(outs["1"]), _index(outs["4"])
@@ -355,14 +340,14 @@ def _failing_generate(real: Any) -> Any:
 
 
 def test_a_failing_clip_is_recorded_and_the_rest_render(
-    render_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(render_job, "generate_batch", _failing_generate(render_job.generate_batch))
     rows = [*_rows(2), {"name": "oom", "prompt": "boom"}, {"name": "nan", "prompt": "silence"}, *_rows(4)[2:]]
     rows.append({"name": "tiny", "prompt": "too short for the model", "duration": 0.001})
     manifest = _write_manifest(tmp_path / "cues.jsonl", rows)
     out = tmp_path / "out"
-    result = _render(manifest, out, render_model, "--batch-size", "3")
+    result = _render(manifest, out, tiny_musicldm_dir, "--batch-size", "3")
     assert result.exit_code == 1, result.output
     assert "Rendered 4 clips" in result.stdout and "3 failed" in result.stdout
     index = _index(out)
@@ -383,11 +368,11 @@ def test_a_failing_clip_is_recorded_and_the_rest_render(
 
     monkeypatch.undo()
     rows = [row for row in rows if row["name"] not in ("oom", "nan", "tiny")]
-    assert _render(_write_manifest(manifest, rows), out, render_model).exit_code == 0
+    assert _render(_write_manifest(manifest, rows), out, tiny_musicldm_dir).exit_code == 0
 
 
 def test_skip_invalid_renders_the_valid_rows(
-    render_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = [*_rows(2), {"name": "../escape", "prompt": "p"}, {"name": "cue00", "prompt": "again"}]
     manifest = _write_manifest(tmp_path / "cues.jsonl", rows)
@@ -397,14 +382,14 @@ def test_skip_invalid_renders_the_valid_rows(
         raise AssertionError("an invalid manifest must be refused before the model is loaded")
 
     monkeypatch.setattr(cli_common, "load_pipeline", no_load)
-    refused = _render(manifest, out, render_model)
+    refused = _render(manifest, out, tiny_musicldm_dir)
     assert refused.exit_code == 2
     assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("Error: ")
     assert "line 3: unsafe name '../escape'" in refused.stderr and "line 4: duplicate name 'cue00'" in refused.stderr
     assert not out.exists()
 
     monkeypatch.undo()
-    result = _render(manifest, out, render_model, "--skip-invalid")
+    result = _render(manifest, out, tiny_musicldm_dir, "--skip-invalid")
     assert result.exit_code == 1  # not every row rendered
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert [(entry["line"], entry["status"]) for entry in index] == [
@@ -416,11 +401,11 @@ def test_skip_invalid_renders_the_valid_rows(
     assert not (tmp_path / "escape.wav").exists()
 
 
-def test_unusable_output_dir_is_one_line(render_model: Path, tmp_path: Path, read_only_dir: Path) -> None:
+def test_unusable_output_dir_is_one_line(tiny_musicldm_dir: Path, tmp_path: Path, read_only_dir: Path) -> None:
     manifest = _write_manifest(tmp_path / "cues.jsonl", _rows(1))
     (tmp_path / "a-file").write_text("", encoding="utf-8")
     for out, message in ((read_only_dir, "is not writable"), (tmp_path / "a-file" / "out", "cannot create")):
-        result = _render(manifest, out, render_model)
+        result = _render(manifest, out, tiny_musicldm_dir)
         assert result.exit_code == 2 and result.stderr.startswith("Error: ") and message in result.stderr
         assert result.stderr.count("\n") == 1
 
@@ -443,12 +428,12 @@ def _complete_clips(out: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
-def test_a_killed_run_leaves_no_partial_audio_and_resumes(render_model: Path, tmp_path: Path, signum: int) -> None:
+def test_a_killed_run_leaves_no_partial_audio_and_resumes(tiny_musicldm_dir: Path, tmp_path: Path, signum: int) -> None:
     """Kill a render mid-run; every audio file left is complete, and the re-run renders exactly the rest."""
     count = 12
     manifest = _write_manifest(tmp_path / "cues.jsonl", _rows(count))
     out = tmp_path / "out"
-    argv = [str(SCRIPT), "render", str(manifest), "-o", str(out), "--model", str(render_model)]
+    argv = [str(SCRIPT), "render", str(manifest), "-o", str(out), "--model", str(tiny_musicldm_dir)]
     argv += ["--steps", "12", "--duration", DURATION]
     process = subprocess.Popen(argv, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -468,7 +453,7 @@ def test_a_killed_run_leaves_no_partial_audio_and_resumes(render_model: Path, tm
     assert 3 <= len(done_before) < count
     sidecars = {name: (out / f"{name}.json").read_bytes() for name in done_before}
 
-    result = _render(manifest, out, render_model, "--steps", "12")
+    result = _render(manifest, out, tiny_musicldm_dir, "--steps", "12")
     assert result.exit_code == 0, result.output
     statuses = _statuses(out)
     assert {name for name, status in statuses.items() if status == "skipped"} == done_before
@@ -485,7 +470,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_under_accelerate_render_the_complete_set(render_model: Path, tmp_path: Path) -> None:
+def test_two_processes_under_accelerate_render_the_complete_set(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     rows = _rows(5) + _rows(2, steps=6)
     rows = [{**row, "name": f"r{i}"} for i, row in enumerate(rows)]
     manifest = _write_manifest(tmp_path / "cues.jsonl", rows)
@@ -494,7 +479,17 @@ def test_two_processes_under_accelerate_render_the_complete_set(render_model: Pa
     # render joins its CPU processes in a gloo group.
     launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-    argv = [*launch, "--no_python", str(SCRIPT), "render", str(manifest), "-o", str(out), "--model", str(render_model)]
+    argv = [
+        *launch,
+        "--no_python",
+        str(SCRIPT),
+        "render",
+        str(manifest),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_musicldm_dir),
+    ]
     argv += ["--steps", STEPS, "--duration", DURATION, "--batch-size", "2"]
     done = subprocess.run(argv, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -17,7 +17,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from sada_audio.audio import _write_atomically, write_json
+from sada_audio.audio import write_atomically, write_json, write_text
 
 from .evaluate import Evaluation
 from .metrics import METRICS
@@ -145,7 +145,7 @@ def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
 
 
 def _save(figure: Figure, path: Path) -> None:
-    _write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=100))
+    write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=100))
 
 
 def spectrogram_figure(path: Path, name: str, label: str, reference: np.ndarray, test: np.ndarray) -> Path:
@@ -209,7 +209,7 @@ def write_outputs(evaluation: Evaluation, output_dir: Path, json_path: Path | No
             (figures_dir / file_name).unlink(missing_ok=True)
     report_path = output_dir / REPORT_NAME
     text = markdown(report, written) + "\n"
-    _write_atomically(report_path, lambda f: f.write(text.encode("utf-8")))
+    write_text(report_path, text)
     if json_path is not None:
         write_json(json_path, json_ready({**report, "figures": written}))
     return report_path

@@ -111,7 +111,7 @@ def write_audio(path: str | os.PathLike[str], waveform: np.ndarray, sample_rate:
     if peak > 1.0:
         logger.warning("waveform peak %.3f exceeds 1.0; clipping before writing %s", peak, path)
         data = np.clip(data, -1.0, 1.0)
-    _write_atomically(path, lambda f: sf.write(f, data, sample_rate, format=file_format, subtype=_SUBTYPE))
+    write_atomically(path, lambda f: sf.write(f, data, sample_rate, format=file_format, subtype=_SUBTYPE))
     logger.info("wrote %s (%d samples at %d Hz)", path, data.shape[0], sample_rate)
     return path
 
@@ -125,7 +125,13 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     path = Path(path)
     # Serialise first, so an unserialisable object fails before any file is touched.
     text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    _write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+    return write_text(path, text)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` atomically as UTF-8 to ``path``."""
+    path = Path(path)
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
     logger.info("wrote %s", path)
     return path
 
@@ -142,8 +148,12 @@ def pipeline_sample_rate(pipe: Any) -> int:
     return int(rate)
 
 
-def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Run ``write`` on a temporary file next to ``path``, fsync it, then rename it to ``path``."""
+def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
+    """Run ``write`` on a temporary binary file next to ``path``, fsync it, then rename it to ``path``.
+
+    A reader sees the old file or the complete new one; if ``write`` raises, nothing is left behind.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     # O_EXCL never clobbers anything; mode 0o666 lets the umask decide, as for an ordinary file.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from sada_audio import SADAConfig, SADAStats, apply_sada
-from sada_audio.audio import _write_atomically
+from sada_audio.audio import write_atomically
 
 
 def sample_parser(doc: str, prompt: str, steps: int = 50) -> argparse.ArgumentParser:
@@ -54,7 +54,7 @@ def save_images(pipe: Any, out_dir: Path, **images: np.ndarray) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, image in images.items():
         picture = pipe.image_processor.numpy_to_pil(image)[0]
-        _write_atomically(out_dir / f"{name}.png", lambda f, picture=picture: picture.save(f, format="PNG"))
+        write_atomically(out_dir / f"{name}.png", lambda f, picture=picture: picture.save(f, format="PNG"))
 
 
 def compare_images(pipe: Any, args: argparse.Namespace, config: SADAConfig | None = None, **call: Any) -> None:

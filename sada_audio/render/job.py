@@ -12,7 +12,7 @@ from typing import Any
 
 from accelerate import PartialState
 
-from sada_audio.audio import _write_atomically, write_audio, write_json
+from sada_audio.audio import write_audio, write_json, write_text
 from sada_audio.errors import SADAError
 from sada_audio.generation import (
     ClipRequest,
@@ -229,7 +229,7 @@ def merge_index(out_dir: Path, manifest: Manifest, run: RenderRun, world: int = 
     entries.sort(key=lambda entry: entry["line"])
     path = out_dir / INDEX_NAME
     text = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
-    _write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+    write_text(path, text)
     for part in out_dir.glob("index.rank*.jsonl"):
         part.unlink(missing_ok=True)
     counts: dict[str, int] = {}

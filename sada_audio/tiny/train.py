@@ -439,17 +439,28 @@ def train_unet(cfg: TrainConfig, crop: int = 64) -> None:
 # --------------------------------------------------------------------------------------------- assembly
 
 
-def assemble(workdir: Path, destination: Path, dtype: torch.dtype = torch.float16) -> Path:
-    """Build the ``MusicLDMPipeline`` from the trained components and save it with safetensors."""
+def assemble(
+    workdir: Path, destination: Path, vocoder_kind: str = "griffin-lim", dtype: torch.dtype = torch.float16
+) -> Path:
+    """Build the ``MusicLDMPipeline`` from the trained components and save it with safetensors.
+
+    ``vocoder_kind`` is ``"hifigan"`` (the trained SpeechT5HifiGan) or ``"griffin-lim"``
+    (:class:`~sada_audio.tiny.vocoder.GriffinLimVocoder`, no weights).
+    """
     from diffusers import MusicLDMPipeline
+
+    from sada_audio.tiny.vocoder import GriffinLimVocoder
 
     vae, scale = _load_vae(workdir)
     vae.register_to_config(scaling_factor=scale)
     clap, tokenizer = _load_clap(workdir)
     unet = build_unet()
     unet.load_state_dict(load_checkpoint(workdir, "unet")["ema"])
-    vocoder = build_vocoder()
-    vocoder.load_state_dict(load_checkpoint(workdir, "vocoder")["model"])
+    if vocoder_kind == "hifigan":
+        vocoder = build_vocoder()
+        vocoder.load_state_dict(load_checkpoint(workdir, "vocoder")["model"])
+    else:
+        vocoder = GriffinLimVocoder()
     pipe = MusicLDMPipeline(
         vae=vae,
         text_encoder=clap,
@@ -500,6 +511,7 @@ def _parser() -> argparse.ArgumentParser:
     out = sub.add_parser("assemble", help="save the trained MusicLDMPipeline")
     out.add_argument("--output", type=Path, default=TINY_MUSICLDM_PATH)
     out.add_argument("--fp32", action="store_true", help="store float32 weights (default: float16)")
+    out.add_argument("--vocoder", choices=("griffin-lim", "hifigan"), default="griffin-lim")
     return parser
 
 
@@ -512,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
         build_dataset(args.workdir, args.clips, args.workers)
         return
     if args.command == "assemble":
-        assemble(args.workdir, args.output, torch.float32 if args.fp32 else torch.float16)
+        assemble(args.workdir, args.output, args.vocoder, torch.float32 if args.fp32 else torch.float16)
         return
     cfg = TrainConfig(
         workdir=args.workdir,

@@ -18,6 +18,8 @@ model that is not there fails at once with a one-line :class:`~sada_audio.errors
 from __future__ import annotations
 
 import difflib
+import importlib
+import json
 import logging
 import os
 import types
@@ -34,6 +36,7 @@ from diffusers import (
 )
 
 from sada_audio.errors import ConfigError, ModelNotFoundError
+from sada_audio.tiny import TINY_MUSICLDM_PATH
 
 __all__ = [
     "MODEL_ALIASES",
@@ -52,6 +55,8 @@ MODEL_ALIASES: dict[str, str] = {
     "musicldm": "ucsd-reach/musicldm",
     "audioldm": "cvssp/audioldm-s-full-v2",
     "audioldm2": "cvssp/audioldm2",
+    # shipped inside the package: works offline, no download
+    "tiny-musicldm": str(TINY_MUSICLDM_PATH),
 }
 
 SCHEDULER_CHOICES: tuple[str, ...] = ("ddim", "euler", "edm", "dpm++")
@@ -173,6 +178,24 @@ def _from_pretrained(ref: str, dtype: torch.dtype, local_only: bool) -> Diffusio
     )
 
 
+def _import_own_components(directory: Path) -> None:
+    """Import the sada_audio modules that ``model_index.json`` names as component libraries.
+
+    diffusers resolves a component class from outside its known libraries only from ``sys.modules`` (importing
+    a name read from a file would run arbitrary code); modules of this package are safe to import.
+    """
+    try:
+        index = json.loads((directory / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return  # diffusers reports an unreadable index itself
+    for value in index.values():
+        if isinstance(value, list) and value and isinstance(value[0], str) and value[0].startswith("sada_audio."):
+            try:
+                importlib.import_module(value[0])
+            except ImportError:
+                continue  # diffusers then says which component it cannot find
+
+
 def _load_local(path: str, dtype: torch.dtype) -> DiffusionPipeline:
     directory = Path(path).expanduser()
     if directory.exists() and not directory.is_dir():
@@ -187,6 +210,7 @@ def _load_local(path: str, dtype: torch.dtype) -> DiffusionPipeline:
             f"{path!r} has no model_index.json, so it is not a diffusers pipeline directory "
             "(save one with pipe.save_pretrained(dir))"
         )
+    _import_own_components(directory)
     try:
         return _from_pretrained(str(directory), dtype, local_only=True)
     except (OSError, ValueError) as err:

@@ -103,7 +103,9 @@ def test_shipped_pipeline_generates_with_and_without_sada(shipped):
     prompt = "fast loud techno saw lead melody with a saw bass and a four-on-the-floor beat at 130 bpm in E minor"
 
     def run() -> np.ndarray:
-        return shipped(prompt, num_inference_steps=12, audio_length_in_s=1.28, generator=torch.Generator().manual_seed(0)).audios[0]
+        return shipped(
+            prompt, num_inference_steps=12, audio_length_in_s=1.28, generator=torch.Generator().manual_seed(0)
+        ).audios[0]
 
     baseline = run()
     assert baseline.shape == (round(1.28 * SAMPLE_RATE),) and np.isfinite(baseline).all()

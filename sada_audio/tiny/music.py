@@ -89,7 +89,7 @@ class ClipSpec:
 
 
 def tempo_word(bpm: int) -> str:
-    """"slow", "fast" or "" (mid tempo), as used in captions."""
+    """The tempo word of captions: "slow", "fast" or "" (mid tempo)."""
     if bpm <= _SLOW_BPM:
         return "slow"
     if bpm >= _FAST_BPM:

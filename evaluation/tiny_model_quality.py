@@ -1,0 +1,373 @@
+"""Quality of the embedded tiny MusicLDM, and SADA's speed and fidelity on it.
+
+    python -m sada_audio.evaluation.tiny_model_quality --part all --out runs/tiny_quality.json
+
+Parts (``--part``, repeatable; all prompts and clips are held out: seeds >= HELDOUT_SEED_START):
+
+* ``vocoder``: ground-truth audio -> log-mel -> waveform, with the shipped vocoder, librosa's Griffin-Lim
+  (32 iterations, the baseline the issue names) and, with ``--workdir``, the trained HiFi-GAN checkpoint;
+  log-mel L1 and multi-resolution STFT distance against the ground truth.
+* ``vae``: log-mel L1 of the VAE round trip (posterior mean) on held-out clips.
+* ``prompts``: does the audio follow the caption?  Key of "in X major/minor" prompts recovered by a chroma
+  key estimate (Krumhansl-Schmuckler profiles) vs chance 1/24; percussive energy share (librosa HPSS) of
+  "drum groove" vs "piano" prompts; estimated tempo of "slow" vs "fast" drum prompts. The same estimators on
+  the ground-truth audio of the same captions are reported as the ceiling.
+* ``sada``: wall time and fidelity (log-mel PSNR and SSIM, MR-STFT, SI-SDR vs the unaccelerated output of the
+  same seed) with the ``musicldm`` preset at 50 DDIM and 50 DPM++ steps.
+
+Prints markdown tables; ``--out`` also writes every number as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import librosa
+import numpy as np
+import torch
+
+from sada_audio import SADAConfig, apply_sada
+from sada_audio.audio import write_json
+from sada_audio.pipelines import load_pipeline, set_scheduler
+from sada_audio.testing import SAMPLE_RATE
+from sada_audio.tiny.features import log_mel
+from sada_audio.tiny.music import HELDOUT_SEED_START, ClipSpec, caption, render, sample_spec
+
+from .metrics import (
+    log_mel_l1,
+    log_mel_spectrogram,
+    multi_resolution_stft_distance,
+    si_sdr,
+    spectrogram_psnr,
+    spectrogram_ssim,
+)
+
+logger = logging.getLogger("sada_audio.evaluation.tiny_model_quality")
+
+PARTS = ("vocoder", "vae", "prompts", "sada")
+# Krumhansl-Kessler key profiles (probe-tone ratings), tonic first
+_MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+_MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+
+
+# ------------------------------------------------------------------------------------------- estimators
+
+
+def estimate_key(wave: np.ndarray) -> tuple[int, str]:
+    """(tonic pitch class, "major"/"minor") maximising the correlation of the mean chroma with the key profiles."""
+    chroma = librosa.feature.chroma_cqt(y=wave, sr=SAMPLE_RATE).mean(axis=1)
+    best = (-2.0, 0, "major")
+    for mode, profile in (("major", _MAJOR_PROFILE), ("minor", _MINOR_PROFILE)):
+        for tonic in range(12):
+            r = float(np.corrcoef(chroma, np.roll(profile, tonic))[0, 1])
+            best = max(best, (r, tonic, mode))
+    return best[1], best[2]
+
+
+def percussive_share(wave: np.ndarray) -> float:
+    """Share of the STFT energy that librosa's median-filter HPSS assigns to the percussive part."""
+    spec = np.abs(librosa.stft(wave, n_fft=1024, hop_length=256)) ** 2
+    harmonic, percussive = librosa.decompose.hpss(spec)
+    return float(percussive.sum() / (harmonic.sum() + percussive.sum() + 1e-12))
+
+
+def estimate_tempo(wave: np.ndarray) -> float:
+    return float(librosa.feature.tempo(y=wave, sr=SAMPLE_RATE, hop_length=256)[0])
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _heldout_specs(count: int, offset: int, **fixed: Any) -> list[ClipSpec]:
+    return [sample_spec(HELDOUT_SEED_START + offset + i, **fixed) for i in range(count)]
+
+
+def _generate(pipe: Any, prompt: str, steps: int, seed: int, guidance: float) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    audio = pipe(
+        prompt, num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(seed)
+    ).audios[0]
+    return audio, time.perf_counter() - start
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(statistics.fmean(values))
+
+
+def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = [f"\n### {title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ parts
+
+
+def griffin_lim_librosa(mel: torch.Tensor, length: int) -> np.ndarray:
+    """librosa's mel inversion + 32 Griffin-Lim iterations for one ``(frames, 64)`` log-mel."""
+    magnitude = np.exp(mel.numpy().T)
+    # the centred STFT of ``length`` samples has one frame more than our mel (the features drop it)
+    magnitude = np.concatenate([magnitude, magnitude[:, -1:]], axis=1)
+    return librosa.feature.inverse.mel_to_audio(
+        magnitude,
+        sr=SAMPLE_RATE,
+        n_fft=1024,
+        hop_length=160,
+        power=1.0,
+        n_iter=32,
+        fmin=0.0,
+        fmax=SAMPLE_RATE / 2,
+        length=length,
+    ).astype(np.float32)
+
+
+def eval_vocoder(pipe: Any, clips: int, workdir: Path | None) -> dict[str, Any]:
+    vocoders: dict[str, Callable[[torch.Tensor, int], np.ndarray]] = {
+        f"shipped ({type(pipe.vocoder).__name__})": lambda m, n: pipe.vocoder(m[None])[0, :n].detach().numpy(),
+        "librosa Griffin-Lim (32 it.)": griffin_lim_librosa,
+    }
+    if workdir is not None:
+        from sada_audio.tiny.components import build_vocoder
+        from sada_audio.tiny.train import load_checkpoint
+
+        hifigan = build_vocoder().eval()
+        state = load_checkpoint(workdir, "vocoder")
+        hifigan.load_state_dict(state["model"])
+        vocoders[f"trained HiFi-GAN ({state['step']} steps)"] = lambda m, n: hifigan(m[None])[0, :n].detach().numpy()
+    scores: dict[str, dict[str, list[float]]] = {name: {"log_mel_l1": [], "mr_stft": []} for name in vocoders}
+    for spec in _heldout_specs(clips, 0):
+        wave = render(spec)
+        mel = log_mel(wave)
+        reference = log_mel_spectrogram(wave, SAMPLE_RATE)
+        for name, vocode in vocoders.items():
+            with torch.no_grad():
+                out = vocode(mel, len(wave))
+            scores[name]["log_mel_l1"].append(log_mel_l1(reference, log_mel_spectrogram(out, SAMPLE_RATE)))
+            scores[name]["mr_stft"].append(multi_resolution_stft_distance(wave, out))
+    result = {name: {k: _mean(v) for k, v in s.items()} for name, s in scores.items()}
+    print(
+        _table(
+            f"Vocoders on {clips} held-out clips (lower is better)",
+            ["vocoder", "log-mel L1", "MR-STFT"],
+            [[n, r["log_mel_l1"], r["mr_stft"]] for n, r in result.items()],
+        )
+    )
+    return result
+
+
+@torch.no_grad()
+def eval_vae(pipe: Any, clips: int) -> dict[str, float]:
+    errors = []
+    for spec in _heldout_specs(clips, 0):
+        mel = log_mel(render(spec))[None, None]
+        recon = pipe.vae.decode(pipe.vae.encode(mel).latent_dist.mode()).sample
+        errors.append(float((recon - mel).abs().mean()))
+    result = {"log_mel_l1": _mean(errors), "clips": clips}
+    print(
+        _table(
+            f"VAE round trip on {clips} held-out clips", ["log-mel L1 (natural log units)"], [[result["log_mel_l1"]]]
+        )
+    )
+    return result
+
+
+def eval_prompts(pipe: Any, count: int, steps: int, guidance: float) -> dict[str, Any]:
+    # key: tonal held-out captions ("... in X major/minor")
+    tonal = [s for s in _heldout_specs(4 * count, 100) if s.lead is not None][:count]
+    hits, hits_truth = [], []
+    for i, spec in enumerate(tonal):
+        audio, _ = _generate(pipe, caption(spec), steps, i, guidance)
+        hits.append(estimate_key(audio) == (spec.root, spec.mode))
+        hits_truth.append(estimate_key(render(spec)) == (spec.root, spec.mode))
+    # drums vs piano, and tempo words (on drum grooves, whose onsets carry the tempo)
+    half = max(1, count // 2)
+    slow = _heldout_specs(half, 300, lead=None, bpm=70)
+    fast = _heldout_specs(half, 400, lead=None, bpm=140)
+    piano = _heldout_specs(2 * half, 500, lead="piano", groove=None)
+    measures: dict[str, dict[str, list[float]]] = {}
+    for name, specs in (("slow drums", slow), ("fast drums", fast), ("piano", piano)):
+        generated = [_generate(pipe, caption(s), steps, j, guidance)[0] for j, s in enumerate(specs)]
+        truth = [render(s) for s in specs]
+        measures[name] = {
+            "percussive_share": [percussive_share(a) for a in generated],
+            "percussive_share_truth": [percussive_share(a) for a in truth],
+            "tempo": [estimate_tempo(a) for a in generated],
+            "tempo_truth": [estimate_tempo(a) for a in truth],
+        }
+    drums = measures["slow drums"]["percussive_share"] + measures["fast drums"]["percussive_share"]
+    pairs = [d > p for d in drums for p in measures["piano"]["percussive_share"]]
+    result = {
+        "key_accuracy": _mean(hits),
+        "key_accuracy_ground_truth": _mean(hits_truth),
+        "key_chance": 1 / 24,
+        "key_prompts": len(tonal),
+        "percussive_share_drums": _mean(drums),
+        "percussive_share_piano": _mean(measures["piano"]["percussive_share"]),
+        "drums_more_percussive_than_piano_pairs": _mean(pairs),
+        "percussive_share_drums_truth": _mean(
+            measures["slow drums"]["percussive_share_truth"] + measures["fast drums"]["percussive_share_truth"]
+        ),
+        "percussive_share_piano_truth": _mean(measures["piano"]["percussive_share_truth"]),
+        "tempo_median_slow": float(np.median(measures["slow drums"]["tempo"])),
+        "tempo_median_fast": float(np.median(measures["fast drums"]["tempo"])),
+        "tempo_median_slow_truth": float(np.median(measures["slow drums"]["tempo_truth"])),
+        "tempo_median_fast_truth": float(np.median(measures["fast drums"]["tempo_truth"])),
+        "fast_faster_than_slow_pairs": _mean(
+            [f > s for f in measures["fast drums"]["tempo"] for s in measures["slow drums"]["tempo"]]
+        ),
+        "steps": steps,
+        "guidance": guidance,
+    }
+    print(
+        _table(
+            f"Prompt following ({steps} DDIM steps, guidance {guidance}; ground truth: the real clips)",
+            ["measure", "generated", "ground truth", "chance / reference"],
+            [
+                [
+                    f"key exact ({len(tonal)} prompts)",
+                    result["key_accuracy"],
+                    result["key_accuracy_ground_truth"],
+                    1 / 24,
+                ],
+                [
+                    "percussive share, drum prompts",
+                    result["percussive_share_drums"],
+                    result["percussive_share_drums_truth"],
+                    "",
+                ],
+                [
+                    "percussive share, piano prompts",
+                    result["percussive_share_piano"],
+                    result["percussive_share_piano_truth"],
+                    "",
+                ],
+                [
+                    "P(drum clip more percussive than piano clip)",
+                    result["drums_more_percussive_than_piano_pairs"],
+                    "",
+                    0.5,
+                ],
+                [
+                    "median tempo, 'slow ... 70 bpm' prompts",
+                    result["tempo_median_slow"],
+                    result["tempo_median_slow_truth"],
+                    70.0,
+                ],
+                [
+                    "median tempo, 'fast ... 140 bpm' prompts",
+                    result["tempo_median_fast"],
+                    result["tempo_median_fast_truth"],
+                    140.0,
+                ],
+                ["P(fast clip's tempo > slow clip's)", result["fast_faster_than_slow_pairs"], "", 0.5],
+            ],
+        )
+    )
+    return result
+
+
+def eval_sada(pipe: Any, count: int, steps: int, guidance: float, config: SADAConfig) -> dict[str, Any]:
+    prompts = [caption(s) for s in _heldout_specs(count, 700)]
+    result: dict[str, Any] = {"config": config.to_dict(), "prompts": count, "steps": steps}
+    rows = []
+    for scheduler in ("ddim", "dpm++"):
+        set_scheduler(pipe, scheduler)
+        base_times, sada_times, calls, fidelity = [], [], [], {"psnr": [], "ssim": [], "mr_stft": [], "si_sdr": []}
+        for seed, prompt in enumerate(prompts):
+            base, t_base = _generate(pipe, prompt, steps, seed, guidance)
+            with apply_sada(pipe, config) as handle:
+                fast, t_sada = _generate(pipe, prompt, steps, seed, guidance)
+            base_times.append(t_base)
+            sada_times.append(t_sada)
+            calls.append(handle.stats.model_calls)
+            ref_mel, test_mel = log_mel_spectrogram(base, SAMPLE_RATE), log_mel_spectrogram(fast, SAMPLE_RATE)
+            fidelity["psnr"].append(spectrogram_psnr(ref_mel, test_mel))
+            fidelity["ssim"].append(spectrogram_ssim(ref_mel, test_mel))
+            fidelity["mr_stft"].append(multi_resolution_stft_distance(base, fast))
+            fidelity["si_sdr"].append(si_sdr(base, fast))
+        entry = {
+            "baseline_s": _mean(base_times),
+            "sada_s": _mean(sada_times),
+            "speedup": sum(base_times) / sum(sada_times),
+            "model_calls": _mean(calls),
+            **{k: _mean(v) for k, v in fidelity.items()},
+        }
+        result[scheduler] = entry
+        rows.append(
+            [
+                scheduler,
+                entry["baseline_s"],
+                entry["sada_s"],
+                entry["speedup"],
+                entry["model_calls"],
+                entry["psnr"],
+                entry["ssim"],
+                entry["mr_stft"],
+                entry["si_sdr"],
+            ]
+        )
+    set_scheduler(pipe, "ddim")
+    print(
+        _table(
+            f"SADA (preset musicldm) vs the unaccelerated pipeline, {count} prompts x {steps} steps, same seeds",
+            [
+                "sampler",
+                "baseline s",
+                "SADA s",
+                "speedup",
+                "model calls",
+                "log-mel PSNR dB",
+                "SSIM",
+                "MR-STFT",
+                "SI-SDR dB",
+            ],
+            rows,
+        )
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny-musicldm")
+    parser.add_argument("--part", action="append", choices=[*PARTS, "all"], help="what to measure (default: all)")
+    parser.add_argument("--clips", type=int, default=16, help="held-out clips for the vocoder and VAE parts")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per group (prompt and SADA parts)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=2.5)
+    parser.add_argument("--workdir", type=Path, help="training folder: also score its trained HiFi-GAN checkpoint")
+    parser.add_argument("--sada", default="", help="preset overrides, e.g. 'max_interval=3,lagrange_int=3'")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    parts = PARTS if not args.part or "all" in args.part else tuple(args.part)
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    overrides = dict(item.split("=", 1) for item in args.sada.split(",") if item)
+    config = SADAConfig.preset("musicldm")
+    config = config.replace(**{k: type(getattr(config, k))(v) for k, v in overrides.items()})
+    results: dict[str, Any] = {"model": args.model, "torch_threads": 1}
+    if "vocoder" in parts:
+        results["vocoder"] = eval_vocoder(pipe, args.clips, args.workdir)
+    if "vae" in parts:
+        results["vae"] = eval_vae(pipe, args.clips)
+    if "prompts" in parts:
+        results["prompts"] = eval_prompts(pipe, args.prompts, args.steps, args.guidance)
+    if "sada" in parts:
+        results["sada"] = eval_sada(pipe, args.prompts, args.steps, args.guidance, config)
+    if args.out:
+        write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()

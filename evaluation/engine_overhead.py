@@ -45,6 +45,7 @@ TINY_BUILDERS = {
     "audioldm2": tiny_audioldm2_pipeline,
 }
 
+
 def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -131,8 +132,12 @@ def end_to_end(repeats: int, steps: int = 50) -> dict[str, dict]:
 
         def run(pipe=pipe) -> object:
             return pipe(
-                "a slow piano melody", num_inference_steps=steps, audio_length_in_s=2.56, guidance_scale=2.5,
-                generator=torch.Generator().manual_seed(0), output_type="np",
+                "a slow piano melody",
+                num_inference_steps=steps,
+                audio_length_in_s=2.56,
+                guidance_scale=2.5,
+                generator=torch.Generator().manual_seed(0),
+                output_type="np",
             ).audios
 
         run()
@@ -179,29 +184,40 @@ def main() -> None:
         unets["real-size"] = (UNet2DConditionModel(**real_size_audioldm_unet_config()).eval(), (256, 16))
     results = {name: measure(unet, hw, config, args.repeats) for name, (unet, hw) in unets.items()}
 
-    print(f"SADA step costs, preset {args.preset!r}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats} interleaved repeats")
-    print("| UNet | latent | plain call | SADA full call | pruned call | pruned speedup | tokens computed "
-          "| step bookkeeping | bookkeeping + hooks / call |")
+    print(
+        f"SADA step costs, preset {args.preset!r}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats} interleaved repeats"
+    )
+    print(
+        "| UNet | latent | plain call | SADA full call | pruned call | pruned speedup | tokens computed "
+        "| step bookkeeping | bookkeeping + hooks / call |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {'x'.join(map(str, r['latent']))} | {r['plain_call_s'] * 1e3:.1f} ms "
-              f"| {r['sada_full_call_s'] * 1e3:.1f} ms | {r['pruned_call_s'] * 1e3:.1f} ms "
-              f"| {r['pruned_speedup']:.2f}x | {r['tokens_computed_in_pruned_call']:.0%} "
-              f"| {r['step_bookkeeping_s'] * 1e3:.2f} ms | {r['bookkeeping_share']:.2%} |")
+        print(
+            f"| {name} | {'x'.join(map(str, r['latent']))} | {r['plain_call_s'] * 1e3:.1f} ms "
+            f"| {r['sada_full_call_s'] * 1e3:.1f} ms | {r['pruned_call_s'] * 1e3:.1f} ms "
+            f"| {r['pruned_speedup']:.2f}x | {r['tokens_computed_in_pruned_call']:.0%} "
+            f"| {r['step_bookkeeping_s'] * 1e3:.2f} ms | {r['bookkeeping_share']:.2%} |"
+        )
 
     pipelines = end_to_end(args.repeats)
-    print(f"\nTiny pipelines, 50 DDIM steps, guidance 2.5, 2.56 s, family preset, median of {args.repeats} "
-          "interleaved runs (random weights: speed only)")
+    print(
+        f"\nTiny pipelines, 50 DDIM steps, guidance 2.5, 2.56 s, family preset, median of {args.repeats} "
+        "interleaved runs (random weights: speed only)"
+    )
     print("| pipeline | baseline | SADA | speedup | NFE | pruned token share |")
     print("|---|---|---|---|---|---|")
     for family, r in pipelines.items():
-        print(f"| {family} | {r['baseline_s']:.3f} s | {r['sada_s']:.3f} s | {r['speedup']:.2f}x "
-              f"| {r['model_calls']}/{r['num_steps']} | {r['pruned_fraction']:.1%} |")
+        print(
+            f"| {family} | {r['baseline_s']:.3f} s | {r['sada_s']:.3f} s | {r['speedup']:.2f}x "
+            f"| {r['model_calls']}/{r['num_steps']} | {r['pruned_fraction']:.1%} |"
+        )
     if "real-size" in results:
         implied = implied_speedup(pipelines[args.preset]["step_modes"], results["real-size"])
-        print(f"\nThe {args.preset} schedule above, priced with the real-size per-step costs: "
-              f"{implied:.2f}x end to end")
+        print(
+            f"\nThe {args.preset} schedule above, priced with the real-size per-step costs: {implied:.2f}x end to end"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"preset": config.to_dict(), "unets": results, "pipelines": pipelines}, handle, indent=2)

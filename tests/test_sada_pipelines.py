@@ -67,13 +67,23 @@ def test_token_pruning_on_odd_rectangular_latents_with_batch_and_guidance(pipeli
     config = SADAConfig.preset("musicldm", max_fix=64)
     # 1.0 s -> 100 mel frames -> latent 8 x 25 x 16 (odd time axis); two prompts x two waveforms.
     baseline = pipe(
-        ["piano", "drums"], num_inference_steps=30, audio_length_in_s=1.0, num_waveforms_per_prompt=2,
-        generator=torch.Generator().manual_seed(1), output_type="np", guidance_scale=3.0,
+        ["piano", "drums"],
+        num_inference_steps=30,
+        audio_length_in_s=1.0,
+        num_waveforms_per_prompt=2,
+        generator=torch.Generator().manual_seed(1),
+        output_type="np",
+        guidance_scale=3.0,
     ).audios
     with apply_sada(pipe, config) as handle:
         audio = pipe(
-            ["piano", "drums"], num_inference_steps=30, audio_length_in_s=1.0, num_waveforms_per_prompt=2,
-            generator=torch.Generator().manual_seed(1), output_type="np", guidance_scale=3.0,
+            ["piano", "drums"],
+            num_inference_steps=30,
+            audio_length_in_s=1.0,
+            num_waveforms_per_prompt=2,
+            generator=torch.Generator().manual_seed(1),
+            output_type="np",
+            guidance_scale=3.0,
         ).audios
         stats = handle.stats
         assert handle.engine.latent_hw == (25, 16)
@@ -141,9 +151,7 @@ def test_non_finite_reconstruction_falls_back_in_a_pipeline(pipelines, monkeypat
     set_scheduler(pipe, "ddim")
     baseline = generate(pipe, steps=30)
     original = SolverAdapter.from_data_prediction
-    monkeypatch.setattr(
-        SolverAdapter, "from_data_prediction", lambda self, *a: original(self, *a) * float("nan")
-    )
+    monkeypatch.setattr(SolverAdapter, "from_data_prediction", lambda self, *a: original(self, *a) * float("nan"))
     with apply_sada(pipe, SADAConfig.preset("audioldm", tokenwise=False)) as handle:
         audio = generate(pipe, steps=30)
         assert handle.stats.fallbacks > 0 and handle.stats.model_calls == 30

@@ -12,9 +12,19 @@ def test_accelerate_pipeline_example_runs_on_a_saved_pipeline(tiny_musicldm, tmp
     model = tmp_path / "model"
     tiny_musicldm.save_pretrained(model)
     result = subprocess.run(
-        [sys.executable, str(SAMPLES / "accelerate_pipeline.py"), str(model), "--steps", "30",
-         "--out-dir", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            str(SAMPLES / "accelerate_pipeline.py"),
+            str(model),
+            "--steps",
+            "30",
+            "--out-dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr
     assert "model calls" in result.stdout

@@ -103,9 +103,7 @@ def extrapolate_gradient(ys: Sequence[torch.Tensor], times: Sequence[float], t_n
     return w_new * ys[0] + w_old * ys[1]
 
 
-def lagrange_data_prediction(
-    anchor_times: Sequence[float], anchors: Sequence[torch.Tensor], t: float
-) -> torch.Tensor:
+def lagrange_data_prediction(anchor_times: Sequence[float], anchors: Sequence[torch.Tensor], t: float) -> torch.Tensor:
     """Data prediction at solver time ``t`` from the polynomial through the anchors' data predictions.
 
     The published rule interpolates over step indices; over the solver time it is far more accurate

@@ -189,9 +189,7 @@ class SADAEngine:
 
     # -- solver side ---------------------------------------------------------------------------
 
-    def after_step(
-        self, model_output: torch.Tensor, sample: torch.Tensor, next_sample: torch.Tensor
-    ) -> None:
+    def after_step(self, model_output: torch.Tensor, sample: torch.Tensor, next_sample: torch.Tensor) -> None:
         """Record step ``n`` (output fed to the solver, state before and after) and plan step ``n+1``."""
         solver, n = self._solver, self.step
         mode = self.mode()
@@ -219,8 +217,11 @@ class SADAEngine:
             verdict = None
             if len(self._history) == 3:
                 verdict = stability(
-                    next_state / a_next, z_now, list(self._history.gradients),
-                    list(self._history.times), t_next,
+                    next_state / a_next,
+                    z_now,
+                    list(self._history.gradients),
+                    list(self._history.times),
+                    t_next,
                 )
                 # Token maps are tiny (H x W); selection runs on the CPU whatever the model's device.
                 self._token_momentum = verdict.token_momentum().cpu()

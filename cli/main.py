@@ -27,7 +27,11 @@ def _waveform_paths(output: Path, count: int) -> list[Path]:
 @click.version_option(package_name="sada-audio")
 @click.option("-v", "--verbose", count=True, help="Log more: -v for progress details, -vv for debugging.")
 def main(verbose: int) -> None:
-    """Training-free SADA acceleration of audio diffusion models (MusicLDM, AudioLDM, AudioLDM2)."""
+    """Training-free SADA acceleration of audio diffusion models (MusicLDM, AudioLDM, AudioLDM 2).
+
+    Generate one clip, render a whole manifest, or evaluate accelerated against unaccelerated audio.
+    Without --model the embedded tiny-musicldm runs, offline.
+    """
     configure_logging(verbose)
 
 

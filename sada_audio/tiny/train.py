@@ -1,10 +1,11 @@
 """Train the tiny MusicLDM from scratch on procedurally generated music.
 
-    python -m sada_audio.tiny.train data      --clips 4000        # synthesise the training set once
+    python -m sada_audio.tiny.train data      --clips 6000        # synthesise the training set once
     python -m sada_audio.tiny.train vae       --steps 3000        # log-mel autoencoder
-    python -m sada_audio.tiny.train clap      --steps 2000        # text + audio towers, contrastive
+    python -m sada_audio.tiny.train clap      --steps 2500        # text + audio towers, contrastive
+    python -m sada_audio.tiny.train clap-text --steps 1200        # text tower again, + attribute probes
     python -m sada_audio.tiny.train vocoder   --steps 3000        # HiFi-GAN: log-mel L1 + multi-resolution STFT
-    python -m sada_audio.tiny.train unet      --steps 5000        # needs the VAE and CLAP checkpoints
+    python -m sada_audio.tiny.train unet      --steps 5000        # needs the VAE and CLAP (text) checkpoints
     python -m sada_audio.tiny.train assemble                      # MusicLDMPipeline -> sada_audio/assets/
 
 Everything lives in ``--workdir`` (default ``checkpoints/tiny-musicldm``, git-ignored). Each trainer saves a
@@ -589,7 +590,7 @@ def assemble(
 _DEFAULTS: dict[str, dict[str, float]] = {
     "vae": {"steps": 3000, "batch": 16, "lr": 1e-3},
     "clap": {"steps": 2500, "batch": 64, "lr": 5e-4},
-    "clap-text": {"steps": 600, "batch": 128, "lr": 5e-4},
+    "clap-text": {"steps": 1200, "batch": 128, "lr": 2e-3},
     "vocoder": {"steps": 3000, "batch": 16, "lr": 1e-3},
     "unet": {"steps": 5000, "batch": 16, "lr": 5e-4},
 }
@@ -603,7 +604,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="synthesise and cache the training set")
-    data.add_argument("--clips", type=int, default=4000)
+    data.add_argument("--clips", type=int, default=6000)
     data.add_argument("--workers", type=int, default=2)
     for name, defaults in _DEFAULTS.items():
         p = sub.add_parser(name, help=f"train the {name}")

@@ -66,11 +66,12 @@ def test_every_training_entry_point_runs_and_resumes(tmp_path, caplog):
     captions = json.loads((work / "data" / "captions.json").read_text())
     assert captions == [make_clip(seed)[1] for seed in range(6)]
     main([*common, "vae", "--steps", "2", "--batch", "2", "--crop", "32"])
+    main([*common, "vae-decoder", "--steps", "2", "--batch", "2", "--crop", "32"])
     main([*common, "clap", "--steps", "2", "--batch", "4"])
     main([*common, "clap-text", "--steps", "2", "--batch", "4"])
     main([*common, "vocoder", "--steps", "2", "--batch", "2"])
     main([*common, "unet", "--steps", "2", "--batch", "2", "--crop", "16"])
-    for name in ("vae", "clap", "clap_text", "vocoder", "unet"):
+    for name in ("vae", "vae_decoder", "clap", "clap_text", "vocoder", "unet"):
         assert load_checkpoint(work, name)["step"] == 2
     assert load_checkpoint(work, "vae")["scaling_factor"] > 0
     with caplog.at_level(logging.INFO, logger="sada_audio.tiny.train"):

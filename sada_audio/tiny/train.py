@@ -2,6 +2,7 @@
 
     python -m sada_audio.tiny.train data      --clips 6000        # synthesise the training set once
     python -m sada_audio.tiny.train vae       --steps 3000        # log-mel autoencoder
+    python -m sada_audio.tiny.train vae-decoder --steps 1000      # decoder robust to noisy latents
     python -m sada_audio.tiny.train clap      --steps 2500        # text + audio towers, contrastive
     python -m sada_audio.tiny.train clap-text --steps 1200        # text tower again, + attribute probes
     python -m sada_audio.tiny.train vocoder   --steps 3000        # HiFi-GAN: log-mel L1 + multi-resolution STFT
@@ -299,6 +300,35 @@ def train_vae(cfg: TrainConfig, crop: int = 128, kl_weight: float = 1e-6) -> Non
     _train_loop("vae", cfg, vae, loss_fn, extra_state=lambda: {"scaling_factor": latent_scale(vae, data.mels)})
 
 
+def train_vae_decoder(cfg: TrainConfig, crop: int = 128, max_noise: float = 0.3) -> None:
+    """Fine-tune the VAE decoder to decode noisy latents into the clean log-mel (the encoder stays frozen).
+
+    With its tiny KL weight the VAE's posterior is very sharp, so the decoder had only seen exact latents and
+    turned the small errors of generated latents into a loud broadband noise bed. Gaussian noise of up to
+    ``max_noise`` times the latent standard deviation teaches it to ignore such errors; the encoder, hence
+    the UNet's training latents, do not change.
+    """
+    data = Dataset.load(cfg.workdir)
+    vae, scale = _load_vae(cfg.workdir, stage="vae")
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    frames = data.mels.shape[1]
+
+    def loss_fn(rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = rng.integers(len(data.mels), size=cfg.batch)
+        start = int(rng.integers(0, frames - crop + 1))
+        x = _batch(data.mels[:, start : start + crop], idx, cfg.device)[:, None]
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+        sigma = torch.from_numpy(rng.uniform(0, max_noise, size=(cfg.batch, 1, 1, 1))).float().to(cfg.device) / scale
+        z = z + sigma * torch.randn(z.shape, generator=gen).to(cfg.device)
+        l1 = (vae.decode(z).sample - x).abs().mean()
+        return l1, {"l1": l1.item()}
+
+    _train_loop("vae_decoder", cfg, vae, loss_fn, extra_state=lambda: {"scaling_factor": scale})
+
+
 def _tokenize(tokenizer: Any, captions: list[str]) -> dict[str, torch.Tensor]:
     return tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt")
 
@@ -435,8 +465,11 @@ def train_vocoder(cfg: TrainConfig, segment_frames: int = 64) -> None:
     _train_loop("vocoder", cfg, vocoder, loss_fn)
 
 
-def _load_vae(workdir: Path) -> tuple[torch.nn.Module, float]:
-    state = load_checkpoint(workdir, "vae")
+def _load_vae(workdir: Path, stage: str | None = None) -> tuple[torch.nn.Module, float]:
+    """The VAE of ``stage``; by default the noise-robust decoder ("vae_decoder") once it exists."""
+    if stage is None:
+        stage = "vae_decoder" if _checkpoint_path(workdir, "vae_decoder").is_file() else "vae"
+    state = load_checkpoint(workdir, stage)
     vae = build_vae()
     vae.load_state_dict(state["model"])
     return vae.eval(), float(state["scaling_factor"])
@@ -490,7 +523,7 @@ def _unet_inputs(cfg: TrainConfig, data: Dataset) -> tuple[torch.Tensor, torch.T
         cached = torch.load(cache, weights_only=True)
         if cached["stamp"] == stamp:
             return cached["latents"], cached["text"], cached["empty"]
-    vae, scale = _load_vae(cfg.workdir)
+    vae, scale = _load_vae(cfg.workdir, stage="vae")
     vae.to(cfg.device)
     latents = torch.cat(
         [
@@ -591,6 +624,7 @@ _DEFAULTS: dict[str, dict[str, float]] = {
     "vae": {"steps": 3000, "batch": 16, "lr": 1e-3},
     "clap": {"steps": 2500, "batch": 64, "lr": 5e-4},
     "clap-text": {"steps": 1200, "batch": 128, "lr": 2e-3},
+    "vae-decoder": {"steps": 1000, "batch": 16, "lr": 3e-4},
     "vocoder": {"steps": 3000, "batch": 16, "lr": 1e-3},
     "unet": {"steps": 5000, "batch": 16, "lr": 5e-4},
 }
@@ -613,8 +647,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--lr", type=float, default=defaults["lr"])
         p.add_argument("--save-every", type=int, default=250)
         p.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
-        if name in ("vae", "unet"):
-            p.add_argument("--crop", type=int, default=128 if name == "vae" else 64, help="training crop (frames)")
+        if name in ("vae", "vae-decoder", "unet"):
+            p.add_argument("--crop", type=int, default=64 if name == "unet" else 128, help="training crop (frames)")
     out = sub.add_parser("assemble", help="save the trained MusicLDMPipeline")
     out.add_argument("--output", type=Path, default=TINY_MUSICLDM_PATH)
     out.add_argument("--fp32", action="store_true", help="store float32 weights (default: float16)")
@@ -645,6 +679,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     trainers: dict[str, Callable[[], None]] = {
         "vae": lambda: train_vae(cfg, crop=args.crop),
+        "vae-decoder": lambda: train_vae_decoder(cfg, crop=args.crop),
         "clap": lambda: train_clap(cfg),
         "clap-text": lambda: train_clap_text(cfg),
         "vocoder": lambda: train_vocoder(cfg),

@@ -1,5 +1,6 @@
 """SADA on tiny MusicLDM, AudioLDM and AudioLDM2 pipelines, with every supported scheduler."""
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, EDMEulerScheduler, PNDMScheduler
@@ -65,18 +66,10 @@ def test_token_pruning_on_odd_rectangular_latents_with_batch_and_guidance(pipeli
     pipe = pipelines["musicldm"]
     set_scheduler(pipe, "dpm++")
     config = SADAConfig.preset("musicldm", max_fix=64)
+
     # 1.0 s -> 100 mel frames -> latent 8 x 25 x 16 (odd time axis); two prompts x two waveforms.
-    baseline = pipe(
-        ["piano", "drums"],
-        num_inference_steps=30,
-        audio_length_in_s=1.0,
-        num_waveforms_per_prompt=2,
-        generator=torch.Generator().manual_seed(1),
-        output_type="np",
-        guidance_scale=3.0,
-    ).audios
-    with apply_sada(pipe, config) as handle:
-        audio = pipe(
+    def two_prompts_two_waveforms() -> np.ndarray:
+        return pipe(
             ["piano", "drums"],
             num_inference_steps=30,
             audio_length_in_s=1.0,
@@ -85,6 +78,10 @@ def test_token_pruning_on_odd_rectangular_latents_with_batch_and_guidance(pipeli
             output_type="np",
             guidance_scale=3.0,
         ).audios
+
+    baseline = two_prompts_two_waveforms()
+    with apply_sada(pipe, config) as handle:
+        audio = two_prompts_two_waveforms()
         stats = handle.stats
         assert handle.engine.latent_hw == (25, 16)
     assert audio.shape == baseline.shape == (4, 16000)

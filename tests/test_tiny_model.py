@@ -106,7 +106,7 @@ def test_shipped_pipeline_generates_with_and_without_sada(shipped):
 
     def run() -> np.ndarray:
         return shipped(
-            prompt, num_inference_steps=12, audio_length_in_s=1.28, generator=torch.Generator().manual_seed(0)
+            prompt, num_inference_steps=25, audio_length_in_s=1.28, generator=torch.Generator().manual_seed(0)
         ).audios[0]
 
     baseline = run()
@@ -114,6 +114,6 @@ def test_shipped_pipeline_generates_with_and_without_sada(shipped):
     assert 1e-3 < np.sqrt(np.mean(baseline**2)) < 1.0  # audible, not silent, not exploded
     with apply_sada(shipped, SADAConfig.preset("musicldm")) as handle:
         accelerated = run()
-    assert handle.stats.num_steps == 12 and handle.stats.model_calls < 12
+    assert handle.stats.num_steps == 25 and handle.stats.model_calls < 25  # the late phase skips steps
     assert accelerated.shape == baseline.shape and np.isfinite(accelerated).all()
     assert np.array_equal(run(), baseline)  # SADA removed: the unmodified pipeline again

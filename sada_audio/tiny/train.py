@@ -174,6 +174,7 @@ class TrainConfig:
     save_every: int
     device: torch.device
     max_minutes: float | None = None
+    stop_at: int | None = None
 
 
 def _train_loop(
@@ -218,7 +219,9 @@ def _train_loop(
 
     running: dict[str, float] = {}
     tick = time.time()
-    while step < cfg.steps:
+    # --stop-at ends a run early without changing its schedule, e.g. to redo a run --max-minutes stopped
+    last = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
+    while step < last:
         np_rng, torch_rng = _step_rng(cfg.seed, step)
         loss, parts = loss_fn(np_rng, torch_rng)
         opt.zero_grad(set_to_none=True)
@@ -234,7 +237,7 @@ def _train_loop(
         step += 1
         for key, value in parts.items():
             running[key] = running.get(key, 0.0) + value
-        if step % 50 == 0 or step == cfg.steps:
+        if step % 50 == 0 or step == last:
             now = time.time()
             elapsed += now - tick
             tick = now
@@ -249,7 +252,7 @@ def _train_loop(
             )
             running = {}
         out_of_time = cfg.max_minutes is not None and elapsed + time.time() - tick > 60 * cfg.max_minutes
-        if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
+        if step % cfg.save_every == 0 or step == last or out_of_time:
             save()
         if out_of_time:
             logger.info("%s: stopping at step %d, the --max-minutes limit", name, step)
@@ -647,6 +650,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--lr", type=float, default=defaults["lr"])
         p.add_argument("--save-every", type=int, default=250)
         p.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
+        p.add_argument("--stop-at", type=int, help="stop (and save) at this step; the schedule still spans --steps")
         if name in ("vae", "vae-decoder", "unet"):
             p.add_argument("--crop", type=int, default=64 if name == "unet" else 128, help="training crop (frames)")
     out = sub.add_parser("assemble", help="save the trained MusicLDMPipeline")
@@ -676,6 +680,7 @@ def main(argv: list[str] | None = None) -> None:
         save_every=args.save_every,
         device=torch.device(args.device),
         max_minutes=args.max_minutes,
+        stop_at=args.stop_at,
     )
     trainers: dict[str, Callable[[], None]] = {
         "vae": lambda: train_vae(cfg, crop=args.crop),

@@ -59,15 +59,26 @@ _MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98,
 # ------------------------------------------------------------------------------------------- estimators
 
 
-def estimate_key(wave: np.ndarray) -> tuple[int, str]:
-    """(tonic pitch class, "major"/"minor") maximising the correlation of the mean chroma with the key profiles."""
+def key_scores(wave: np.ndarray) -> dict[tuple[int, str], float]:
+    """Correlation of the clip's mean chroma with the Krumhansl-Kessler profile of each of the 24 keys."""
     chroma = librosa.feature.chroma_cqt(y=wave, sr=SAMPLE_RATE).mean(axis=1)
-    best = (-2.0, 0, "major")
-    for mode, profile in (("major", _MAJOR_PROFILE), ("minor", _MINOR_PROFILE)):
-        for tonic in range(12):
-            r = float(np.corrcoef(chroma, np.roll(profile, tonic))[0, 1])
-            best = max(best, (r, tonic, mode))
-    return best[1], best[2]
+    return {
+        (tonic, mode): float(np.corrcoef(chroma, np.roll(profile, tonic))[0, 1])
+        for mode, profile in (("major", _MAJOR_PROFILE), ("minor", _MINOR_PROFILE))
+        for tonic in range(12)
+    }
+
+
+def estimate_key(wave: np.ndarray) -> tuple[int, str]:
+    """(tonic pitch class, "major"/"minor"): the key whose profile best matches the mean chroma."""
+    scores = key_scores(wave)
+    return max(scores, key=scores.__getitem__)
+
+
+def key_rank(wave: np.ndarray, key: tuple[int, str]) -> int:
+    """Rank (1 = best, 24 = worst; 12.5 on average by chance) of ``key`` among the 24 by profile match."""
+    scores = key_scores(wave)
+    return 1 + sum(value > scores[key] for value in scores.values())
 
 
 def percussive_share(wave: np.ndarray) -> float:
@@ -189,11 +200,14 @@ def eval_vae(pipe: Any, clips: int) -> dict[str, float]:
 def eval_prompts(pipe: Any, count: int, steps: int, guidance: float) -> dict[str, Any]:
     # key: tonal held-out captions ("... in X major/minor")
     tonal = [s for s in _heldout_specs(4 * count, 100) if s.lead is not None][:count]
-    hits, hits_truth = [], []
+    hits, hits_truth, ranks, ranks_truth = [], [], [], []
     for i, spec in enumerate(tonal):
         audio, _ = _generate(pipe, caption(spec), steps, i, guidance)
+        truth = render(spec)
         hits.append(estimate_key(audio) == (spec.root, spec.mode))
-        hits_truth.append(estimate_key(render(spec)) == (spec.root, spec.mode))
+        hits_truth.append(estimate_key(truth) == (spec.root, spec.mode))
+        ranks.append(key_rank(audio, (spec.root, spec.mode)))
+        ranks_truth.append(key_rank(truth, (spec.root, spec.mode)))
     # drums vs piano, and tempo words (on drum grooves, whose onsets carry the tempo)
     half = max(1, count // 2)
     slow = _heldout_specs(half, 300, lead=None, bpm=70)
@@ -217,6 +231,8 @@ def eval_prompts(pipe: Any, count: int, steps: int, guidance: float) -> dict[str
         "key_accuracy": _mean(hits),
         "key_accuracy_ground_truth": _mean(hits_truth),
         "key_chance": 1 / 24,
+        "key_mean_rank": _mean(ranks),
+        "key_mean_rank_ground_truth": _mean(ranks_truth),
         "key_prompts": len(tonal),
         "percussive_share_drums": _mean(drums),
         "percussive_share_piano": _mean(measures["piano"]["percussive_share"]),
@@ -249,6 +265,12 @@ def eval_prompts(pipe: Any, count: int, steps: int, guidance: float) -> dict[str
                     result["key_accuracy"],
                     result["key_accuracy_ground_truth"],
                     1 / 24,
+                ],
+                [
+                    "mean rank of the prompt's key (1-24)",
+                    result["key_mean_rank"],
+                    result["key_mean_rank_ground_truth"],
+                    12.5,
                 ],
                 [
                     "percussive share, drum prompts",

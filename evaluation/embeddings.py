@@ -125,7 +125,9 @@ def _load_clap_parts(
 ) -> tuple[ClapModel, ClapFeatureExtractor, Any]:
     # no trust_remote_code: only transformers' own CLAP classes load
     return (
-        ClapModel.from_pretrained(str(model_ref), local_files_only=local_only),
+        # float32 whatever the stored dtype: the embedded model ships float16 weights, and CLAP's batch norm
+        # refuses half parameters on float32 input
+        ClapModel.from_pretrained(str(model_ref), local_files_only=local_only, dtype=torch.float32),
         ClapFeatureExtractor.from_pretrained(str(extractor_ref), local_files_only=local_only),
         AutoTokenizer.from_pretrained(str(tokenizer_ref), local_files_only=local_only),
     )

@@ -29,6 +29,7 @@ from sada_audio.evaluation.generate import clip_names, read_prompts
 from sada_audio.evaluation.lpips import AlexNetFeatures
 from sada_audio.evaluation.metrics import MetricUnavailableError
 from sada_audio.testing import _clap_config, _clap_feature_extractor, _roberta_tokenizer
+from sada_audio.tiny import TINY_MUSICLDM_PATH
 
 SR = 16_000
 
@@ -244,6 +245,14 @@ def test_clap_embedding_from_a_pipeline_folder(tiny_musicldm_dir: Path) -> None:
     np.testing.assert_allclose(np.linalg.norm(audio, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(audio, embedding.embed_audio([_tone(220), _tone(220, rate=8_000)], SR))
     assert embedding.embed_text(["a tone"]).shape == (1, 32)
+
+
+def test_the_shipped_model_is_an_embedding_despite_its_float16_weights() -> None:
+    embedding = load_clap_embedding(str(TINY_MUSICLDM_PATH))
+    audio = embedding.embed_audio([_tone(220), _tone(330)], SR)
+    text = embedding.embed_text(["slow piano arpeggio in A minor"])
+    assert audio.shape == (2, text.shape[1])
+    assert np.isfinite(audio).all() and np.isfinite(text).all()
 
 
 def test_clap_embedding_errors(tmp_path: Path, tiny_audioldm: DiffusionPipeline) -> None:

@@ -220,41 +220,51 @@ def _t5_encoder(vocab_size: int, width: int) -> T5EncoderModel:
     )
 
 
-def _clap_config(vocab_size: int) -> ClapConfig:
+def _clap_config(
+    vocab_size: int,
+    *,
+    width: int = 32,
+    spec_size: int = 64,
+    max_text_length: int = _TEXT_MAX_LENGTH,
+    projection_dim: int = _CLAP_PROJECTION_DIM,
+) -> ClapConfig:
+    """A two-layer CLAP of the given ``width`` (text hidden size and final Swin width). ``spec_size`` is the
+    Swin tower's square input: 64 with 64 mel bins holds up to 64 frames, 128 folds up to 256 frames."""
     text = ClapTextConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
+        hidden_size=width,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=2 * width,
         # RoBERTa positions start after the padding index, hence + 2
-        max_position_embeddings=_TEXT_MAX_LENGTH + 2,
+        max_position_embeddings=max_text_length + 2,
         pad_token_id=1,
         bos_token_id=0,
         eos_token_id=2,
     )
     audio = ClapAudioConfig(
-        spec_size=64,
+        spec_size=spec_size,
         num_mel_bins=N_MELS,
         window_size=4,
         patch_size=4,
         patch_stride=4,
-        patch_embeds_hidden_size=16,
+        patch_embeds_hidden_size=width // 2,
         # the final width of the Swin tower: patch_embeds_hidden_size * 2 ** (len(depths) - 1)
-        hidden_size=32,
+        hidden_size=width,
         depths=[1, 1],
         num_attention_heads=[2, 2],
         num_hidden_layers=2,
     )
-    return ClapConfig(text_config=text, audio_config=audio, projection_dim=_CLAP_PROJECTION_DIM)
+    return ClapConfig(text_config=text, audio_config=audio, projection_dim=projection_dim)
 
 
-def _clap_feature_extractor() -> ClapFeatureExtractor:
-    """CLAP front end at 16 kHz: 10 s of audio give 63 frames, within the tiny audio tower's 64."""
+def _clap_feature_extractor(hop_length: int = 2560) -> ClapFeatureExtractor:
+    """CLAP front end at 16 kHz for clips up to 10 s, repeat-padded. The default hop gives 63 frames for 10 s,
+    within the tiny audio tower's 64."""
     return ClapFeatureExtractor(
         feature_size=N_MELS,
         sampling_rate=SAMPLE_RATE,
-        hop_length=2560,
+        hop_length=hop_length,
         max_length_s=10,
         frequency_max=SAMPLE_RATE // 2,
         # "rand_trunc" leaves clips up to max_length_s untouched (no random crop, no random

@@ -12,11 +12,8 @@ from collections.abc import Iterable
 
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import (
-    ClapAudioConfig,
-    ClapConfig,
     ClapFeatureExtractor,
     ClapModel,
-    ClapTextConfig,
     RobertaTokenizer,
     SpeechT5HifiGan,
     SpeechT5HifiGanConfig,
@@ -81,44 +78,17 @@ def build_unet() -> UNet2DConditionModel:
 
 
 def build_clap(vocab_size: int) -> ClapModel:
-    text = ClapTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=TEXT_MAX_LENGTH + 2,  # RoBERTa positions start after the padding index
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
+    """The test CLAP's layout at width 64; spec_size 128 with 64 mel bins lets the Swin tower fold up to 256
+    frames (10 s at hop 640) into 128 x 128."""
+    config = testing._clap_config(
+        vocab_size, width=64, spec_size=128, max_text_length=TEXT_MAX_LENGTH, projection_dim=CLAP_DIM
     )
-    audio = ClapAudioConfig(
-        # spec_size 128 with 64 mel bins: the Swin tower folds up to 256 frames (10 s at hop 640) into 128 x 128
-        spec_size=128,
-        num_mel_bins=N_MELS,
-        window_size=4,
-        patch_size=4,
-        patch_stride=4,
-        patch_embeds_hidden_size=32,
-        hidden_size=64,  # patch_embeds_hidden_size * 2 ** (len(depths) - 1)
-        depths=[1, 1],
-        num_attention_heads=[2, 2],
-        num_hidden_layers=2,
-    )
-    return ClapModel(ClapConfig(text_config=text, audio_config=audio, projection_dim=CLAP_DIM))
+    return ClapModel(config)
 
 
 def build_feature_extractor() -> ClapFeatureExtractor:
     """CLAP front end: hop 640 (40 ms) and clips up to 10 s (251 frames), repeat-padded, never cropped at random."""
-    return ClapFeatureExtractor(
-        feature_size=N_MELS,
-        sampling_rate=SAMPLE_RATE,
-        hop_length=640,
-        max_length_s=10,
-        frequency_max=SAMPLE_RATE // 2,
-        truncation="rand_trunc",
-        padding="repeatpad",
-    )
+    return testing._clap_feature_extractor(hop_length=640)
 
 
 def build_vocoder() -> SpeechT5HifiGan:

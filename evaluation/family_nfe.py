@@ -41,6 +41,7 @@ from sada_audio.analytic import (
     run_sampler,
     scheduler_zoo,
 )
+from sada_audio.evaluation.tables import markdown_table
 from sada_audio.models import model_adapter_for
 from sada_audio.pipelines import set_scheduler
 from sada_audio.solvers import FlowMatchEulerAdapter
@@ -221,10 +222,7 @@ def analytic_rows(steps: int) -> list[dict[str, Any]]:
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for row in rows:
-        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
+    print("\n".join(markdown_table(columns, [[row[c] for c in columns] for row in rows])))
 
 
 def main() -> None:

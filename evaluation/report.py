@@ -21,6 +21,7 @@ from sada_audio.audio import write_atomically, write_json, write_text
 
 from .evaluate import Evaluation
 from .metrics import METRICS
+from .tables import markdown_table
 
 __all__ = ["REPORT_NAME", "FIGURE_NAMES", "json_ready", "markdown", "write_outputs"]
 
@@ -51,9 +52,7 @@ def _number(value: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_number(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return lines + [""]
+    return [*markdown_table(header, rows, cell=_number), ""]
 
 
 def _summary_lines(report: dict[str, Any]) -> list[str]:

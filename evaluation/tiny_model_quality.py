@@ -35,8 +35,8 @@ import torch
 from sada_audio import SADAConfig, apply_sada
 from sada_audio.audio import write_json
 from sada_audio.pipelines import load_pipeline, set_scheduler
-from sada_audio.testing import SAMPLE_RATE
-from sada_audio.tiny.features import log_mel
+from sada_audio.testing import HOP_LENGTH, SAMPLE_RATE
+from sada_audio.tiny.features import N_FFT, log_mel
 from sada_audio.tiny.music import HELDOUT_SEED_START, ClipSpec, caption, render, sample_spec
 
 from .metrics import (
@@ -47,6 +47,7 @@ from .metrics import (
     spectrogram_psnr,
     spectrogram_ssim,
 )
+from .tables import markdown_table
 
 logger = logging.getLogger("sada_audio.evaluation.tiny_model_quality")
 
@@ -121,9 +122,7 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     def cell(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    lines = [f"\n### {title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join([f"\n### {title}\n", *markdown_table(header, rows, cell)])
 
 
 # ------------------------------------------------------------------------------------------------ parts
@@ -137,8 +136,8 @@ def griffin_lim_librosa(mel: torch.Tensor, length: int) -> np.ndarray:
     return librosa.feature.inverse.mel_to_audio(
         magnitude,
         sr=SAMPLE_RATE,
-        n_fft=1024,
-        hop_length=160,
+        n_fft=N_FFT,
+        hop_length=HOP_LENGTH,
         power=1.0,
         n_iter=32,
         fmin=0.0,

@@ -20,8 +20,8 @@ import torch
 from scipy import linalg
 from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
-import sada_audio
-from sada_audio.pipelines import _hub_offline, _looks_like_path, _probe_hub, resolve_model_id
+from sada_audio.pipelines import hub_offline, looks_like_path, probe_hub
+from sada_audio.tiny import TINY_MUSICLDM_PATH
 
 from .metrics import MetricUnavailableError
 
@@ -103,10 +103,9 @@ class ClapEmbedding:
 
 
 def default_embedding_source() -> Path:
-    """Where the embedded model's pipeline folder lives (it may not be installed): where its model alias points,
-    else the package's ``assets`` folder."""
-    aliased = Path(resolve_model_id(DEFAULT_EMBEDDING)).expanduser()
-    return aliased if aliased.is_dir() else Path(sada_audio.__file__).parent / "assets" / DEFAULT_EMBEDDING
+    """Where the embedded model's pipeline folder lives (the folder the ``tiny-musicldm`` alias names; it may
+    not be installed)."""
+    return TINY_MUSICLDM_PATH
 
 
 def _pipeline_parts(folder: Path) -> tuple[Path, Path, Path]:
@@ -161,8 +160,8 @@ def load_clap_embedding(source: str | None = None) -> ClapEmbedding:
         parts = _load_clap_parts(model_ref, extractor_ref, tokenizer_ref, local_only=True)
     except Exception as local_error:
         on_hub = isinstance(model_ref, str) and not Path(model_ref).expanduser().exists()
-        on_hub = on_hub and not _looks_like_path(model_ref)
-        if not on_hub or _hub_offline() or _probe_hub(model_ref) != "ok":
+        on_hub = on_hub and not looks_like_path(model_ref)
+        if not on_hub or hub_offline() or probe_hub(model_ref) != "ok":
             message = f"cannot load the CLAP embedding {source or name}"
             if on_hub:
                 message += " (not in the local Hugging Face cache, and the Hub is unreachable or lacks it)"

@@ -47,6 +47,9 @@ __all__ = [
     "load_pipeline",
     "repair_pipeline",
     "set_scheduler",
+    "hub_offline",
+    "looks_like_path",
+    "probe_hub",
 ]
 
 logger = logging.getLogger(__name__)
@@ -135,12 +138,13 @@ def _did_you_mean(name: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close and close[0] != key else ""
 
 
-def _looks_like_path(ref: str) -> bool:
+def looks_like_path(ref: str) -> bool:
     """True for references that can only be file-system paths (Hub ids are ``name`` or ``org/name``)."""
     return ref.startswith((".", "~", os.sep)) or os.path.isabs(ref) or "\\" in ref or ref.count("/") > 1
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    """True when the Hugging Face Hub must not be contacted (``HF_HUB_OFFLINE``)."""
     # huggingface_hub reads HF_HUB_OFFLINE once at import; read the environment again so that setting it
     # later (tests, notebooks) is honoured too.
     from huggingface_hub import constants
@@ -149,7 +153,7 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
 
 
-def _probe_hub(repo_id: str) -> str:
+def probe_hub(repo_id: str) -> str:
     """Ask the Hub about ``repo_id`` with a short timeout: ``"ok"``, ``"missing"``, ``"gated"`` or ``"unreachable"``."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
@@ -229,7 +233,7 @@ def _load_hub(name: str, repo_id: str, dtype: torch.dtype) -> DiffusionPipeline:
             f"an id like org/name or one of {', '.join(MODEL_ALIASES)}"
         ) from err
 
-    state = "unreachable" if _hub_offline() else _probe_hub(repo_id)
+    state = "unreachable" if hub_offline() else probe_hub(repo_id)
     if state == "missing":
         raise ModelNotFoundError(
             f"model {repo_id!r} does not exist on the Hugging Face Hub{_did_you_mean(name) or ' (misspelt?)'}; "
@@ -244,7 +248,7 @@ def _load_hub(name: str, repo_id: str, dtype: torch.dtype) -> DiffusionPipeline:
         return _from_pretrained(repo_id, dtype, local_only=local_only)
     except (OSError, ValueError) as err:
         if local_only:
-            why = "HF_HUB_OFFLINE is set" if _hub_offline() else "the Hub is unreachable"
+            why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hub is unreachable"
             raise ModelNotFoundError(
                 f"model {repo_id!r}{_did_you_mean(name)} is not in the local Hugging Face cache and {why}; "
                 f"download it once with network access (`hf download {repo_id}`) or pass a local pipeline "
@@ -309,7 +313,7 @@ def load_pipeline(
     ref = resolve_model_id(model)
     if not ref:
         raise ModelNotFoundError("empty model name; pass a short name, a Hub id or a local directory")
-    is_local = Path(ref).expanduser().exists() or _looks_like_path(ref)
+    is_local = Path(ref).expanduser().exists() or looks_like_path(ref)
     logger.info("loading %s (%s) on %s as %s", model, ref, torch_device, torch_dtype)
     pipe = _load_local(ref, torch_dtype) if is_local else _load_hub(model, ref, torch_dtype)
     _move(pipe, torch_device, torch_dtype)

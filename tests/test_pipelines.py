@@ -380,7 +380,7 @@ def no_hub_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(repo_id: str) -> str:
         raise AssertionError(f"the Hub was contacted for {repo_id}")
 
-    monkeypatch.setattr(pipelines, "_probe_hub", fail)
+    monkeypatch.setattr(pipelines, "probe_hub", fail)
 
 
 @pytest.mark.usefixtures("no_hub_probe")
@@ -400,7 +400,7 @@ def test_online_hub_answers_become_one_line_errors(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(pipelines, "_probe_hub", lambda repo_id: state)
+    monkeypatch.setattr(pipelines, "probe_hub", lambda repo_id: state)
     _one_line_not_found("sada-audio-tests/no-such-model", "sada-audio-tests/no-such-model", fragment)
 
 
@@ -427,7 +427,7 @@ def test_probe_classifies_hub_answers(monkeypatch: pytest.MonkeyPatch) -> None:
         (TimeoutError(), "unreachable"),
     ]:
         monkeypatch.setattr(huggingface_hub.HfApi, "model_info", answer(error))
-        assert pipelines._probe_hub("org/model") == state
+        assert pipelines.probe_hub("org/model") == state
 
 
 def test_parse_dtype_and_device() -> None:

@@ -90,6 +90,11 @@ def _generators(
     return [torch.Generator(device=device).manual_seed(clip.seed) for clip in clips]
 
 
+def _execution_device(pipe: Any) -> torch.device:
+    """Where the pipeline runs its models (with CPU offloading that is not ``pipe.device``)."""
+    return getattr(pipe, "_execution_device", None) or pipe.device
+
+
 def _negative_prompts(clips: Sequence[ClipRequest]) -> str | list[str] | None:
     if len(clips) == 1:
         return clips[0].negative_prompt
@@ -125,7 +130,7 @@ class PromptEmbeddingCache:
     def embedding(self, text: str) -> torch.Tensor:
         """The embedding of ``text``, shape ``(1, dim)``, encoded on first use."""
         if text not in self._embeddings:
-            device = getattr(self._pipe, "_execution_device", None) or self._pipe.device
+            device = _execution_device(self._pipe)
             with torch.no_grad():
                 # do_classifier_free_guidance=False: only the text's own embedding, no negative one
                 self._embeddings[text] = self._pipe._encode_prompt(text, device, 1, False)
@@ -170,7 +175,7 @@ def generate_batch(
     """
     if not clips:
         raise SADAError("no clips to generate")
-    device = getattr(pipe, "_execution_device", None) or pipe.device
+    device = _execution_device(pipe)
     generator = _generators(clips, settings.num_waveforms, device)
     if prompt_cache is not None and settings.num_waveforms == 1:
         text_inputs: dict[str, Any] = prompt_cache.pipeline_inputs(clips, settings.guidance)

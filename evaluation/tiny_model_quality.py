@@ -34,8 +34,8 @@ import torch
 
 from sada_audio import SADAConfig, apply_sada
 from sada_audio.audio import write_json
+from sada_audio.audio_ldm_parts import HOP_LENGTH, SAMPLE_RATE
 from sada_audio.pipelines import load_pipeline, set_scheduler
-from sada_audio.testing import HOP_LENGTH, SAMPLE_RATE
 from sada_audio.tiny.features import N_FFT, log_mel
 from sada_audio.tiny.music import HELDOUT_SEED_START, ClipSpec, caption, render, sample_spec
 

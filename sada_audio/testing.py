@@ -5,6 +5,8 @@ audio geometry -- 16 kHz, 64 mel bins, hop 160, a x4 VAE with 8 latent channels 
 attention in the three lower levels -- but with tiny widths, so a 2.56 s clip has the RECTANGULAR latent
 8 x 64 x 16 (time x frequency), exactly as at real size, and a 50-step run takes about a second. Odd latent
 lengths (e.g. 8 x 25 x 16 for 1 s) work too: the UNets pass explicit upsample sizes.
+The geometry and the tokenizer, CLAP, VAE and DDIM builders come from :mod:`sada_audio.audio_ldm_parts`,
+shared with the embedded tiny MusicLDM.
 
 The AudioLDM 2 UNet has, like the released conversion (``extra_self_attn_layer``), three transformer
 blocks per attention layer: a self-attention, a cross-attention to the GPT-2 states and one to the T5
@@ -48,11 +50,10 @@ The builders return pipelines already passed through :func:`sada_audio.pipelines
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -81,13 +82,11 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from diffusers.pipelines.stable_audio import StableAudioProjectionModel
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import pre_tokenizers
 from transformers import (
-    ClapAudioConfig,
     ClapConfig,
     ClapFeatureExtractor,
     ClapModel,
-    ClapTextConfig,
     ClapTextModelWithProjection,
     CLIPTextConfig,
     CLIPTextModel,
@@ -104,6 +103,20 @@ from transformers import (
 )
 
 from sada_audio.analytic import sd_betas_config
+from sada_audio.audio_ldm_parts import (
+    HOP_LENGTH,
+    LATENT_CHANNELS,
+    N_MELS,
+    NORM_GROUPS,
+    SAMPLE_RATE,
+    UNET_DOWN_BLOCK_TYPES,
+    UNET_UP_BLOCK_TYPES,
+    audio_vae,
+    clap_config,
+    clap_feature_extractor,
+    ddim_scheduler,
+    roberta_tokenizer,
+)
 from sada_audio.pipelines import repair_pipeline
 
 __all__ = [
@@ -127,19 +140,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
-HOP_LENGTH = 160
-N_MELS = 64
-LATENT_CHANNELS = 8
-
-# VAE: three levels -> x4 downsampling, so 64 mel bins become 16 latent bins.
-_VAE_CHANNELS = (16, 32, 64)
-# UNet: four levels like the released models; the first one has no attention.
 _UNET_CHANNELS = (16, 32, 32, 64)
-_UNET_DOWN = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
-_UNET_UP = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
 _UNET_HEADS = 2  # diffusers' ``attention_head_dim`` is in fact the number of heads
-_NORM_GROUPS = 8
 # 64 latent frames * 4 (VAE) * 10 ms (hop) = 2.56 s, the pipelines' default length.
 _UNET_SAMPLE_SIZE = 64
 # CLAP joint embedding size; the UNet's class-embedding input must match it.
@@ -159,27 +161,12 @@ _CORPUS = (
     "orchestral film score with brass, choir and timpani",
     "ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz 0123456789 .,;:!?'\"-()",
 )
-_ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 _T5_SPECIALS = ["<pad>", "</s>", "<unk>"]
 
 
-def _roberta_tokenizer(corpus: Iterable[str] = _CORPUS, vocab_size: int = 400) -> RobertaTokenizer:
-    """Byte-level BPE trained on ``corpus`` (the built-in one by default), RoBERTa's special tokens at ids 0..4."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=_ROBERTA_SPECIALS,
-        # the full byte alphabet, so that no input text is ever out of vocabulary
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer)
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return RobertaTokenizer(
-        vocab=model["vocab"], merges=merges, add_prefix_space=True, model_max_length=_TEXT_MAX_LENGTH
-    )
+def _roberta_tokenizer() -> RobertaTokenizer:
+    """The test pipelines' RoBERTa tokenizer: byte-level BPE over the built-in corpus."""
+    return roberta_tokenizer(_CORPUS, vocab_size=400, model_max_length=_TEXT_MAX_LENGTH)
 
 
 def _t5_tokenizer() -> T5Tokenizer:
@@ -220,73 +207,16 @@ def _t5_encoder(vocab_size: int, width: int) -> T5EncoderModel:
     )
 
 
-def _clap_config(
-    vocab_size: int,
-    *,
-    width: int = 32,
-    spec_size: int = 64,
-    max_text_length: int = _TEXT_MAX_LENGTH,
-    projection_dim: int = _CLAP_PROJECTION_DIM,
-) -> ClapConfig:
-    """A two-layer CLAP of the given ``width`` (text hidden size and final Swin width). ``spec_size`` is the
-    Swin tower's square input: 64 with 64 mel bins holds up to 64 frames, 128 folds up to 256 frames."""
-    text = ClapTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=width,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=2 * width,
-        # RoBERTa positions start after the padding index, hence + 2
-        max_position_embeddings=max_text_length + 2,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-    )
-    audio = ClapAudioConfig(
-        spec_size=spec_size,
-        num_mel_bins=N_MELS,
-        window_size=4,
-        patch_size=4,
-        patch_stride=4,
-        patch_embeds_hidden_size=width // 2,
-        # the final width of the Swin tower: patch_embeds_hidden_size * 2 ** (len(depths) - 1)
-        hidden_size=width,
-        depths=[1, 1],
-        num_attention_heads=[2, 2],
-        num_hidden_layers=2,
-    )
-    return ClapConfig(text_config=text, audio_config=audio, projection_dim=projection_dim)
-
-
-def _clap_feature_extractor(hop_length: int = 2560) -> ClapFeatureExtractor:
-    """CLAP front end at 16 kHz for clips up to 10 s, repeat-padded. The default hop gives 63 frames for 10 s,
-    within the tiny audio tower's 64."""
-    return ClapFeatureExtractor(
-        feature_size=N_MELS,
-        sampling_rate=SAMPLE_RATE,
-        hop_length=hop_length,
-        max_length_s=10,
-        frequency_max=SAMPLE_RATE // 2,
-        # "rand_trunc" leaves clips up to max_length_s untouched (no random crop, no random
-        # ``is_longer`` flag as "fusion" sets), so waveform scoring is deterministic.
-        truncation="rand_trunc",
-        padding="repeatpad",
+def _clap_config(vocab_size: int) -> ClapConfig:
+    """The test pipelines' CLAP: width 32, a 64 x 64 Swin input (up to 64 frames)."""
+    return clap_config(
+        vocab_size, width=32, spec_size=64, max_text_length=_TEXT_MAX_LENGTH, projection_dim=_CLAP_PROJECTION_DIM
     )
 
 
-def _vae() -> AutoencoderKL:
-    return AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        latent_channels=LATENT_CHANNELS,
-        block_out_channels=_VAE_CHANNELS,
-        down_block_types=("DownEncoderBlock2D",) * len(_VAE_CHANNELS),
-        up_block_types=("UpDecoderBlock2D",) * len(_VAE_CHANNELS),
-        layers_per_block=1,
-        norm_num_groups=_NORM_GROUPS,
-        # untrained latents: unit scale (a trained VAE would use 1 / std of its latents)
-        scaling_factor=1.0,
-    )
+def _clap_feature_extractor() -> ClapFeatureExtractor:
+    """The test pipelines' CLAP front end: hop 2560 gives 63 frames for 10 s, within the tiny audio tower's 64."""
+    return clap_feature_extractor(hop_length=2560)
 
 
 def _unet_geometry() -> dict[str, Any]:
@@ -295,11 +225,11 @@ def _unet_geometry() -> dict[str, Any]:
         "sample_size": _UNET_SAMPLE_SIZE,
         "in_channels": LATENT_CHANNELS,
         "out_channels": LATENT_CHANNELS,
-        "down_block_types": _UNET_DOWN,
-        "up_block_types": _UNET_UP,
+        "down_block_types": UNET_DOWN_BLOCK_TYPES,
+        "up_block_types": UNET_UP_BLOCK_TYPES,
         "block_out_channels": _UNET_CHANNELS,
         "layers_per_block": 1,
-        "norm_num_groups": _NORM_GROUPS,
+        "norm_num_groups": NORM_GROUPS,
     }
 
 
@@ -334,20 +264,6 @@ def _vocoder() -> SpeechT5HifiGan:
     return SpeechT5HifiGan(config)
 
 
-def _ddim() -> DDIMScheduler:
-    """The DDIM settings of the released AudioLDM / MusicLDM / AudioLDM 2 checkpoints."""
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.0015,
-        beta_end=0.0195,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
-
-
 def _seeded(seed: int, offset: int) -> None:
     # one offset per component, so that changing one component's config leaves the others' weights alone
     torch.manual_seed(seed * 1000 + offset)
@@ -372,7 +288,7 @@ def _clap_conditioned_parts(seed: int, text_encoder_from_config: Callable[[ClapC
         _seeded(seed, 1)
         text_encoder = text_encoder_from_config(_clap_config(len(tokenizer)))
         _seeded(seed, 2)
-        vae = _vae()
+        vae = audio_vae()
         _seeded(seed, 3)
         unet = _musicldm_unet()
         _seeded(seed, 4)
@@ -382,7 +298,7 @@ def _clap_conditioned_parts(seed: int, text_encoder_from_config: Callable[[ClapC
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
         "unet": unet,
-        "scheduler": _ddim(),
+        "scheduler": ddim_scheduler(),
         "vocoder": vocoder,
     }
 
@@ -420,7 +336,7 @@ def tiny_audioldm2_pipeline(seed: int = 0, *, repair: bool = True) -> AudioLDM2P
         _seeded(seed, 1)
         text_encoder = ClapModel(_clap_config(len(tokenizer)))
         _seeded(seed, 2)
-        vae = _vae()
+        vae = audio_vae()
         _seeded(seed, 3)
         unet = AudioLDM2UNet2DConditionModel(
             **_unet_geometry(),
@@ -455,7 +371,7 @@ def tiny_audioldm2_pipeline(seed: int = 0, *, repair: bool = True) -> AudioLDM2P
         tokenizer_2=tokenizer_2,
         feature_extractor=_clap_feature_extractor(),
         unet=unet,
-        scheduler=_ddim(),
+        scheduler=ddim_scheduler(),
         vocoder=vocoder,
     )
     return _finish(pipe, repair)
@@ -472,8 +388,8 @@ def real_size_audioldm_unet_config() -> dict[str, Any]:
         "sample_size": 128,
         "in_channels": LATENT_CHANNELS,
         "out_channels": LATENT_CHANNELS,
-        "down_block_types": list(_UNET_DOWN),
-        "up_block_types": list(_UNET_UP),
+        "down_block_types": list(UNET_DOWN_BLOCK_TYPES),
+        "up_block_types": list(UNET_UP_BLOCK_TYPES),
         "block_out_channels": list(channels),
         "layers_per_block": 2,
         "cross_attention_dim": list(channels),  # self-attention only
@@ -545,7 +461,7 @@ def _image_vae(latent_channels: int, **extra: Any) -> AutoencoderKL:
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1,
-        norm_num_groups=_NORM_GROUPS,
+        norm_num_groups=NORM_GROUPS,
         sample_size=IMAGE_SIZE[0],
         scaling_factor=1.0,
         **extra,
@@ -561,7 +477,7 @@ def _image_unet(xl: bool) -> UNet2DConditionModel:
         "out_channels": 4,
         "block_out_channels": (16, 32, 32),
         "layers_per_block": 1,
-        "norm_num_groups": _NORM_GROUPS,
+        "norm_num_groups": NORM_GROUPS,
         "attention_head_dim": 2,
         "use_linear_projection": True,
     }

@@ -1,9 +1,9 @@
 """The architectures of the tiny MusicLDM, built from configs (training starts from these).
 
-The geometry is that of :mod:`sada_audio.testing`'s random tiny MusicLDM (16 kHz, 64 mel bins, hop 160,
-a x4 VAE with 8 latent channels, a four-level UNet with self-attention in the three lower levels and the
-text embedding entering through the class-embedding projection), with wider UNet blocks, a wider CLAP and
-a HiFi-GAN large enough to be trained into a real vocoder.
+The geometry is that of :mod:`sada_audio.audio_ldm_parts`, shared with the random test MusicLDM (16 kHz,
+64 mel bins, hop 160, a x4 VAE with 8 latent channels, a four-level UNet with self-attention in the three
+lower levels and the text embedding entering through the class-embedding projection), with wider UNet
+blocks, a wider CLAP and a HiFi-GAN large enough to be trained into a real vocoder.
 """
 
 from __future__ import annotations
@@ -19,8 +19,20 @@ from transformers import (
     SpeechT5HifiGanConfig,
 )
 
-from sada_audio import testing
-from sada_audio.testing import HOP_LENGTH, LATENT_CHANNELS, N_MELS, SAMPLE_RATE
+from sada_audio.audio_ldm_parts import (
+    HOP_LENGTH,
+    LATENT_CHANNELS,
+    N_MELS,
+    NORM_GROUPS,
+    SAMPLE_RATE,
+    UNET_DOWN_BLOCK_TYPES,
+    UNET_UP_BLOCK_TYPES,
+    audio_vae,
+    clap_config,
+    clap_feature_extractor,
+    ddim_scheduler,
+    roberta_tokenizer,
+)
 
 __all__ = [
     "CLAP_DIM",
@@ -47,14 +59,12 @@ _TOKENIZER_VOCAB = 500
 
 def build_tokenizer(captions: Iterable[str]) -> RobertaTokenizer:
     """Byte-level BPE over our captions, RoBERTa special tokens at ids 0..4 (as the CLAP text config expects)."""
-    tokenizer = testing._roberta_tokenizer(captions, vocab_size=_TOKENIZER_VOCAB)
-    tokenizer.model_max_length = TEXT_MAX_LENGTH
-    return tokenizer
+    return roberta_tokenizer(captions, vocab_size=_TOKENIZER_VOCAB, model_max_length=TEXT_MAX_LENGTH)
 
 
 def build_vae() -> AutoencoderKL:
-    """The tiny test VAE's geometry: x4 in time and frequency, 8 latent channels."""
-    return testing._vae()
+    """The shared audio VAE: x4 in time and frequency, 8 latent channels."""
+    return audio_vae()
 
 
 def build_unet() -> UNet2DConditionModel:
@@ -62,11 +72,11 @@ def build_unet() -> UNet2DConditionModel:
         sample_size=UNET_SAMPLE_SIZE,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
-        down_block_types=testing._UNET_DOWN,
-        up_block_types=testing._UNET_UP,
+        down_block_types=UNET_DOWN_BLOCK_TYPES,
+        up_block_types=UNET_UP_BLOCK_TYPES,
         block_out_channels=UNET_CHANNELS,
         layers_per_block=1,
-        norm_num_groups=testing._NORM_GROUPS,
+        norm_num_groups=NORM_GROUPS,
         # self-attention only (cross_attention_dim = block width, encoder_hidden_states=None); the text
         # embedding enters through the class-embedding projection, as in MusicLDM
         cross_attention_dim=UNET_CHANNELS,
@@ -78,17 +88,15 @@ def build_unet() -> UNet2DConditionModel:
 
 
 def build_clap(vocab_size: int) -> ClapModel:
-    """The test CLAP's layout at width 64; spec_size 128 with 64 mel bins lets the Swin tower fold up to 256
+    """The shared CLAP layout at width 64; spec_size 128 with 64 mel bins lets the Swin tower fold up to 256
     frames (10 s at hop 640) into 128 x 128."""
-    config = testing._clap_config(
-        vocab_size, width=64, spec_size=128, max_text_length=TEXT_MAX_LENGTH, projection_dim=CLAP_DIM
-    )
+    config = clap_config(vocab_size, width=64, spec_size=128, max_text_length=TEXT_MAX_LENGTH, projection_dim=CLAP_DIM)
     return ClapModel(config)
 
 
 def build_feature_extractor() -> ClapFeatureExtractor:
     """CLAP front end: hop 640 (40 ms) and clips up to 10 s (251 frames), repeat-padded, never cropped at random."""
-    return testing._clap_feature_extractor(hop_length=640)
+    return clap_feature_extractor(hop_length=640)
 
 
 def build_vocoder() -> SpeechT5HifiGan:
@@ -109,4 +117,4 @@ def build_vocoder() -> SpeechT5HifiGan:
 
 def build_scheduler() -> DDIMScheduler:
     """The released MusicLDM's DDIM settings (also the training noise schedule)."""
-    return testing._ddim()
+    return ddim_scheduler()

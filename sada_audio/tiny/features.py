@@ -13,7 +13,7 @@ import librosa
 import numpy as np
 import torch
 
-from sada_audio.testing import HOP_LENGTH, N_MELS, SAMPLE_RATE
+from sada_audio.audio_ldm_parts import HOP_LENGTH, N_MELS, SAMPLE_RATE
 
 __all__ = ["N_FFT", "LOG_FLOOR", "log_mel", "num_frames"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sada_audio.testing import SAMPLE_RATE
+from sada_audio.audio_ldm_parts import SAMPLE_RATE
 
 __all__ = [
     "CLIP_SECONDS",

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sada_audio.audio_ldm_parts import HOP_LENGTH, SAMPLE_RATE
 from sada_audio.errors import SADAError
-from sada_audio.testing import HOP_LENGTH, SAMPLE_RATE
 from sada_audio.tiny import TINY_MUSICLDM_PATH
 from sada_audio.tiny.components import (
     CLAP_DIM,

@@ -19,7 +19,7 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from sada_audio.testing import HOP_LENGTH, N_MELS, SAMPLE_RATE
+from sada_audio.audio_ldm_parts import HOP_LENGTH, N_MELS, SAMPLE_RATE
 from sada_audio.tiny.features import N_FFT, _mel_basis
 
 __all__ = ["GriffinLimVocoder"]

@@ -38,6 +38,7 @@ from sada_audio.errors import SADAError
 from sada_audio.tiny import TINY_MUSICLDM_PATH
 from sada_audio.tiny.components import (
     CLAP_DIM,
+    KEY_CONV_IN_KERNEL,
     build_clap,
     build_feature_extractor,
     build_scheduler,
@@ -566,13 +567,14 @@ def train_unet(
     scheduler = build_scheduler()
     alphas = scheduler.alphas_cumprod.to(cfg.device)
     torch.manual_seed(cfg.seed)
-    unet = build_unet()
-    ema = build_unet().to(cfg.device)
     stage = "unet_key" if key_focus > 0 else "unet"
+    kernel = KEY_CONV_IN_KERNEL if stage == "unet_key" else 3
+    unet = build_unet(kernel)
+    ema = build_unet(kernel).to(cfg.device)
     if stage == "unet_key" and not _checkpoint_path(cfg.workdir, stage).is_file():
         start_from = load_checkpoint(cfg.workdir, "unet")
-        unet.load_state_dict(start_from["model"])
-        ema.load_state_dict(start_from["ema"])
+        unet.load_state_dict(widen_conv_in(start_from["model"], kernel))
+        ema.load_state_dict(widen_conv_in(start_from["ema"], kernel))
         logger.info("unet-key: starting from the unet checkpoint at step %d", start_from["step"])
     else:
         ema.load_state_dict(unet.state_dict())
@@ -606,6 +608,17 @@ def train_unet(
     _train_loop(stage, cfg, unet, loss_fn, ema=ema)
 
 
+def widen_conv_in(state: dict[str, torch.Tensor], kernel: int) -> dict[str, torch.Tensor]:
+    """The UNet ``state`` with its input convolution's kernel zero-padded to ``kernel``: the same function.
+
+    With zeros around the old kernel, a ``kernel``-wide convolution padded by ``(kernel - 1) // 2`` computes
+    exactly what the narrow one did, so fine-tuning starts from the trained model and learns the new taps.
+    """
+    weight = state["conv_in.weight"]
+    pad = (kernel - weight.shape[-1]) // 2
+    return {**state, "conv_in.weight": F.pad(weight, (pad, pad, pad, pad))}
+
+
 def _unet_stage(workdir: Path) -> str:
     """The latest UNet training stage with a checkpoint: "unet_key" once it exists, else "unet"."""
     return "unet_key" if _checkpoint_path(workdir, "unet_key").is_file() else "unet"
@@ -629,8 +642,9 @@ def assemble(
     vae, scale = _load_vae(workdir)
     vae.register_to_config(scaling_factor=scale)
     clap, tokenizer = _load_clap(workdir)
-    unet = build_unet()
-    unet.load_state_dict(load_checkpoint(workdir, _unet_stage(workdir))["ema"])
+    weights = load_checkpoint(workdir, _unet_stage(workdir))["ema"]
+    unet = build_unet(weights["conv_in.weight"].shape[-1])
+    unet.load_state_dict(weights)
     if vocoder_kind == "hifigan":
         vocoder = build_vocoder()
         vocoder.load_state_dict(load_checkpoint(workdir, "vocoder")["model"])

@@ -16,7 +16,7 @@ from sada_audio.testing import SAMPLE_RATE
 from sada_audio.tiny import TINY_MUSICLDM_PATH
 from sada_audio.tiny.features import LOG_FLOOR, log_mel
 from sada_audio.tiny.music import CLIP_SECONDS, HELDOUT_SEED_START, NOTE_NAMES, caption, make_clip, sample_spec
-from sada_audio.tiny.train import _tonal_clips, load_checkpoint, main
+from sada_audio.tiny.train import load_checkpoint, main
 from sada_audio.tiny.vocoder import GriffinLimVocoder
 
 
@@ -71,10 +71,7 @@ def test_every_training_entry_point_runs_and_resumes(tmp_path, caplog):
     main([*common, "clap-text", "--steps", "2", "--batch", "4"])
     main([*common, "vocoder", "--steps", "2", "--batch", "2"])
     main([*common, "unet", "--steps", "2", "--batch", "2", "--crop", "16"])
-    with caplog.at_level(logging.INFO, logger="sada_audio.tiny.train"):
-        main([*common, "unet-key", "--steps", "2", "--batch", "4", "--crop", "16", "--key-focus", "0.5"])
-    assert "unet-key: starting from the unet checkpoint at step 2" in caplog.text
-    for name in ("vae", "vae_decoder", "clap", "clap_text", "vocoder", "unet", "unet_key"):
+    for name in ("vae", "vae_decoder", "clap", "clap_text", "vocoder", "unet"):
         assert load_checkpoint(work, name)["step"] == 2
     assert load_checkpoint(work, "vae")["scaling_factor"] > 0
     with caplog.at_level(logging.INFO, logger="sada_audio.tiny.train"):
@@ -85,19 +82,8 @@ def test_every_training_entry_point_runs_and_resumes(tmp_path, caplog):
     main([*common, "assemble", "--output", str(out), "--vocoder", "hifigan"])
     pipe = load_pipeline(str(out))
     assert isinstance(pipe, MusicLDMPipeline) and pipe.unet.dtype == torch.float32
-    shipped_unet = load_checkpoint(work, "unet_key")["ema"]  # the latest UNet stage is the one assembled
-    assert all(torch.equal(pipe.unet.state_dict()[k], v.half().float()) for k, v in shipped_unet.items())
     audio = pipe("fast piano", num_inference_steps=2, audio_length_in_s=0.64).audios
     assert audio.shape == (1, round(0.64 * SAMPLE_RATE)) and np.isfinite(audio).all()
-
-
-def test_key_focus_draws_only_tonal_clips():
-    captions = [make_clip(seed)[1] for seed in range(40)]
-    tonal = _tonal_clips(captions).tolist()
-    assert tonal and len(tonal) < len(captions)
-    assert all(
-        (i in tonal) == (" in " in text and ("major" in text or "minor" in text)) for i, text in enumerate(captions)
-    )
 
 
 @pytest.fixture(scope="module")

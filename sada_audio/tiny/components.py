@@ -36,7 +36,6 @@ from sada_audio.audio_ldm_parts import (
 
 __all__ = [
     "CLAP_DIM",
-    "KEY_CONV_IN_KERNEL",
     "TEXT_MAX_LENGTH",
     "UNET_CHANNELS",
     "UNET_SAMPLE_SIZE",
@@ -56,8 +55,6 @@ UNET_CHANNELS = (32, 64, 96, 128)
 #: 128 latent frames = 512 mel frames = 5.12 s, the pipeline's default length
 UNET_SAMPLE_SIZE = 128
 _TOKENIZER_VOCAB = 500
-#: input convolution of the ``unet-key`` stage: 16 latent frequency rows + 1
-KEY_CONV_IN_KERNEL = 17
 
 
 def build_tokenizer(captions: Iterable[str]) -> RobertaTokenizer:
@@ -70,15 +67,8 @@ def build_vae() -> AutoencoderKL:
     return audio_vae()
 
 
-def build_unet(conv_in_kernel: int = 3) -> UNet2DConditionModel:
-    """The tiny MusicLDM UNet. ``conv_in_kernel=KEY_CONV_IN_KERNEL`` is the shipped ``unet-key`` variant.
-
-    A key is an absolute position on the frequency axis, which convolutions see only through zero padding.
-    An input convolution as wide as the 16 latent frequency rows (+1) lets every row see the padding at its own
-    offsets, so the first layer can already tell each row from the others.
-    """
+def build_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        conv_in_kernel=conv_in_kernel,
         sample_size=UNET_SAMPLE_SIZE,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,

@@ -7,7 +7,6 @@
     python -m sada_audio.tiny.train clap-text --steps 1200        # text tower again, + attribute probes
     python -m sada_audio.tiny.train vocoder   --steps 3000        # HiFi-GAN: log-mel L1 + multi-resolution STFT
     python -m sada_audio.tiny.train unet      --steps 5000        # needs the VAE and CLAP (text) checkpoints
-    python -m sada_audio.tiny.train unet-key  --steps 4000        # fine-tune on tonal clips: follow the key
     python -m sada_audio.tiny.train assemble                      # MusicLDMPipeline -> sada_audio/assets/
 
 Everything lives in ``--workdir`` (default ``checkpoints/tiny-musicldm``, git-ignored). Each trainer saves a
@@ -38,7 +37,6 @@ from sada_audio.errors import SADAError
 from sada_audio.tiny import TINY_MUSICLDM_PATH
 from sada_audio.tiny.components import (
     CLAP_DIM,
-    KEY_CONV_IN_KERNEL,
     build_clap,
     build_feature_extractor,
     build_scheduler,
@@ -546,55 +544,27 @@ def _unet_inputs(cfg: TrainConfig, data: Dataset) -> tuple[torch.Tensor, torch.T
     return latents, text, empty
 
 
-def _tonal_clips(captions: list[str]) -> torch.Tensor:
-    """Indices of the clips whose caption names a key (a lead or a bass plays; drum-only clips have no key)."""
-    return torch.nonzero(_attribute_labels(captions)["key"] < 24).flatten()
-
-
-def train_unet(
-    cfg: TrainConfig, crop: int = 64, key_focus: float = 0.0, key_steps: tuple[int, int] = (400, 900)
-) -> None:
-    """Epsilon-prediction training of the UNet on VAE latents, conditioned on CLAP text embeddings.
-
-    ``key_focus > 0`` is the ``unet-key`` fine-tuning stage: it starts from the ``unet`` checkpoint, and that
-    share of every batch is drawn from tonal clips at timesteps in ``key_steps``, where a caption's key most
-    changes the best noise prediction (on the plain ``unet`` stage, naming a wrong key raised the loss by
-    only 0.3%, naming a wrong instrument by 12%: the key's gradient was drowned out by the rest).
-    """
+def train_unet(cfg: TrainConfig, crop: int = 64) -> None:
     data = Dataset.load(cfg.workdir)
     latents, text, empty = _unet_inputs(cfg, data)
     latents, text, empty = latents.to(cfg.device), text.to(cfg.device), empty.to(cfg.device)
     scheduler = build_scheduler()
     alphas = scheduler.alphas_cumprod.to(cfg.device)
     torch.manual_seed(cfg.seed)
-    stage = "unet_key" if key_focus > 0 else "unet"
-    kernel = KEY_CONV_IN_KERNEL if stage == "unet_key" else 3
-    unet = build_unet(kernel)
-    ema = build_unet(kernel).to(cfg.device)
-    if stage == "unet_key" and not _checkpoint_path(cfg.workdir, stage).is_file():
-        start_from = load_checkpoint(cfg.workdir, "unet")
-        unet.load_state_dict(widen_conv_in(start_from["model"], kernel))
-        ema.load_state_dict(widen_conv_in(start_from["ema"], kernel))
-        logger.info("unet-key: starting from the unet checkpoint at step %d", start_from["step"])
-    else:
-        ema.load_state_dict(unet.state_dict())
+    unet = build_unet()
+    ema = build_unet().to(cfg.device)
+    ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
-    tonal = _tonal_clips(data.captions).to(cfg.device) if key_focus > 0 else None
-    focused = int(round(key_focus * cfg.batch))
     length = latents.shape[2]
-    steps = scheduler.config.num_train_timesteps
 
     def loss_fn(rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         idx = torch.from_numpy(rng.integers(len(latents), size=cfg.batch)).to(cfg.device)
-        t = torch.randint(0, steps, (cfg.batch,), generator=gen).to(cfg.device)
-        if tonal is not None:
-            idx[:focused] = tonal[torch.from_numpy(rng.integers(len(tonal), size=focused)).to(cfg.device)]
-            t[:focused] = torch.randint(*key_steps, (focused,), generator=gen).to(cfg.device)
         start = int(rng.integers(0, length - crop + 1))
         x0 = latents[idx, :, start : start + crop]
         cond = text[idx].clone()
         drop = torch.from_numpy(rng.random(cfg.batch) < _UNCOND_PROB).to(cfg.device)
         cond[drop] = empty[0]
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,), generator=gen).to(cfg.device)
         noise = torch.randn(x0.shape, generator=gen).to(cfg.device)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -605,23 +575,7 @@ def train_unet(
         loss = (mse * snr.clamp(max=_MIN_SNR_GAMMA) / snr).mean()
         return loss, {"loss": loss.item(), "mse": mse.mean().item()}
 
-    _train_loop(stage, cfg, unet, loss_fn, ema=ema)
-
-
-def widen_conv_in(state: dict[str, torch.Tensor], kernel: int) -> dict[str, torch.Tensor]:
-    """The UNet ``state`` with its input convolution's kernel zero-padded to ``kernel``: the same function.
-
-    With zeros around the old kernel, a ``kernel``-wide convolution padded by ``(kernel - 1) // 2`` computes
-    exactly what the narrow one did, so fine-tuning starts from the trained model and learns the new taps.
-    """
-    weight = state["conv_in.weight"]
-    pad = (kernel - weight.shape[-1]) // 2
-    return {**state, "conv_in.weight": F.pad(weight, (pad, pad, pad, pad))}
-
-
-def _unet_stage(workdir: Path) -> str:
-    """The latest UNet training stage with a checkpoint: "unet_key" once it exists, else "unet"."""
-    return "unet_key" if _checkpoint_path(workdir, "unet_key").is_file() else "unet"
+    _train_loop("unet", cfg, unet, loss_fn, ema=ema)
 
 
 # --------------------------------------------------------------------------------------------- assembly
@@ -642,9 +596,8 @@ def assemble(
     vae, scale = _load_vae(workdir)
     vae.register_to_config(scaling_factor=scale)
     clap, tokenizer = _load_clap(workdir)
-    weights = load_checkpoint(workdir, _unet_stage(workdir))["ema"]
-    unet = build_unet(weights["conv_in.weight"].shape[-1])
-    unet.load_state_dict(weights)
+    unet = build_unet()
+    unet.load_state_dict(load_checkpoint(workdir, "unet")["ema"])
     if vocoder_kind == "hifigan":
         vocoder = build_vocoder()
         vocoder.load_state_dict(load_checkpoint(workdir, "vocoder")["model"])
@@ -677,7 +630,6 @@ _DEFAULTS: dict[str, dict[str, float]] = {
     "vae-decoder": {"steps": 1000, "batch": 16, "lr": 3e-4},
     "vocoder": {"steps": 3000, "batch": 16, "lr": 1e-3},
     "unet": {"steps": 5000, "batch": 16, "lr": 5e-4},
-    "unet-key": {"steps": 4000, "batch": 16, "lr": 5e-4},
 }
 
 
@@ -699,11 +651,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--save-every", type=int, default=250)
         p.add_argument("--max-minutes", type=float, help="stop (and save) after this much training time")
         p.add_argument("--stop-at", type=int, help="stop (and save) at this step; the schedule still spans --steps")
-        if name in ("vae", "vae-decoder", "unet", "unet-key"):
-            unet_stage = name.startswith("unet")
-            p.add_argument("--crop", type=int, default=64 if unet_stage else 128, help="training crop (frames)")
-        if name == "unet-key":
-            p.add_argument("--key-focus", type=float, default=0.5, help="share of each batch: tonal clips, mid noise")
+        if name in ("vae", "vae-decoder", "unet"):
+            p.add_argument("--crop", type=int, default=64 if name == "unet" else 128, help="training crop (frames)")
     out = sub.add_parser("assemble", help="save the trained MusicLDMPipeline")
     out.add_argument("--output", type=Path, default=TINY_MUSICLDM_PATH)
     out.add_argument("--fp32", action="store_true", help="store float32 weights (default: float16)")
@@ -740,7 +689,6 @@ def main(argv: list[str] | None = None) -> None:
         "clap-text": lambda: train_clap_text(cfg),
         "vocoder": lambda: train_vocoder(cfg),
         "unet": lambda: train_unet(cfg, crop=args.crop),
-        "unet-key": lambda: train_unet(cfg, crop=args.crop, key_focus=args.key_focus),
     }
     trainers[args.command]()
 

@@ -32,6 +32,7 @@ from typing import Any
 import librosa
 import numpy as np
 import torch
+from scipy.stats import binomtest
 
 from sada_audio import SADAConfig, apply_sada
 from sada_audio.audio import write_json
@@ -291,6 +292,8 @@ def eval_prompts(pipe: Any, count: int, steps: int, guidance: float) -> dict[str
         "key_accuracy_ground_truth": _mean(key_hits["truth"]),
         "key_accuracy_vocoded_ground_truth": _mean(key_hits["vocoded"]),
         "key_chance": 1 / 24,
+        # one-sided binomial test: how likely this many exact keys are from 1-in-24 guessing
+        "key_accuracy_p_value": float(binomtest(sum(key_hits["generated"]), len(tonal), 1 / 24, "greater").pvalue),
         "key_mean_rank": _mean(key_ranks["generated"]),
         "key_mean_rank_ground_truth": _mean(key_ranks["truth"]),
         "key_mean_rank_vocoded_ground_truth": _mean(key_ranks["vocoded"]),
@@ -328,6 +331,7 @@ def eval_prompts(pipe: Any, count: int, steps: int, guidance: float) -> dict[str
                     _with_vocoded(result, "key_accuracy", "{:.3f}"),
                     1 / 24,
                 ],
+                ["p-value of the exact-key count under chance", f"{result['key_accuracy_p_value']:.1e}", "", ""],
                 [
                     "mean rank of the prompt's key (1-24)",
                     result["key_mean_rank"],

@@ -83,15 +83,8 @@ def key_scores(wave: np.ndarray) -> dict[tuple[int, str], float]:
     }
 
 
-def estimate_key(wave: np.ndarray) -> tuple[int, str]:
-    """(tonic pitch class, "major"/"minor"): the key whose profile best matches the mean chroma."""
-    scores = key_scores(wave)
-    return max(scores, key=scores.__getitem__)
-
-
-def key_rank(wave: np.ndarray, key: tuple[int, str]) -> int:
-    """Rank (1 = best, 24 = worst; 12.5 on average by chance) of ``key`` among the 24 by profile match."""
-    scores = key_scores(wave)
+def key_rank(scores: dict[tuple[int, str], float], key: tuple[int, str]) -> int:
+    """Rank (1 = best, 24 = worst; 12.5 on average by chance) of ``key`` among the 24 :func:`key_scores`."""
     return 1 + sum(value > scores[key] for value in scores.values())
 
 
@@ -117,6 +110,24 @@ def onset_rate(wave: np.ndarray) -> float:
 
 def _heldout_specs(count: int, offset: int, **fixed: Any) -> list[ClipSpec]:
     return [sample_spec(HELDOUT_SEED_START + offset + i, **fixed) for i in range(count)]
+
+
+def _heldout_tonal_specs(count: int, offset: int) -> list[ClipSpec]:
+    """The first ``count`` held-out clips from ``offset`` on that have a lead, so their captions name a key."""
+    specs: list[ClipSpec] = []
+    seed = HELDOUT_SEED_START + offset
+    while len(specs) < count:
+        spec = sample_spec(seed)
+        seed += 1
+        if spec.lead is not None:
+            specs.append(spec)
+    return specs
+
+
+@torch.no_grad()
+def _vocode(pipe: Any, mel: torch.Tensor, length: int) -> np.ndarray:
+    """The pipeline's vocoder on one ``(frames, 64)`` log-mel, cut to ``length`` samples."""
+    return pipe.vocoder(mel[None].to(pipe.vocoder.dtype))[0, :length].float().numpy()
 
 
 def _generate(pipe: Any, prompt: str, steps: int, seed: int, guidance: float) -> tuple[np.ndarray, float]:
@@ -167,7 +178,7 @@ def griffin_lim_librosa(mel: torch.Tensor, length: int) -> np.ndarray:
 
 def eval_vocoder(pipe: Any, clips: int, workdir: Path | None) -> dict[str, Any]:
     vocoders: dict[str, Callable[[torch.Tensor, int], np.ndarray]] = {
-        f"shipped ({type(pipe.vocoder).__name__})": lambda m, n: pipe.vocoder(m[None])[0, :n].detach().numpy(),
+        f"shipped ({type(pipe.vocoder).__name__})": lambda m, n: _vocode(pipe, m, n),
         "librosa Griffin-Lim (32 it.)": griffin_lim_librosa,
     }
     if workdir is not None:
@@ -223,7 +234,7 @@ def conditioning_gaps(pipe: Any, count: int, timesteps: Sequence[int] = (100, 30
     noise at each timestep) when the caption names another key (a random other tonic, same mode) or the next
     lead instrument, against the true caption. 0 means the attribute is ignored.
     """
-    specs = [s for s in _heldout_specs(8 * count, 2000) if s.lead is not None][:count]
+    specs = _heldout_tonal_specs(count, 2000)
     rng = np.random.default_rng(0)
     leads = sorted(LEADS)
     captions = {
@@ -257,17 +268,18 @@ def conditioning_gaps(pipe: Any, count: int, timesteps: Sequence[int] = (100, 30
 
 def eval_prompts(pipe: Any, count: int, steps: int, guidance: float) -> dict[str, Any]:
     # key: tonal held-out captions ("... in X major/minor")
-    tonal = [s for s in _heldout_specs(4 * count, 100) if s.lead is not None][:count]
+    tonal = _heldout_tonal_specs(count, 100)
     key_hits: dict[str, list[bool]] = {"generated": [], "truth": [], "vocoded": []}
     key_ranks: dict[str, list[int]] = {"generated": [], "truth": [], "vocoded": []}
     for i, spec in enumerate(tonal):
         truth = render(spec)
-        with torch.no_grad():
-            vocoded = pipe.vocoder(log_mel(truth)[None].to(pipe.vocoder.dtype))[0, : len(truth)].float().numpy()
+        vocoded = _vocode(pipe, log_mel(truth), len(truth))
         clips = {"generated": _generate(pipe, caption(spec), steps, i, guidance)[0], "truth": truth, "vocoded": vocoded}
         for name, wave in clips.items():
-            key_hits[name].append(estimate_key(wave) == (spec.root, spec.mode))
-            key_ranks[name].append(key_rank(wave, (spec.root, spec.mode)))
+            # one chroma per clip: the exact-key hit is rank 1
+            rank = key_rank(key_scores(wave), (spec.root, spec.mode))
+            key_hits[name].append(rank == 1)
+            key_ranks[name].append(rank)
     # drums vs piano, and tempo words (on drum grooves, whose onsets carry the tempo)
     half = max(1, count // 2)
     slow = _heldout_specs(half, 300, lead=None, bpm=70)

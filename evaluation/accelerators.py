@@ -1,0 +1,228 @@
+"""The accelerators ``sada-audio benchmark`` compares, behind one small interface.
+
+An :class:`Accelerator` is one method at one setting (``DeepCache``, ``interval 3``). It attaches to a
+diffusers pipeline and comes off again (:meth:`Accelerator.attach` returns an :class:`Attachment`), and it
+prices its own kinds of step on a bare denoiser (:meth:`Accelerator.step_costs`), which is how the real-size
+workloads turn a decision schedule measured on the tiny model into an end-to-end speedup.
+
+Step kinds are plain strings: every method has ``"full"`` (an unmodified model call), and names its cheaper
+kinds itself (SADA: ``"pruned"``, ``"skipped"``; DeepCache: ``"cached"``; ...). An attachment reports the kind
+of every sampling step of the last pipeline call, in order.
+
+SADA and the baseline live here; the peers in :mod:`.peers` and :mod:`.adaptive_diffusion`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from sada_audio import SADAConfig, SADAHandle, StepMode, apply_sada
+from sada_audio.method.engine import SADAEngine
+from sada_audio.models import unet_token_blocks
+from sada_audio.solvers import solver_adapter_for
+
+__all__ = [
+    "Accelerator",
+    "Attachment",
+    "Baseline",
+    "DenoiserBench",
+    "SADA",
+    "median_time",
+    "sada_accelerators",
+]
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@dataclass
+class DenoiserBench:
+    """A bare denoiser with fixed inputs, called as the pipelines call it: ``denoiser(sample, t, **kwargs)``.
+
+    Attributes:
+        denoiser: the UNet (random weights at real size: only cost is measured).
+        scheduler: a scheduler whose ``set_timesteps(num_steps)`` has been called.
+        sample: the (guidance-batched) latent every call gets.
+        kwargs: the other keyword arguments of every call (``class_labels``, ``encoder_hidden_states``...).
+        repeats: timed calls per measurement (the median is kept).
+    """
+
+    denoiser: nn.Module
+    scheduler: Any
+    sample: torch.Tensor
+    kwargs: dict[str, Any]
+    repeats: int = 5
+    step: int = field(default=10)
+
+    @property
+    def pipe(self) -> SimpleNamespace:
+        """A pipeline-shaped view (``.unet``, ``.transformer``, ``.scheduler``) for methods that attach to one."""
+        return SimpleNamespace(unet=self.denoiser, transformer=self.denoiser, scheduler=self.scheduler)
+
+    def call(self, step: int | None = None) -> Any:
+        """One denoiser call at sampling step ``step`` (default :attr:`step`), under ``torch.no_grad``."""
+        timestep = self.scheduler.timesteps[self.step if step is None else step]
+        with torch.no_grad():
+            return self.denoiser(self.sample, timestep, return_dict=False, **self.kwargs)[0]
+
+    def time(self, fn: Callable[[], object]) -> float:
+        """Median seconds of ``fn`` (see :func:`median_time`)."""
+        return median_time(fn, self.repeats)
+
+
+class Attachment(ABC):
+    """An accelerator attached to one pipeline; :meth:`remove` restores the pipeline exactly."""
+
+    @abstractmethod
+    def remove(self) -> None: ...
+
+    @abstractmethod
+    def step_kinds(self) -> list[str]:
+        """Kind of every sampling step of the last pipeline call, in order."""
+
+    def stats(self) -> dict[str, Any]:
+        """Extra per-call statistics worth reporting (SADA: pruned token share)."""
+        return {}
+
+
+class Accelerator(ABC):
+    """One acceleration method at one setting."""
+
+    #: Method family as the tables name it ("DeepCache").
+    name: str
+    #: The setting, short ("interval 3"); empty for methods without one.
+    setting: str = ""
+    #: PyPI distribution whose version the report states; None for code of this project.
+    package: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.setting})" if self.setting else self.name
+
+    def unavailable_reason(self, pipe: Any) -> str | None:
+        """Why this method cannot run on ``pipe`` (one line), or None if it can."""
+        return None
+
+    @abstractmethod
+    def attach(self, pipe: Any) -> Attachment: ...
+
+    @abstractmethod
+    def step_costs(self, bench: DenoiserBench) -> dict[str, float]:
+        """Seconds of each kind of step this method takes, on ``bench``'s denoiser; the method is attached
+        only while measuring."""
+
+
+class _NoAttachment(Attachment):
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+
+    def remove(self) -> None:
+        return None
+
+    def step_kinds(self) -> list[str]:
+        return ["full"] * len(self._pipe.scheduler.timesteps)
+
+
+class Baseline(Accelerator):
+    """No acceleration: the reference every speedup and fidelity is measured against."""
+
+    name = "baseline"
+
+    def attach(self, pipe: Any) -> Attachment:
+        return _NoAttachment(pipe)
+
+    def step_costs(self, bench: DenoiserBench) -> dict[str, float]:
+        return {"full": bench.time(bench.call)}
+
+
+class _SADAAttachment(Attachment):
+    def __init__(self, handle: SADAHandle) -> None:
+        self.handle = handle
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+    def step_kinds(self) -> list[str]:
+        return list(self.handle.stats.step_modes)
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.handle.stats
+        return {"nfe": stats.model_calls, "pruned_token_share": stats.pruned_fraction}
+
+
+class SADA(Accelerator):
+    """SADA (this project) with a given configuration."""
+
+    name = "SADA"
+
+    def __init__(self, config: SADAConfig, setting: str) -> None:
+        self.config = config
+        self.setting = setting
+
+    def attach(self, pipe: Any) -> Attachment:
+        return _SADAAttachment(apply_sada(pipe, self.config))
+
+    def step_costs(self, bench: DenoiserBench) -> dict[str, float]:
+        """Full and pruned calls with the hooks attached, each plus the bookkeeping of one solver step;
+        a skipped step costs the bookkeeping alone."""
+        generator = torch.Generator().manual_seed(0)
+        token_momentum = torch.randn(*bench.sample.shape[-2:], generator=generator)
+        handle = SADAHandle(bench.denoiser, bench.scheduler, self.config, blocks=unet_token_blocks(bench.denoiser))
+        try:
+            handle.engine.start(solver_adapter_for(bench.scheduler))
+
+            def call_as(mode: StepMode) -> None:
+                handle.engine.force_plan(StepMode.FULL)
+                bench.call()  # fills (or refreshes) the token caches
+                handle.engine.force_plan(mode, token_momentum)
+                bench.call()
+
+            full = bench.time(lambda: call_as(StepMode.FULL)) / 2
+            pruned = bench.time(lambda: call_as(StepMode.PRUNED)) - full
+        finally:
+            handle.remove()
+        bookkeeping = step_bookkeeping(self.config, bench.scheduler, bench.sample[:1].shape)
+        return {"full": full + bookkeeping, "pruned": pruned + bookkeeping, "skipped": bookkeeping}
+
+
+def step_bookkeeping(config: SADAConfig, scheduler: Any, shape: torch.Size, repeats: int = 3) -> float:
+    """Median seconds SADA spends in one solver step outside the model: gradients, criterion, plan."""
+    generator = torch.Generator().manual_seed(1)
+    samples = [torch.randn(shape, generator=generator) for _ in range(4)]
+    engine = SADAEngine(config)
+    per_step = []
+    for _ in range(repeats):
+        engine.start(solver_adapter_for(scheduler))
+        for step in range(engine.bounds.acc_end - 1):
+            output, sample, next_sample = samples[step % 4], samples[(step + 1) % 4], samples[(step + 2) % 4]
+            start = time.perf_counter()
+            engine.after_step(output, sample, next_sample)
+            if step >= 3:
+                per_step.append(time.perf_counter() - start)
+    return statistics.median(per_step)
+
+
+def sada_accelerators(config: SADAConfig, preset: str) -> list[Accelerator]:
+    """SADA at ``config`` (named after ``preset``), and its step-wise-only and token-wise-only ablations."""
+    return [
+        SADA(config, f"preset {preset}"),
+        SADA(config.replace(tokenwise=False), "step-wise only"),
+        SADA(config.replace(stepwise=False), "token-wise only"),
+    ]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -89,6 +90,14 @@ def configure_logging(verbosity: int) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     package_logger.addHandler(handler)
     package_logger.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+
+
+@contextlib.contextmanager
+def progress_bar(items: Sequence[Any], label: str) -> Iterator[Any]:
+    """A progress bar over ``items`` (the evaluation's ``Progress``); click draws it only on a terminal, on
+    stderr, so that stdout stays the result summary."""
+    with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
+        yield bar
 
 
 def check_prompt(ctx: click.Context, param: click.Parameter, value: str) -> str:

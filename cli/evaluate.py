@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +15,10 @@ from sada_audio.evaluation.report import FIGURE_NAMES, FIGURES_DIR, REPORT_NAME,
 from sada_audio.generation import SamplingSettings, run_metadata
 from sada_audio.pipelines import resolve_model_id
 
-from .common import load_for_command, model_options, sampling_options
+from .common import load_for_command, model_options, progress_bar, sampling_options
 
 # Options that only make sense when the command generates the clips itself.
 _GENERATION_OPTIONS = ("model", "scheduler", "accelerate", "device", "dtype", "steps", "duration", "guidance", "seed")
-
-
-@contextlib.contextmanager
-def _progress_bar(items: Sequence[Any], label: str) -> Iterator[Any]:
-    # click draws the bar only on a terminal, on stderr so that stdout stays the result summary
-    with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
-        yield bar
 
 
 def _check_arguments(ctx: click.Context, reference_dir: Path | None, test_dir: Path | None, generating: bool) -> None:
@@ -147,7 +137,7 @@ def evaluate(
         reference_dir = _prepare_clip_dir(output_dir / "reference", overwrite)
         test_dir = _prepare_clip_dir(output_dir / "test", overwrite)
         pipe, load_time = load_for_command(model, scheduler, device, dtype)
-        pipe.set_progress_bar_config(disable=True)  # one bar: ours
+        pipe.setprogress_bar_config(disable=True)  # one bar: ours
         run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype)
         generate_pair_folders(
             pipe,
@@ -158,7 +148,7 @@ def evaluate(
             test_dir=test_dir,
             accelerate=accelerate == "sada",
             run_info={**run_info, "load_time_s": load_time},
-            progress=_progress_bar,
+            progress=progress_bar,
         )
     assert reference_dir is not None and test_dir is not None  # checked by _check_arguments
     evaluation = evaluate_directories(
@@ -167,7 +157,7 @@ def evaluate(
         lpips_backbone=lpips_backbone,
         lpips_heads=lpips_heads,
         embedding=embedding,
-        progress=_progress_bar,
+        progress=progress_bar,
     )
     report_path = write_outputs(evaluation, output_dir, json_path)
     _echo_summary(evaluation.report, report_path, json_path)

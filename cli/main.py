@@ -11,6 +11,7 @@ from sada_audio.audio import check_output_path, write_audio, write_json
 from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch, run_metadata
 from sada_audio.pipelines import resolve_model_id
 
+from .benchmark import benchmark
 from .common import Group, check_prompt, configure_logging, load_for_command, model_options, sampling_options
 from .evaluate import evaluate
 from .render import render
@@ -106,3 +107,4 @@ def generate(
 
 main.add_command(render)
 main.add_command(evaluate)
+main.add_command(benchmark)

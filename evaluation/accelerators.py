@@ -83,8 +83,15 @@ class DenoiserBench:
             return self.denoiser(self.sample, timestep, return_dict=False, **self.kwargs)[0]
 
     def time(self, fn: Callable[[], object]) -> float:
-        """Median seconds of ``fn`` (see :func:`median_time`)."""
-        return median_time(fn, self.repeats)
+        """Median seconds of ``fn`` (see :func:`median_time`), waiting for the GPU to finish each call."""
+        if self.sample.device.type != "cuda":
+            return median_time(fn, self.repeats)
+
+        def synchronised() -> None:
+            fn()
+            torch.cuda.synchronize(self.sample.device)
+
+        return median_time(synchronised, self.repeats)
 
 
 class Attachment(ABC):
@@ -198,25 +205,25 @@ class SADA(Accelerator):
             pruned = bench.time(lambda: call_as(StepMode.PRUNED)) - full
         finally:
             handle.remove()
-        bookkeeping = step_bookkeeping(self.config, bench.scheduler, bench.sample[:1].shape)
+        bookkeeping = step_bookkeeping(self.config, bench)
         return {"full": full + bookkeeping, "pruned": pruned + bookkeeping, "skipped": bookkeeping}
 
 
-def step_bookkeeping(config: SADAConfig, scheduler: Any, shape: torch.Size, repeats: int = 3) -> float:
-    """Median seconds SADA spends in one solver step outside the model: gradients, criterion, plan."""
+def step_bookkeeping(config: SADAConfig, bench: DenoiserBench) -> float:
+    """Mean seconds SADA spends per solver step outside the model (gradients, criterion, plan), over a whole
+    run of ``bench``'s steps, on states of one guidance branch on the bench's device."""
     generator = torch.Generator().manual_seed(1)
-    samples = [torch.randn(shape, generator=generator) for _ in range(4)]
+    like = bench.sample[:1]
+    samples = [torch.randn(like.shape, generator=generator).to(like) for _ in range(4)]
     engine = SADAEngine(config)
-    per_step = []
-    for _ in range(repeats):
-        engine.start(solver_adapter_for(scheduler))
-        for step in range(engine.bounds.acc_end - 1):
-            output, sample, next_sample = samples[step % 4], samples[(step + 1) % 4], samples[(step + 2) % 4]
-            start = time.perf_counter()
-            engine.after_step(output, sample, next_sample)
-            if step >= 3:
-                per_step.append(time.perf_counter() - start)
-    return statistics.median(per_step)
+    num_steps = len(bench.scheduler.timesteps)
+
+    def run() -> None:
+        engine.start(solver_adapter_for(bench.scheduler))
+        for step in range(num_steps - 1):
+            engine.after_step(samples[step % 4], samples[(step + 1) % 4], samples[(step + 2) % 4])
+
+    return bench.time(run) / (num_steps - 1)
 
 
 def sada_accelerators(config: SADAConfig, preset: str) -> list[Accelerator]:

@@ -1,0 +1,143 @@
+"""``sada-audio benchmark``: SADA against its peers on one model, prompts, seeds and machine, in one run."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from sada_audio.audio import check_output_path
+from sada_audio.evaluation.benchmark import BenchmarkSettings, run_benchmark
+from sada_audio.evaluation.benchmark_report import RESULT_FILES, target_checks, write_benchmark_outputs
+from sada_audio.evaluation.generate import read_prompts
+from sada_audio.pipelines import SCHEDULER_CHOICES
+
+from .common import DEFAULT_MODEL, DTYPE_CHOICES, load_for_command, progress_bar
+
+#: What ``--quick`` sets: a smoke run of every method in a few minutes (the test suite runs it).
+QUICK = {"steps": 12, "duration": 2.56, "latent_frames": (32,), "cost_repeats": 1}
+QUICK_PROMPTS = 2
+
+
+def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 0,1", ctx, param) from None
+    if not seeds:
+        raise click.BadParameter("give at least one seed, e.g. 0,1", ctx, param)
+    return seeds
+
+
+def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    return () if value is None else tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@click.command()
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help=f"Folder for {', '.join(RESULT_FILES.values())}.",
+)
+@click.option(
+    "-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Hub id, local pipeline folder or short name."
+)
+@click.option(
+    "--scheduler",
+    "schedulers",
+    multiple=True,
+    type=click.Choice(list(SCHEDULER_CHOICES)),
+    help="Sampler to compare on (repeatable).  [default: ddim and dpm++]",
+)
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(min=4), help="Denoising steps.")
+@click.option(
+    "--prompts",
+    "prompts_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="One prompt per line.  [default: 16 built-in captions in the embedded model's style]",
+)
+@click.option("--seeds", default="0,1", show_default=True, callback=_seeds, help="Comma-separated seeds per prompt.")
+@click.option(
+    "--methods",
+    callback=_names,
+    help="Comma-separated method families to run besides the baseline (e.g. SADA,DeepCache).  [default: all]",
+)
+@click.option("--preset", help="SADA preset.  [default: the model family's]")
+@click.option("--duration", default=5.12, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--guidance", default=2.0, show_default=True, type=click.FloatRange(min=0))
+@click.option(
+    "--frames",
+    "latent_frames",
+    multiple=True,
+    type=click.IntRange(min=8),
+    help="Latent length of a real-size step-cost workload (repeatable; 256 = 10.24 s).  [default: 256 and 1024]",
+)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="float32", show_default=True)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Smoke run in a few minutes: 2 prompts, 1 seed, 12 steps, 2.56 s, step costs on the model's own UNet.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in the output folder.")
+def benchmark(
+    output_dir: Path,
+    model: str,
+    schedulers: tuple[str, ...],
+    steps: int,
+    prompts_file: Path | None,
+    seeds: tuple[int, ...],
+    methods: tuple[str, ...],
+    preset: str | None,
+    duration: float,
+    guidance: float,
+    latent_frames: tuple[int, ...],
+    device: str,
+    dtype: str,
+    quick: bool,
+    overwrite: bool,
+) -> None:
+    """Benchmark SADA against DeepCache, ToMe, PAB, AdaptiveDiffusion (and, on transformers, First Block Cache,
+    TaylorSeer, cache-dit) on the same prompts and seeds, in interleaved order.
+
+    Writes OUTPUT_DIR/results.json, results.md (speed, fidelity against the baseline, step costs on the
+    real-size MusicLDM UNet, the targets) and speedup_fidelity.png (with the Pareto front).
+
+    \b
+    Examples:
+      sada-audio benchmark -o bench
+      sada-audio benchmark -o bench-quick --quick
+      sada-audio benchmark -o bench --methods SADA,DeepCache --scheduler ddim --frames 256
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise click.BadParameter(f"'{output_dir}' is a file, not a folder", param_hint="-o/--output-dir")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES.values():
+        check_output_path(output_dir / name, overwrite, extensions=(Path(name).suffix,))
+    prompts = tuple(read_prompts(prompts_file)) if prompts_file is not None else BenchmarkSettings.prompts
+    settings = BenchmarkSettings(
+        schedulers=schedulers or BenchmarkSettings.schedulers,
+        steps=steps,
+        prompts=prompts,
+        seeds=seeds,
+        duration=duration,
+        guidance=guidance,
+        methods=methods,
+        preset=preset,
+        latent_frames=latent_frames or BenchmarkSettings.latent_frames,
+    )
+    if quick:
+        settings = dataclasses.replace(settings, **QUICK, prompts=prompts[:QUICK_PROMPTS], seeds=seeds[:1])
+    pipe, _ = load_for_command(model, None, device, dtype)
+    pipe.set_progress_bar_config(disable=True)  # one bar: ours
+    results = run_benchmark(pipe, settings, progress=progress_bar, real_size=not quick)
+    command = shlex.join(["sada-audio", "benchmark", *sys.argv[2:]]) if sys.argv[1:2] == ["benchmark"] else ""
+    paths = write_benchmark_outputs(results, output_dir, command or "sada-audio benchmark")
+    for check in target_checks(results):
+        click.echo(f"{check['scheduler']}: {check['target']}: {check['value']} ({'met' if check['met'] else 'MISSED'})")
+    click.echo(f"Results: {', '.join(str(path) for path in paths.values())}")

@@ -1,0 +1,132 @@
+"""``sada-audio benchmark``: the bookkeeping (Pareto front, implied speedup, targets) on made-up numbers, and
+the quick mode end to end once on the embedded model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from sada_audio.cli.main import main
+from sada_audio.evaluation.benchmark import implied_speedup, pareto_front, summarise
+from sada_audio.evaluation.benchmark_report import target_checks
+
+
+def test_pareto_front_keeps_only_undominated_points_sorted_by_speed():
+    points = [(1.0, 40.0), (2.0, 30.0), (1.5, 29.0), (3.0, 20.0), (2.0, 30.0), (0.9, 50.0)]
+    # (1.5, 29) is dominated by (2, 30); the two equal points dominate neither each other nor anything else
+    assert pareto_front(points) == [5, 0, 1, 4, 3]
+
+
+def test_implied_speedup_prices_each_step_kind():
+    costs = {"full": 1.0, "skipped": 0.01, "pruned": 0.5}
+    assert implied_speedup({"full": 50}, costs, baseline_full=1.0) == pytest.approx(1.0)
+    assert implied_speedup({"full": 20, "skipped": 20, "pruned": 10}, costs, 1.0) == pytest.approx(50 / 25.2)
+    # a method whose full step is slower than the baseline's (hooks) is charged for it
+    assert implied_speedup({"full": 50}, {"full": 1.1}, 1.0) == pytest.approx(1 / 1.1)
+
+
+def _run(label: str, speedup: float, psnr: float | None, ssim: float = 0.9) -> dict:
+    """One clip's record; ``psnr=None`` for the baseline, which has no fidelity against itself."""
+    method, _, setting = label.partition(" ")
+    record = {
+        "scheduler": "ddim",
+        "method": method,
+        "setting": setting,
+        "label": label,
+        "wall_s": 1.0 / speedup,
+        "speedup": speedup,
+        "step_kinds": ["full"] * 4,
+    }
+    if psnr is not None:
+        record["metrics"] = {"mel_psnr": psnr, "mel_ssim": ssim, "log_mel_l1": 0.1, "mr_stft": 0.5, "si_sdr": 1.0}
+    return record
+
+
+def test_summary_speedup_is_the_median_of_per_clip_ratios_and_dominance_is_reported():
+    runs = [
+        _run("baseline", 1.0, None),
+        _run("SADA preset", 1.9, 33.0),
+        _run("SADA preset", 2.1, 35.0),
+        _run("SADA preset", 1.7, 31.0),
+        _run("DeepCache 2", 1.6, 36.0),
+        _run("DeepCache 5", 1.5, 30.0),
+    ]
+    summary = {e["label"]: e for e in summarise(runs)}
+    sada = summary["SADA preset"]
+    assert sada["speedup"] == pytest.approx(1.9)
+    assert (sada["speedup_min"], sada["speedup_max"]) == (1.7, 2.1)
+    assert sada["fidelity"]["mel_psnr"] == pytest.approx(33.0)
+    assert "fidelity" not in summary["baseline"]
+    assert sada["on_pareto_front"] and not sada["dominated_by"]
+    assert summary["DeepCache 5"]["dominated_by"] == ["SADA preset", "DeepCache 2"]
+    assert not summary["DeepCache 5"]["on_pareto_front"]
+
+
+def test_targets_compare_sada_with_deepcache_at_the_closest_speedup():
+    runs = [_run("baseline", 1.0, None), _run("SADA preset", 1.85, 33.0, 0.97)]
+    runs += [_run("DeepCache 2", 1.6, 36.0, 0.98), _run("DeepCache 3", 2.0, 32.0, 0.96)]
+    checks = target_checks({"quality": {"summary": summarise(runs)}, "step_costs": {}})
+    met = {check["target"].split(" (")[0]: check["met"] for check in checks}
+    assert met["SADA speedup >= 1.8x"]
+    # DeepCache 3 (2.0x) is closer to 1.85x than DeepCache 2 (1.6x)
+    assert met["log-mel PSNR >= DeepCache 3"] and met["log-mel SSIM >= DeepCache 3"]
+    assert met["SADA on the Pareto front, dominated by no peer"]
+
+
+def test_bad_seeds_are_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, ["benchmark", "-o", str(tmp_path / "out"), "--seeds", "a,b"])
+    assert result.exit_code == 2
+    assert "comma-separated list of integers" in result.output
+
+
+def test_unknown_method_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = CliRunner().invoke(main, ["benchmark", "-o", str(tmp_path / "out"), "--quick", "--methods", "tome2"])
+    assert result.exit_code != 0
+    assert "unknown method(s) tome2" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(main, ["benchmark", "-o", str(output), "--quick"], catch_exceptions=False)
+    return output, result
+
+
+def test_quick_mode_writes_results_table_and_plot(quick_run):
+    output, result = quick_run
+    assert result.exit_code == 0, result.output
+    results = json.loads((output / "results.json").read_text())
+    summary = results["quality"]["summary"]
+    labels = {e["label"] for e in summary}
+    for family in ("baseline", "SADA", "DeepCache", "ToMe", "AdaptiveDiffusion"):
+        assert any(label.startswith(family) for label in labels), (family, labels)
+    assert {e["scheduler"] for e in summary} == {"ddim", "dpm++"}
+    steps = results["settings"]["steps"]
+    for entry in summary:
+        assert sum(entry["step_kinds"].values()) == pytest.approx(steps)
+        assert entry["speedup_min"] <= entry["speedup"] <= entry["speedup_max"]
+    sada = next(e for e in summary if e["label"] == "SADA (preset musicldm)" and e["scheduler"] == "ddim")
+    assert sada["nfe"] < steps
+    assert 20 < sada["fidelity"]["mel_psnr"] < 80
+    assert any(e["on_pareto_front"] for e in summary if "fidelity" in e)
+    # the step costs of every method that ran, priced on the model's own UNet
+    (bench,) = results["step_costs"].values()
+    assert bench["entries"][0]["label"] == "baseline"
+    assert all(cost > 0 for entry in bench["entries"] for cost in entry["costs"].values())
+    assert (output / "speedup_fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (output / "results.md").read_text()
+    assert "| ddim | SADA (preset musicldm) |" in report
+    assert "## Targets" in report and "sada-audio benchmark" in report
+
+
+def test_quick_mode_refuses_to_overwrite_earlier_results(quick_run):
+    output, _ = quick_run
+    before = (output / "results.json").read_bytes()
+    result = CliRunner().invoke(main, ["benchmark", "-o", str(output), "--quick"])
+    assert result.exit_code != 0
+    assert "--overwrite" in result.output
+    assert (output / "results.json").read_bytes() == before

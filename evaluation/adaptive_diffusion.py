@@ -239,8 +239,8 @@ class _Attachment(Attachment):
         return list(self.handle.kinds.kinds)
 
     def stats(self) -> dict[str, Any]:
-        calls = self.handle.kinds.calls
-        return {"nfe": sum(kind == "full" for kind in calls)}
+        full = sum(kind == "full" for kind in self.handle.kinds.calls)
+        return {"nfe": full, "full_calls": full}  # a skipped step calls no model at all
 
 
 class AdaptiveDiffusion(Accelerator):

@@ -153,7 +153,9 @@ class _WatchedAttachment(Attachment):
         return list(self.kinds.kinds)
 
     def stats(self) -> dict[str, Any]:
-        return {"nfe": sum(kind == "full" for kind in self.kinds.calls)}
+        """``nfe``: denoiser calls (each runs at least part of the model); ``full_calls``: of them, unabridged."""
+        calls = self.kinds.calls
+        return {"nfe": len(calls), "full_calls": sum(kind == "full" for kind in calls)}
 
 
 # -- DeepCache ---------------------------------------------------------------------------------------------
@@ -261,9 +263,6 @@ class _ToMeAttachment(_WatchedAttachment):
 
     def call(self, forward: Callable[[], Any]) -> tuple[Any, str]:
         return forward(), "merged"
-
-    def stats(self) -> dict[str, Any]:
-        return {"nfe": len(self.kinds.calls)}
 
     def detach(self) -> None:
         import tomesd
@@ -733,22 +732,38 @@ class CacheDiT(Accelerator):
         reason = _transformer_reason(pipe)
         if reason:
             return reason
+        from cache_dit import BlockAdapterRegister
         from diffusers import DiffusionPipeline
 
-        if not isinstance(pipe, DiffusionPipeline):
-            return "cache-dit attaches to a whole diffusers pipeline (its block adapters are per pipeline class)"
-        from cache_dit import BlockAdapterRegister
-
-        # is_supported only matches class names; get_adapter would already patch the transformer
-        if not BlockAdapterRegister.is_supported(pipe):
-            return f"cache-dit has no block adapter for {type(pipe).__name__}"
+        # a pipeline, or the transformer alone (a bench); is_supported only matches class names, where
+        # get_adapter would already patch the transformer
+        target = pipe if isinstance(pipe, DiffusionPipeline) else denoiser_of(pipe)
+        if not BlockAdapterRegister.is_supported(target):
+            return f"cache-dit has no block adapter for {type(target).__name__}"
         return None
 
     def attach(self, pipe: Any) -> Attachment:
         return _CacheDiTAttachment(pipe, self.config_kwargs)
 
     def step_costs(self, bench: DenoiserBench) -> dict[str, float]:
-        raise NotImplementedError("cache-dit attaches to whole pipelines only; see unavailable_reason")
+        """cache-dit on the transformer alone (its transformer-only mode): a full call (threshold 0: never
+        cache) and a cached one (threshold 1e9 after one warm-up call)."""
+        import cache_dit
+        from cache_dit import DBCacheConfig
+
+        costs = {}
+        for kind, overrides in (
+            ("full", {"residual_diff_threshold": 0.0}),
+            ("cached", {"residual_diff_threshold": 1e9, "max_warmup_steps": 1}),
+        ):
+            attributes = _instance_attributes(bench.denoiser)
+            cache_dit.enable_cache(bench.denoiser, cache_config=DBCacheConfig(**{**self.config_kwargs, **overrides}))
+            try:
+                costs[kind] = bench.time(bench.call)
+            finally:
+                cache_dit.disable_cache(bench.denoiser)
+                _drop_new_attributes(bench.denoiser, attributes)
+        return costs
 
 
 def peer_accelerators(pipe: Any = None) -> list[Accelerator]:

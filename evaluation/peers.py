@@ -397,7 +397,7 @@ class PyramidAttentionBroadcast(Accelerator):
             from diffusers import PyramidAttentionBroadcastConfig
             from diffusers.hooks._common import _ATTENTION_CLASSES
         except ImportError:
-            return "pip install 'diffusers>=0.33' (Pyramid Attention Broadcast)"
+            return "pip install -U diffusers (this one lacks Pyramid Attention Broadcast)"
         config = PyramidAttentionBroadcastConfig()
         identifiers = (*config.spatial_attention_block_identifiers, *config.cross_attention_block_identifiers)
         import re
@@ -546,7 +546,7 @@ class FirstBlockCache(Accelerator):
             from diffusers.hooks import apply_first_block_cache  # noqa: F401
             from diffusers.hooks._helpers import TransformerBlockRegistry
         except ImportError:
-            return "pip install 'diffusers>=0.35' (First Block Cache)"
+            return "pip install -U diffusers (this one lacks First Block Cache)"
         reason = _transformer_reason(pipe)
         if reason:
             return reason
@@ -646,7 +646,7 @@ class TaylorSeer(Accelerator):
         try:
             from diffusers import TaylorSeerCacheConfig  # noqa: F401
         except ImportError:
-            return "pip install 'diffusers>=0.36' (TaylorSeerCacheConfig)"
+            return "pip install -U diffusers (this one lacks TaylorSeerCacheConfig)"
         return _transformer_reason(pipe)
 
     def attach(self, pipe: Any) -> Attachment:

@@ -47,6 +47,7 @@ __all__ = [
     "adaptive_diffusion_accelerators",
     "clone_output",
     "denoiser_of",
+    "pop_bound_forward",
     "third_order_estimate",
 ]
 
@@ -61,6 +62,14 @@ def denoiser_of(pipe: Any) -> nn.Module:
     """The pipeline's denoiser: ``.transformer`` if it has one, else ``.unet``."""
     denoiser = getattr(pipe, "transformer", None)
     return denoiser if denoiser is not None else pipe.unet
+
+
+def pop_bound_forward(module: nn.Module) -> None:
+    """Drop a ``forward`` instance attribute that is just the module's own bound ``forward`` (what
+    HookRegistry and DeepCache leave behind when they unwrap), restoring plain class lookup."""
+    forward = vars(module).get("forward")
+    if getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is type(module).forward:
+        del module.__dict__["forward"]
 
 
 def third_order_estimate(latents: list[torch.Tensor]) -> float:
@@ -222,8 +231,8 @@ class AdaptiveDiffusionHandle:
         registry.remove_hook(_HOOK_NAME, recurse=False)
         if self._created_registry and not registry.hooks:
             del self._denoiser._diffusers_hook
-            # HookRegistry leaves the original bound method as an instance attribute.
-            self._denoiser.__dict__.pop("forward", None)
+        # HookRegistry leaves the original bound method as an instance attribute.
+        pop_bound_forward(self._denoiser)
         self.latents, self.outputs = [], {}
         self._removed = True
 

@@ -28,7 +28,13 @@ from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
 from .accelerators import Accelerator, Attachment, DenoiserBench
-from .adaptive_diffusion import StepClock, StepKinds, adaptive_diffusion_accelerators, denoiser_of
+from .adaptive_diffusion import (
+    StepClock,
+    StepKinds,
+    adaptive_diffusion_accelerators,
+    denoiser_of,
+    pop_bound_forward,
+)
 
 __all__ = [
     "CacheDiT",
@@ -60,14 +66,6 @@ def _missing(module: str, distribution: str) -> str | None:
 def _is_unet(denoiser: nn.Module) -> bool:
     """A diffusers UNet (down, mid and up blocks), as opposed to a transformer backbone."""
     return all(hasattr(denoiser, name) for name in ("down_blocks", "mid_block", "up_blocks"))
-
-
-def _pop_bound_forward(module: nn.Module) -> None:
-    """Drop a ``forward`` instance attribute that is just the module's own bound ``forward`` (what
-    HookRegistry and DeepCache leave behind when they unwrap), restoring plain class lookup."""
-    forward = vars(module).get("forward")
-    if getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is type(module).forward:
-        del module.__dict__["forward"]
 
 
 def _instance_attributes(root: nn.Module) -> dict[int, set[str]]:
@@ -128,7 +126,7 @@ class _WatchedAttachment(Attachment):
         if self._created_registry and not registry.hooks:
             del self.denoiser._diffusers_hook
         # HookRegistry leaves the original bound method as an instance attribute.
-        _pop_bound_forward(self.denoiser)
+        pop_bound_forward(self.denoiser)
 
     def on_run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """A new sampling run starts: reset the method's state where the pipeline does not."""
@@ -188,7 +186,7 @@ class _DeepCacheAttachment(_WatchedAttachment):
         self.helper.disable()
         # DeepCache "unwraps" by assigning the bound methods back as instance attributes: drop them.
         for module in self.pipe.unet.modules():
-            _pop_bound_forward(module)
+            pop_bound_forward(module)
 
 
 class DeepCache(Accelerator):
@@ -367,7 +365,7 @@ class _PABAttachment(_WatchedAttachment):
             registry.remove_hook(_PAB_HOOK, recurse=False)
             if id(module) not in self._registries_before and not registry.hooks:
                 del module._diffusers_hook
-            _pop_bound_forward(module)
+            pop_bound_forward(module)
 
 
 class PyramidAttentionBroadcast(Accelerator):
@@ -488,7 +486,7 @@ class _ContextAttachment(_WatchedAttachment):
             registry = getattr(module, "_diffusers_hook", None)
             if registry is not None and not registry.hooks:
                 del module._diffusers_hook
-            _pop_bound_forward(module)
+            pop_bound_forward(module)
 
 
 class _FBCAttachment(_ContextAttachment):

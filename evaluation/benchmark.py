@@ -16,20 +16,18 @@ Two kinds of workload:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import platform
 import statistics
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
-from diffusers import UNet2DConditionModel
 
 from sada_audio import SADAConfig
 from sada_audio.audio import pipeline_sample_rate
@@ -37,11 +35,11 @@ from sada_audio.errors import ConfigError
 from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
 from sada_audio.models import model_adapter_for
 from sada_audio.pipelines import set_scheduler
-from sada_audio.testing import real_size_audioldm_unet_config
 
-from .accelerators import Accelerator, Baseline, DenoiserBench, sada_accelerators
+from .accelerators import Accelerator, Baseline, sada_accelerators
 from .evaluate import Progress, no_progress, pair_metrics
 from .peers import peer_accelerators
+from .step_costs import real_size_benches, run_step_costs
 
 __all__ = [
     "BENCHMARK_PROMPTS",
@@ -255,67 +253,6 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def unet_bench(unet: UNet2DConditionModel, frames: int, scheduler: Any, settings: BenchmarkSettings) -> DenoiserBench:
-    """``unet`` (MusicLDM / AudioLDM style: CLAP vector as class labels) called on a random latent
-    ``batch x 8 x frames x 16`` at the benchmark's steps, with a fresh copy of ``scheduler``."""
-    generator = torch.Generator().manual_seed(0)
-    batch = settings.cost_batch
-    sample = torch.randn(batch, unet.config.in_channels, frames, 16, generator=generator)
-    labels = torch.randn(batch, unet.config.projection_class_embeddings_input_dim, generator=generator)
-    scheduler = type(scheduler).from_config(scheduler.config)
-    scheduler.set_timesteps(settings.steps)
-    weight = next(unet.parameters())  # inputs on the UNet's device, in its precision
-    kwargs = {"encoder_hidden_states": None, "class_labels": labels.to(weight)}
-    return DenoiserBench(unet, scheduler, sample.to(weight), kwargs, repeats=settings.cost_repeats)
-
-
-def real_size_unet() -> UNet2DConditionModel:
-    """The released MusicLDM / AudioLDM UNet architecture (185 M parameters) with random weights."""
-    torch.manual_seed(0)
-    return UNet2DConditionModel(**real_size_audioldm_unet_config()).eval()
-
-
-def implied_speedup(kind_counts: dict[str, float], costs: dict[str, float], baseline_full: float) -> float:
-    """End-to-end speedup of a schedule with these mean counts of each step kind, priced with ``costs``."""
-    steps = sum(kind_counts.values())
-    return steps * baseline_full / sum(count * costs[kind] for kind, count in kind_counts.items())
-
-
-def run_step_costs(
-    benches: dict[str, Callable[[], DenoiserBench]],
-    methods: Sequence[Accelerator],
-    quality_summary: list[dict[str, Any]],
-    progress: Progress = no_progress,
-) -> dict[str, Any]:
-    """Per bench (name -> builder): every method's step costs, and the speedup its quality-workload schedule
-    implies there (per scheduler)."""
-    results: dict[str, Any] = {}
-    for name, build in benches.items():
-        bench = build()
-        entries, skipped = [], {}
-        with progress(list(methods), f"step costs, {name}") as items:
-            for method in items:
-                reason = method.unavailable_reason(bench.pipe)
-                if reason is not None:
-                    skipped[method.label] = reason
-                    continue
-                entries.append({"label": method.label, "costs": method.step_costs(bench)})
-        baseline_full = entries[0]["costs"]["full"]
-        for entry in entries:
-            entry["implied_speedup"] = {
-                summary["scheduler"]: implied_speedup(summary["step_kinds"], entry["costs"], baseline_full)
-                for summary in quality_summary
-                if summary["label"] == entry["label"]
-            }
-        results[name] = {
-            "latent": list(bench.sample.shape[1:]),
-            "batch": bench.sample.shape[0],
-            "entries": entries,
-            "skipped": skipped,
-        }
-    return results
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -350,31 +287,21 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def run_benchmark(
-    pipe: Any, settings: BenchmarkSettings, progress: Progress = no_progress, real_size: bool = True
-) -> dict[str, Any]:
-    """Both workloads; the result is what ``results.json`` holds.
-
-    Args:
-        real_size: price the steps on the real-size UNet; False prices them on the pipeline's own UNet (the
-            quick mode: seconds, not minutes). Either at every length of ``settings.latent_frames``.
-    """
+def run_benchmark(pipe: Any, settings: BenchmarkSettings, progress: Progress = no_progress) -> dict[str, Any]:
+    """Both workloads; the result is what ``results.json`` holds. The step costs are measured on the real-size
+    UNet on the pipeline's device, in its precision."""
     methods, preset = accelerators_for(pipe, settings)
     quality = run_quality(pipe, methods, settings, progress)
-    unet_for: Callable[[], UNet2DConditionModel] = real_size_unet if real_size else lambda: pipe.unet
-    owner = "real-size UNet" if real_size else "pipeline's own UNet"
-    benches = {
-        f"{owner}, latent 8x{frames}x16": functools.partial(
-            lambda frames: unet_bench(unet_for(), frames, pipe.scheduler, settings), frames
-        )
-        for frames in settings.latent_frames
-    }
+    weight = next(pipe.unet.parameters()) if hasattr(pipe, "unet") else next(pipe.transformer.parameters())
+    benches = real_size_benches(
+        settings.latent_frames, settings.cost_batch, settings.steps, settings.cost_repeats, weight.device, weight.dtype
+    )
     costs = run_step_costs(benches, methods, quality["summary"], progress)
     return {
         "settings": settings.to_dict(),
         "sada_preset": preset,
         "sada_config": SADAConfig.preset(preset).to_dict(),
-        "environment": environment(pipe.device),
+        "environment": environment(weight.device),
         "quality": quality,
         "step_costs": costs,
     }

@@ -158,7 +158,8 @@ def _cost_lines(bench: dict[str, Any], schedulers: list[str]) -> list[str]:
         implied = [
             "" if s not in entry["implied_speedup"] else f"{entry['implied_speedup'][s]:.2f}x" for s in schedulers
         ]
-        rows.append([entry["label"], f"{costs['full'] * 1e3:.1f}", others, *implied])
+        full = "" if "full" not in costs else f"{costs['full'] * 1e3:.1f}"
+        rows.append([entry["label"], full, others, *implied])
     return markdown_table(header, rows)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 from diffusers import AutoencoderKL, DDIMScheduler
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -29,6 +30,7 @@ __all__ = [
     "clap_feature_extractor",
     "audio_vae",
     "ddim_scheduler",
+    "real_size_audioldm_unet_config",
 ]
 
 SAMPLE_RATE = 16_000
@@ -142,3 +144,26 @@ def ddim_scheduler() -> DDIMScheduler:
         steps_offset=1,
         prediction_type="epsilon",
     )
+
+
+def real_size_audioldm_unet_config() -> dict[str, Any]:
+    """Config of the released AudioLDM / MusicLDM ``UNet2DConditionModel`` (about 185 M parameters).
+
+    Build it with ``UNet2DConditionModel(**real_size_audioldm_unet_config())`` for random-weight
+    benchmarks at real compute cost.
+    """
+    channels = (128, 256, 384, 640)
+    return {
+        "sample_size": 128,
+        "in_channels": LATENT_CHANNELS,
+        "out_channels": LATENT_CHANNELS,
+        "down_block_types": list(UNET_DOWN_BLOCK_TYPES),
+        "up_block_types": list(UNET_UP_BLOCK_TYPES),
+        "block_out_channels": list(channels),
+        "layers_per_block": 2,
+        "cross_attention_dim": list(channels),  # self-attention only
+        "attention_head_dim": 8,
+        "class_embed_type": "simple_projection",
+        "projection_class_embeddings_input_dim": 512,
+        "class_embeddings_concat": True,
+    }

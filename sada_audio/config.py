@@ -142,9 +142,9 @@ class SADAConfig:
 # and 8 at the first attention level, so windows are narrow along frequency; the attention levels
 # start at level 1 (the full-resolution level of these UNets has no transformer blocks).
 _AUDIO_UNET = SADAConfig(
-    acc_range=(10, 47),
+    acc_range=(6, 47),
     max_interval=4,
-    lagrange_step=24,
+    lagrange_step=6,
     lagrange_int=4,
     lagrange_term=4,
     sx=3,

@@ -115,6 +115,7 @@ from sada_audio.audio_ldm_parts import (
     clap_config,
     clap_feature_extractor,
     ddim_scheduler,
+    real_size_audioldm_unet_config,
     roberta_tokenizer,
 )
 from sada_audio.pipelines import repair_pipeline
@@ -375,29 +376,6 @@ def tiny_audioldm2_pipeline(seed: int = 0, *, repair: bool = True) -> AudioLDM2P
         vocoder=vocoder,
     )
     return _finish(pipe, repair)
-
-
-def real_size_audioldm_unet_config() -> dict[str, Any]:
-    """Config of the released AudioLDM / MusicLDM ``UNet2DConditionModel`` (about 185 M parameters).
-
-    Build it with ``UNet2DConditionModel(**real_size_audioldm_unet_config())`` for random-weight
-    benchmarks at real compute cost.
-    """
-    channels = (128, 256, 384, 640)
-    return {
-        "sample_size": 128,
-        "in_channels": LATENT_CHANNELS,
-        "out_channels": LATENT_CHANNELS,
-        "down_block_types": list(UNET_DOWN_BLOCK_TYPES),
-        "up_block_types": list(UNET_UP_BLOCK_TYPES),
-        "block_out_channels": list(channels),
-        "layers_per_block": 2,
-        "cross_attention_dim": list(channels),  # self-attention only
-        "attention_head_dim": 8,
-        "class_embed_type": "simple_projection",
-        "projection_class_embeddings_input_dim": 512,
-        "class_embeddings_concat": True,
-    }
 
 
 # -- image and transformer families (SD-2, SDXL, ControlNet, Flux, Stable Audio) --------------------------

@@ -240,7 +240,14 @@ class SADAEngine:
                     mode = StepMode.SKIPPED
             elif can_skip and verdict.stable:
                 mode = StepMode.SKIPPED
-            if mode is StepMode.FULL and config.tokenwise and self._pruned_since_refresh < config.max_interval:
+            # Lagrange anchors are computed in full: the extrapolating polynomial amplifies their errors.
+            anchor = self.bounds.in_lagrange_phase(step) and self._is_anchor(step)
+            if (
+                mode is StepMode.FULL
+                and not anchor
+                and config.tokenwise
+                and self._pruned_since_refresh < config.max_interval
+            ):
                 mode = StepMode.PRUNED
         if mode is StepMode.SKIPPED:
             x0 = self._reconstruct_data_prediction(verdict, next_state, a_next, t_next)

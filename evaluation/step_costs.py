@@ -1,0 +1,162 @@
+"""The step-cost workloads of ``sada-audio benchmark``: every method's kinds of step, priced on the released
+MusicLDM / AudioLDM UNet architecture at real size (random weights: cost only, never fidelity), and the
+end-to-end speedup each method's decision schedule implies there.
+
+Kept apart from the quality workload so that it runs where only torch and diffusers are installed (a GPU
+machine): ``python -m sada_audio.evaluation.step_costs --schedules results.json --device cuda --dtype float16``
+prices the schedules of an earlier benchmark's ``results.json`` on the GPU and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from sada_audio import SADAConfig
+from sada_audio.audio_ldm_parts import ddim_scheduler, real_size_audioldm_unet_config
+
+from .accelerators import Accelerator, Baseline, DenoiserBench, sada_accelerators
+from .peers import peer_accelerators
+from .tables import markdown_table
+
+__all__ = ["implied_speedup", "real_size_unet", "run_step_costs", "unet_bench"]
+
+#: Frequency rows of a MusicLDM / AudioLDM latent (64 mel bins over the VAE's 4x downsampling).
+LATENT_ROWS = 16
+
+
+def real_size_unet() -> UNet2DConditionModel:
+    """The released MusicLDM / AudioLDM UNet architecture (185 M parameters) with random weights."""
+    torch.manual_seed(0)
+    return UNet2DConditionModel(**real_size_audioldm_unet_config()).eval()
+
+
+def unet_bench(unet: UNet2DConditionModel, frames: int, batch: int, steps: int, repeats: int) -> DenoiserBench:
+    """``unet`` (MusicLDM / AudioLDM style: the CLAP vector as class labels) called on a random latent
+    ``batch x 8 x frames x 16`` on its own device and in its precision, with the released checkpoints' DDIM
+    scheduler set to ``steps`` steps (SADA's bookkeeping and DeepCache's step counter read it)."""
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(batch, unet.config.in_channels, frames, LATENT_ROWS, generator=generator)
+    labels = torch.randn(batch, unet.config.projection_class_embeddings_input_dim, generator=generator)
+    scheduler = ddim_scheduler()
+    scheduler.set_timesteps(steps)
+    weight = next(unet.parameters())
+    kwargs = {"encoder_hidden_states": None, "class_labels": labels.to(weight)}
+    return DenoiserBench(unet, scheduler, sample.to(weight), kwargs, repeats=repeats)
+
+
+def implied_speedup(kind_counts: dict[str, float], costs: dict[str, float], baseline_full: float) -> float:
+    """End-to-end speedup of a schedule with these mean counts of each step kind, priced with ``costs``."""
+    steps = sum(kind_counts.values())
+    return steps * baseline_full / sum(count * costs[kind] for kind, count in kind_counts.items())
+
+
+def run_step_costs(
+    benches: dict[str, Callable[[], DenoiserBench]],
+    methods: Sequence[Accelerator],
+    quality_summary: list[dict[str, Any]],
+    progress: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """Per bench (name -> builder): every method's step costs, and the speedup each of its schedules on the
+    quality workload (``quality_summary``: mean ``step_kinds`` per scheduler and method label) implies there.
+    The baseline (first method) gives the reference full step."""
+    results: dict[str, Any] = {}
+    for name, build in benches.items():
+        bench = build()
+        entries, skipped = [], {}
+        items = list(methods)
+        with progress(items, f"step costs, {name}") if progress else contextlib.nullcontext(items) as iterator:
+            for method in iterator:
+                reason = method.unavailable_reason(bench.pipe)
+                if reason is not None:
+                    skipped[method.label] = reason
+                    continue
+                entries.append({"label": method.label, "costs": method.step_costs(bench)})
+        baseline_full = entries[0]["costs"]["full"]
+        for entry in entries:
+            entry["implied_speedup"] = {
+                summary["scheduler"]: implied_speedup(summary["step_kinds"], entry["costs"], baseline_full)
+                for summary in quality_summary
+                if summary["label"] == entry["label"]
+            }
+        results[name] = {
+            "latent": list(bench.sample.shape[1:]),
+            "batch": bench.sample.shape[0],
+            "dtype": str(bench.sample.dtype).removeprefix("torch."),
+            "device": str(bench.sample.device),
+            "entries": entries,
+            "skipped": skipped,
+        }
+        del bench
+    return results
+
+
+def real_size_benches(
+    latent_frames: Sequence[int], batch: int, steps: int, repeats: int, device: str | torch.device, dtype: torch.dtype
+) -> dict[str, Callable[[], DenoiserBench]]:
+    """One bench builder per latent length, each on a fresh real-size UNet on ``device`` in ``dtype``."""
+
+    def build(frames: int) -> DenoiserBench:
+        unet = real_size_unet().to(device=device, dtype=dtype)
+        return unet_bench(unet, frames, batch, steps, repeats)
+
+    return {f"real-size UNet, latent 8x{frames}x16": functools.partial(build, frames) for frames in latent_frames}
+
+
+def methods_for_costs(preset: str, families: Sequence[str]) -> list[Accelerator]:
+    """Baseline, SADA (``preset`` and ablations) and the UNet peers, restricted to ``families`` if given."""
+    methods = [Baseline(), *sada_accelerators(SADAConfig.preset(preset), preset), *peer_accelerators()]
+    wanted = {family.lower() for family in families}
+    return [m for m in methods if not wanted or m.name.lower() in wanted or isinstance(m, Baseline)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schedules", required=True, help="results.json of a benchmark run (its quality summary)")
+    parser.add_argument("--frames", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--methods", default="", help="comma-separated method families (default: all)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", help="write the results here too")
+    args = parser.parse_args()
+
+    with open(args.schedules, encoding="utf-8") as handle:
+        earlier = json.load(handle)
+    summary, preset, steps = earlier["quality"]["summary"], earlier["sada_preset"], earlier["settings"]["steps"]
+    methods = methods_for_costs(preset, [name for name in args.methods.split(",") if name])
+    benches = real_size_benches(args.frames, args.batch, steps, args.repeats, args.device, getattr(torch, args.dtype))
+    results = run_step_costs(benches, methods, summary)
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else args.device
+    schedulers = list(dict.fromkeys(s["scheduler"] for s in summary))
+    for name, bench in results.items():
+        print(f"\n{name}, batch {bench['batch']}, {bench['dtype']} on {device}, torch {torch.__version__}")
+        base = bench["entries"][0]["costs"]["full"]
+        rows = [
+            [
+                e["label"],
+                *(f"{kind} {seconds * 1e3:.2f} ms ({seconds / base:.1%})" for kind, seconds in e["costs"].items()),
+                *(f"{s} {e['implied_speedup'][s]:.2f}x" for s in schedulers if s in e["implied_speedup"]),
+            ]
+            for e in bench["entries"]
+        ]
+        print(
+            "\n".join(
+                markdown_table(["method", "step costs and implied speedups"], [[r[0], "; ".join(r[1:])] for r in rows])
+            )
+        )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"device": device, "torch": torch.__version__, "step_costs": results}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -68,6 +68,14 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     help="Comma-separated method families to run besides the baseline (e.g. SADA,DeepCache).  [default: all]",
 )
 @click.option("--preset", help="SADA preset.  [default: the model family's]")
+@click.option(
+    "--sada-variant",
+    "sada_variants",
+    multiple=True,
+    metavar="OVERRIDES",
+    help="A further SADA setting to compare, as overrides of the preset in JSON values, e.g. "
+    "'acc_range=[6, 48]; lagrange_int=5' (repeatable).",
+)
 @click.option("--duration", default=5.12, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--guidance", default=2.0, show_default=True, type=click.FloatRange(min=0))
 @click.option(
@@ -94,6 +102,7 @@ def benchmark(
     seeds: tuple[int, ...],
     methods: tuple[str, ...],
     preset: str | None,
+    sada_variants: tuple[str, ...],
     duration: float,
     guidance: float,
     latent_frames: tuple[int, ...],
@@ -129,6 +138,7 @@ def benchmark(
         guidance=guidance,
         methods=methods,
         preset=preset,
+        sada_variants=sada_variants,
         latent_frames=latent_frames or BenchmarkSettings.latent_frames,
     )
     if quick:

@@ -137,7 +137,7 @@ def evaluate(
         reference_dir = _prepare_clip_dir(output_dir / "reference", overwrite)
         test_dir = _prepare_clip_dir(output_dir / "test", overwrite)
         pipe, load_time = load_for_command(model, scheduler, device, dtype)
-        pipe.setprogress_bar_config(disable=True)  # one bar: ours
+        pipe.set_progress_bar_config(disable=True)  # one bar: ours
         run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype)
         generate_pair_folders(
             pipe,

@@ -187,8 +187,8 @@ class SADA(Accelerator):
         return _SADAAttachment(apply_sada(pipe, self.config))
 
     def step_costs(self, bench: DenoiserBench) -> dict[str, float]:
-        """Full and pruned calls with the hooks attached, each plus the bookkeeping of one solver step;
-        a skipped step costs the bookkeeping alone."""
+        """Full and (with token-wise sparsity) pruned calls with the hooks attached, each plus the bookkeeping
+        of one solver step; a skipped step (with step-wise sparsity) costs the bookkeeping alone."""
         generator = torch.Generator().manual_seed(0)
         token_momentum = torch.randn(*bench.sample.shape[-2:], generator=generator)
         handle = SADAHandle(bench.denoiser, bench.scheduler, self.config, blocks=unet_token_blocks(bench.denoiser))
@@ -202,11 +202,16 @@ class SADA(Accelerator):
                 bench.call()
 
             full = bench.time(lambda: call_as(StepMode.FULL)) / 2
-            pruned = bench.time(lambda: call_as(StepMode.PRUNED)) - full
+            pruned = bench.time(lambda: call_as(StepMode.PRUNED)) - full if self.config.tokenwise else None
         finally:
             handle.remove()
         bookkeeping = step_bookkeeping(self.config, bench)
-        return {"full": full + bookkeeping, "pruned": pruned + bookkeeping, "skipped": bookkeeping}
+        costs = {"full": full + bookkeeping}
+        if pruned is not None:
+            costs["pruned"] = pruned + bookkeeping
+        if self.config.stepwise:
+            costs["skipped"] = bookkeeping
+        return costs
 
 
 def step_bookkeeping(config: SADAConfig, bench: DenoiserBench) -> float:
@@ -226,10 +231,19 @@ def step_bookkeeping(config: SADAConfig, bench: DenoiserBench) -> float:
     return bench.time(run) / (num_steps - 1)
 
 
+_SPARSITIES = {
+    (True, True): "step-wise + token-wise",
+    (True, False): "step-wise only",
+    (False, True): "token-wise only",
+}
+
+
 def sada_accelerators(config: SADAConfig, preset: str) -> list[Accelerator]:
-    """SADA at ``config`` (named after ``preset``), and its step-wise-only and token-wise-only ablations."""
-    return [
-        SADA(config, f"preset {preset}"),
-        SADA(config.replace(tokenwise=False), "step-wise only"),
-        SADA(config.replace(stepwise=False), "token-wise only"),
+    """SADA at ``config`` (named after ``preset``), then the ablations: the same settings with the other
+    combinations of step-wise and token-wise sparsity."""
+    own = (config.stepwise, config.tokenwise)
+    return [SADA(config, f"preset {preset}")] + [
+        SADA(config.replace(stepwise=stepwise, tokenwise=tokenwise), label)
+        for (stepwise, tokenwise), label in _SPARSITIES.items()
+        if (stepwise, tokenwise) != own
     ]

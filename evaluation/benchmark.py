@@ -36,7 +36,7 @@ from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
 from sada_audio.models import model_adapter_for
 from sada_audio.pipelines import set_scheduler
 
-from .accelerators import Accelerator, Baseline, sada_accelerators
+from .accelerators import SADA, Accelerator, Baseline, sada_accelerators
 from .evaluate import Progress, no_progress, pair_metrics
 from .peers import peer_accelerators
 from .step_costs import real_size_benches, run_step_costs
@@ -105,6 +105,8 @@ class BenchmarkSettings:
     """Method families to run (case-insensitive names such as ``sada``, ``deepcache``); empty = all."""
     preset: str | None = None
     """SADA preset; None = the pipeline family's."""
+    sada_variants: tuple[str, ...] = ()
+    """Further SADA settings to compare, each overrides of the preset (:meth:`SADAConfig.with_overrides`)."""
     latent_frames: tuple[int, ...] = (256, 1024)
     """Latent lengths of the real-size step-cost workloads (256 = 10.24 s); empty = none."""
     cost_batch: int = 2
@@ -123,6 +125,7 @@ def accelerators_for(pipe: Any, settings: BenchmarkSettings) -> tuple[list[Accel
     methods: list[Accelerator] = [
         Baseline(),
         *sada_accelerators(config, preset),
+        *(SADA(config.with_overrides(variant), variant) for variant in settings.sada_variants),
         *peer_accelerators(pipe),
     ]
     wanted = {name.lower() for name in settings.methods}

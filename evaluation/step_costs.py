@@ -28,6 +28,8 @@ from .tables import markdown_table
 
 __all__ = ["implied_speedup", "real_size_unet", "run_step_costs", "unet_bench"]
 
+#: Untimed denoiser calls before the first measurement on a GPU.
+GPU_WARM_UP_CALLS = 20
 #: Frequency rows of a MusicLDM / AudioLDM latent (64 mel bins over the VAE's 4x downsampling).
 LATENT_ROWS = 16
 
@@ -70,6 +72,9 @@ def run_step_costs(
     results: dict[str, Any] = {}
     for name, build in benches.items():
         bench = build()
+        # A GPU needs many calls to reach its steady clocks and pick its kernels; one call suffices on a CPU.
+        for _ in range(GPU_WARM_UP_CALLS if bench.sample.is_cuda else 1):
+            bench.call()
         entries, skipped = [], {}
         items = list(methods)
         with progress(items, f"step costs, {name}") if progress else contextlib.nullcontext(items) as iterator:
@@ -119,7 +124,11 @@ def methods_for_costs(preset: str, families: Sequence[str]) -> list[Accelerator]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--schedules", required=True, help="results.json of a benchmark run (its quality summary)")
+    parser.add_argument(
+        "--schedules", help="results.json of a benchmark run: price its schedules (default: step costs only)"
+    )
+    parser.add_argument("--preset", default="musicldm", help="SADA preset when no --schedules are given")
+    parser.add_argument("--steps", type=int, default=50, help="steps when no --schedules are given")
     parser.add_argument("--frames", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--methods", default="", help="comma-separated method families (default: all)")
     parser.add_argument("--device", default="cpu")
@@ -129,9 +138,11 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
 
-    with open(args.schedules, encoding="utf-8") as handle:
-        earlier = json.load(handle)
-    summary, preset, steps = earlier["quality"]["summary"], earlier["sada_preset"], earlier["settings"]["steps"]
+    summary, preset, steps = [], args.preset, args.steps
+    if args.schedules:
+        with open(args.schedules, encoding="utf-8") as handle:
+            earlier = json.load(handle)
+        summary, preset, steps = earlier["quality"]["summary"], earlier["sada_preset"], earlier["settings"]["steps"]
     methods = methods_for_costs(preset, [name for name in args.methods.split(",") if name])
     benches = real_size_benches(args.frames, args.batch, steps, args.repeats, args.device, getattr(torch, args.dtype))
     results = run_step_costs(benches, methods, summary)

@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=2.5)
     parser.add_argument("--workdir", type=Path, help="training folder: also score its trained HiFi-GAN checkpoint")
-    parser.add_argument("--sada", default="", help="preset overrides, e.g. 'max_interval=3,lagrange_int=3'")
+    parser.add_argument("--sada", default="", help="preset overrides, e.g. 'max_interval=3; lagrange_int=3'")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -479,9 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = PARTS if not args.part or "all" in args.part else tuple(args.part)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    overrides = dict(item.split("=", 1) for item in args.sada.split(",") if item)
-    config = SADAConfig.preset("musicldm")
-    config = config.replace(**{k: type(getattr(config, k))(v) for k, v in overrides.items()})
+    config = SADAConfig.preset("musicldm").with_overrides(args.sada)
     results: dict[str, Any] = {"model": args.model, "torch_threads": 1}
     if "vocoder" in parts:
         results["vocoder"] = eval_vocoder(pipe, args.clips, args.workdir)

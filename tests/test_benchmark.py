@@ -8,8 +8,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from sada_audio import SADAConfig
 from sada_audio.cli.main import main
-from sada_audio.evaluation.benchmark import pareto_front, summarise
+from sada_audio.evaluation.benchmark import BenchmarkSettings, accelerators_for, pareto_front, summarise
 from sada_audio.evaluation.benchmark_report import target_checks
 from sada_audio.evaluation.step_costs import implied_speedup
 
@@ -131,3 +132,22 @@ def test_quick_mode_refuses_to_overwrite_earlier_results(quick_run):
     assert result.exit_code != 0
     assert "--overwrite" in result.output
     assert (output / "results.json").read_bytes() == before
+
+
+def test_methods_filter_and_sada_variants(tiny_musicldm):
+    settings = BenchmarkSettings(methods=("sada",), sada_variants=("lagrange_int=4; max_interval=3",))
+    methods, preset = accelerators_for(tiny_musicldm, settings)
+    assert preset == "musicldm"
+    assert [m.label for m in methods] == [
+        "baseline",
+        "SADA (preset musicldm)",
+        "SADA (step-wise + token-wise)",
+        "SADA (token-wise only)",
+        "SADA (lagrange_int=4; max_interval=3)",
+    ]
+    preset = SADAConfig.preset("musicldm")
+    assert methods[2].config == preset.replace(tokenwise=True)
+    assert methods[3].config == preset.replace(stepwise=False, tokenwise=True)
+    assert methods[-1].config == preset.replace(lagrange_int=4, max_interval=3)
+    everything, _ = accelerators_for(tiny_musicldm, BenchmarkSettings())
+    assert {"DeepCache", "ToMe", "PAB", "AdaptiveDiffusion", "First Block Cache"} <= {m.name for m in everything}

@@ -40,9 +40,25 @@ def test_presets_and_overrides():
 def test_dict_round_trip_and_unknown_keys():
     config = SADAConfig.preset("audioldm2", tokenwise=False, lagrange_step=None)
     assert SADAConfig.from_dict(config.to_dict()) == config
-    assert config.to_dict()["acc_range"] == [10, 47]
+    assert config.to_dict()["acc_range"] == [10, 49]
     with pytest.raises(ConfigError, match="unknown SADA config keys: speed"):
         SADAConfig.from_dict({"speed": 2})
+
+
+def test_overrides_from_a_command_line():
+    config = SADAConfig.preset("musicldm")
+    changed = config.with_overrides(" acc_range=[5, 48]; lagrange_step=null;tokenwise=false ; ")
+    assert changed == config.replace(acc_range=(5, 48), lagrange_step=None, tokenwise=False)
+    assert config.with_overrides("") == config
+    for text, message in [
+        ("speed=2", "unknown SADA config keys: speed"),
+        ("lagrange_step", "is not key=value"),
+        ("lagrange_step=six", "is not a JSON value"),
+        ('lagrange_step="6"', "SADA overrides"),
+        ("acc_range=[2, 40]", "acc_range start must be >= 3"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            config.with_overrides(text)
 
 
 def test_step_indices_scale_with_the_number_of_steps():

@@ -214,8 +214,9 @@ class SADAEngine:
             if self.step >= solver.num_steps:
                 return
             a_next, t_next = solver.ode_time(self.step)
+            warm = len(self._history) == 3
             verdict = None
-            if len(self._history) == 3:
+            if warm and self._reads_stability(self.step):
                 verdict = stability(
                     next_state / a_next,
                     z_now,
@@ -225,15 +226,27 @@ class SADAEngine:
                 )
                 # Token maps are tiny (H x W); selection runs on the CPU whatever the model's device.
                 self._token_momentum = verdict.token_momentum().cpu()
-            self._plan_next(verdict, next_state, a_next, t_next)
+            self._plan_next(warm, verdict, next_state, a_next, t_next)
 
     def _is_anchor(self, step: int) -> bool:
         return (step - self.bounds.lagrange_step) % self.config.lagrange_int == 0
 
-    def _plan_next(self, verdict: Stability | None, next_state: torch.Tensor, a_next: float, t_next: float) -> None:
+    def _reads_stability(self, step: int) -> bool:
+        """Whether planning ``step`` reads the stability criterion: token selection does at every accelerated
+        step, skipping only before the Lagrange phase (which skips on its own rhythm). Elsewhere it is not
+        computed: on a GPU it is most of the engine's cost per step."""
+        if not self.bounds.accelerated(step):
+            return False
+        return self.config.tokenwise or (self.config.stepwise and not self.bounds.in_lagrange_phase(step))
+
+    def _plan_next(
+        self, warm: bool, verdict: Stability | None, next_state: torch.Tensor, a_next: float, t_next: float
+    ) -> None:
+        """Plan step ``self.step``; ``warm``: three gradients are known; ``verdict``: the stability criterion,
+        where :meth:`_reads_stability` asked for it."""
         config, step = self.config, self.step
         mode = StepMode.FULL
-        if verdict is not None and self.bounds.accelerated(step):
+        if warm and self.bounds.accelerated(step):
             can_skip = config.stepwise and self._skip_streak < config.max_interval
             if can_skip and self.bounds.in_lagrange_phase(step):
                 if not self._is_anchor(step) and len(self._anchors) >= 2:

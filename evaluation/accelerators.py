@@ -18,7 +18,7 @@ import statistics
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -69,7 +69,7 @@ class DenoiserBench:
     sample: torch.Tensor
     kwargs: dict[str, Any]
     repeats: int = 5
-    step: int = field(default=10)
+    step: int = 10
 
     @property
     def pipe(self) -> SimpleNamespace:

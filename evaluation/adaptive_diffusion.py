@@ -33,8 +33,10 @@ import logging
 from typing import Any
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 from torch import nn
+
+from sada_audio.hooks import register_hook, remove_hook
 
 from .accelerators import Accelerator, Attachment, DenoiserBench
 
@@ -47,7 +49,6 @@ __all__ = [
     "adaptive_diffusion_accelerators",
     "clone_output",
     "denoiser_of",
-    "pop_bound_forward",
     "third_order_estimate",
 ]
 
@@ -62,14 +63,6 @@ def denoiser_of(pipe: Any) -> nn.Module:
     """The pipeline's denoiser: ``.transformer`` if it has one, else ``.unet``."""
     denoiser = getattr(pipe, "transformer", None)
     return denoiser if denoiser is not None else pipe.unet
-
-
-def pop_bound_forward(module: nn.Module) -> None:
-    """Drop a ``forward`` instance attribute that is just the module's own bound ``forward`` (what
-    HookRegistry and DeepCache leave behind when they unwrap), restoring plain class lookup."""
-    forward = vars(module).get("forward")
-    if getattr(forward, "__self__", None) is module and getattr(forward, "__func__", None) is type(module).forward:
-        del module.__dict__["forward"]
 
 
 def third_order_estimate(latents: list[torch.Tensor]) -> float:
@@ -199,8 +192,7 @@ class AdaptiveDiffusionHandle:
         self.force: str | None = None
         self._consecutive = 0
         self._denoiser = denoiser
-        self._created_registry = not hasattr(denoiser, "_diffusers_hook")
-        HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(_AdaptiveHook(self), _HOOK_NAME)
+        self._created_registry = register_hook(denoiser, _AdaptiveHook(self), _HOOK_NAME)
         self._removed = False
 
     def reset(self) -> None:
@@ -227,12 +219,7 @@ class AdaptiveDiffusionHandle:
         """Take the hook off; the denoiser behaves exactly as before."""
         if self._removed:
             return
-        registry = self._denoiser._diffusers_hook
-        registry.remove_hook(_HOOK_NAME, recurse=False)
-        if self._created_registry and not registry.hooks:
-            del self._denoiser._diffusers_hook
-        # HookRegistry leaves the original bound method as an instance attribute.
-        pop_bound_forward(self._denoiser)
+        remove_hook(self._denoiser, _HOOK_NAME, self._created_registry)
         self.latents, self.outputs = [], {}
         self._removed = True
 

@@ -50,7 +50,7 @@ __all__ = [
     "pareto_front",
     "run_benchmark",
     "run_quality",
-    "run_step_costs",
+    "summarise",
 ]
 
 logger = logging.getLogger(__name__)
@@ -232,27 +232,30 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         summary.append(entry)
     for scheduler in {entry["scheduler"] for entry in summary}:
         entries = [e for e in summary if e["scheduler"] == scheduler and "fidelity" in e]
-        front = pareto_front([(e["speedup"], e["fidelity"]["mel_psnr"]) for e in entries])
+        points = [_speed_fidelity(entry) for entry in entries]
+        front = pareto_front(points)
         for index, entry in enumerate(entries):
             entry["on_pareto_front"] = index in front
             entry["dominated_by"] = [
-                other["label"] for other in entries if other is not entry and _dominates(other, entry)
+                other["label"] for other, point in zip(entries, points, strict=True) if _dominates(point, points[index])
             ]
     return summary
 
 
-def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """``a`` is at least as fast and at least as faithful (log-mel PSNR) as ``b``, and better in one."""
-    pa, pb = (a["speedup"], a["fidelity"]["mel_psnr"]), (b["speedup"], b["fidelity"]["mel_psnr"])
-    return pa[0] >= pb[0] and pa[1] >= pb[1] and pa != pb
+def _speed_fidelity(entry: dict[str, Any]) -> tuple[float, float]:
+    """The plot's coordinates of a summary entry: speedup and log-mel PSNR."""
+    return entry["speedup"], entry["fidelity"]["mel_psnr"]
+
+
+def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """``a`` is at least as good as ``b`` in both coordinates (higher is better) and better in one."""
+    return a[0] >= b[0] and a[1] >= b[1] and a != b
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point dominates (both coordinates: higher is better), sorted by the
     first coordinate."""
-    front = [
-        i for i, (x, y) in enumerate(points) if not any(ox >= x and oy >= y and (ox, oy) != (x, y) for ox, oy in points)
-    ]
+    front = [i for i, point in enumerate(points) if not any(_dominates(other, point) for other in points)]
     return sorted(front, key=lambda i: points[i][0])
 
 
@@ -295,7 +298,7 @@ def run_benchmark(pipe: Any, settings: BenchmarkSettings, progress: Progress = n
     UNet on the pipeline's device, in its precision."""
     methods, preset = accelerators_for(pipe, settings)
     quality = run_quality(pipe, methods, settings, progress)
-    weight = next(pipe.unet.parameters()) if hasattr(pipe, "unet") else next(pipe.transformer.parameters())
+    weight = next(model_adapter_for(pipe).denoiser().parameters())
     benches = real_size_benches(
         settings.latent_frames, settings.cost_batch, settings.steps, settings.cost_repeats, weight.device, weight.dtype
     )

@@ -73,7 +73,7 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     for name, bench in results["step_costs"].items():
-        sada = _sada_preset_entry([{**e, **_method_setting(e["label"])} for e in bench["entries"]])
+        sada = _sada_preset_entry(bench["entries"])
         if sada is None:
             continue
         share = sada["costs"]["skipped"] / bench["entries"][0]["costs"]["full"]
@@ -86,11 +86,6 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return checks
-
-
-def _method_setting(label: str) -> dict[str, str]:
-    method, _, rest = label.partition(" (")
-    return {"method": method, "setting": rest.rstrip(")")}
 
 
 def _number(value: Any, digits: int = 3) -> str:

@@ -24,8 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 from torch import nn
+
+from sada_audio.hooks import drop_empty_registry, pop_bound_forward, register_hook, remove_hook
 
 from .accelerators import Accelerator, Attachment, DenoiserBench
 from .adaptive_diffusion import (
@@ -33,7 +35,6 @@ from .adaptive_diffusion import (
     StepKinds,
     adaptive_diffusion_accelerators,
     denoiser_of,
-    pop_bound_forward,
 )
 
 __all__ = [
@@ -109,8 +110,7 @@ class _WatchedAttachment(Attachment):
 
     def watch(self) -> None:
         """Register the watch hook (call after attaching the method, so that it is outermost)."""
-        self._created_registry = not hasattr(self.denoiser, "_diffusers_hook")
-        HookRegistry.check_if_exists_or_initialize(self.denoiser).register_hook(_Watch(self), _WATCH_HOOK)
+        self._created_registry = register_hook(self.denoiser, _Watch(self), _WATCH_HOOK)
         self._invalidate_registry_cache()
 
     def _invalidate_registry_cache(self) -> None:
@@ -121,12 +121,7 @@ class _WatchedAttachment(Attachment):
             registry.invalidate_child_registries_cache()
 
     def unwatch(self) -> None:
-        registry = self.denoiser._diffusers_hook
-        registry.remove_hook(_WATCH_HOOK, recurse=False)
-        if self._created_registry and not registry.hooks:
-            del self.denoiser._diffusers_hook
-        # HookRegistry leaves the original bound method as an instance attribute.
-        pop_bound_forward(self.denoiser)
+        remove_hook(self.denoiser, _WATCH_HOOK, self._created_registry)
 
     def on_run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """A new sampling run starts: reset the method's state where the pipeline does not."""
@@ -361,11 +356,7 @@ class _PABAttachment(_WatchedAttachment):
 
     def detach(self) -> None:
         for module, _ in self.hooked:
-            registry = module._diffusers_hook
-            registry.remove_hook(_PAB_HOOK, recurse=False)
-            if id(module) not in self._registries_before and not registry.hooks:
-                del module._diffusers_hook
-            pop_bound_forward(module)
+            remove_hook(module, _PAB_HOOK, created_registry=id(module) not in self._registries_before)
 
 
 class PyramidAttentionBroadcast(Accelerator):
@@ -478,19 +469,22 @@ class _ContextAttachment(_WatchedAttachment):
         for manager, context in zip(self.state_managers, contexts, strict=True):
             manager.set_context(context)
 
-    def _drop_empty_registries(self) -> None:
-        """Delete the hook registries the method created (and their forward attributes) once empty."""
+    def detach(self) -> None:
+        """Remove the method's hooks, then the hook registries it created (and their forward attributes)."""
+        for module in self.hooked:
+            for name in self.hook_names:
+                module._diffusers_hook.remove_hook(name, recurse=False)
         for module in self.denoiser.modules():
             if module is self.denoiser or "_diffusers_hook" in self._attributes[id(module)]:
                 continue
-            registry = getattr(module, "_diffusers_hook", None)
-            if registry is not None and not registry.hooks:
-                del module._diffusers_hook
-            pop_bound_forward(module)
+            drop_empty_registry(module)
+
+
+_FBC_HOOKS = ("fbc_leader_block_hook", "fbc_block_hook")
 
 
 class _FBCAttachment(_ContextAttachment):
-    hook_names = ("fbc_leader_block_hook", "fbc_block_hook")
+    hook_names = _FBC_HOOKS
 
     def __init__(self, pipe: Any, threshold: float) -> None:
         from diffusers import FirstBlockCacheConfig
@@ -511,15 +505,6 @@ class _FBCAttachment(_ContextAttachment):
 
     def kind(self) -> str:
         return "full" if self.state_manager.get_state().should_compute else "cached"
-
-    def detach(self) -> None:
-        for module in self.hooked:
-            for name in _FBC_HOOKS:
-                module._diffusers_hook.remove_hook(name, recurse=False)
-        self._drop_empty_registries()
-
-
-_FBC_HOOKS = ("fbc_leader_block_hook", "fbc_block_hook")
 
 
 def _transformer_reason(pipe: Any) -> str | None:
@@ -592,7 +577,7 @@ _TAYLORSEER_ATTENTION = (
 
 
 class _TaylorSeerAttachment(_ContextAttachment):
-    hook_names = ("taylorseer_cache",)
+    hook_names = (_TAYLORSEER_HOOK,)
 
     def __init__(self, pipe: Any, config_kwargs: dict[str, Any]) -> None:
         from diffusers import TaylorSeerCacheConfig
@@ -615,11 +600,6 @@ class _TaylorSeerAttachment(_ContextAttachment):
     def kind(self) -> str:
         state = self.state_manager.get_state()
         return "full" if state.last_update_step == state.current_step else "predicted"
-
-    def detach(self) -> None:
-        for module in self.hooked:
-            module._diffusers_hook.remove_hook(_TAYLORSEER_HOOK, recurse=False)
-        self._drop_empty_registries()
 
 
 class TaylorSeer(Accelerator):

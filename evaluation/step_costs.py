@@ -83,7 +83,14 @@ def run_step_costs(
                 if reason is not None:
                     skipped[method.label] = reason
                     continue
-                entries.append({"label": method.label, "costs": method.step_costs(bench)})
+                entries.append(
+                    {
+                        "label": method.label,
+                        "method": method.name,
+                        "setting": method.setting,
+                        "costs": method.step_costs(bench),
+                    }
+                )
         baseline_full = entries[0]["costs"]["full"]
         for entry in entries:
             entry["implied_speedup"] = {

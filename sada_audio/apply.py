@@ -20,11 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 from torch import nn
 
 from .config import SADAConfig
 from .errors import SADAError
+from .hooks import register_hook, remove_hook
 from .method.engine import SADAEngine, SADAStats
 from .models import DenoiserLayout, ModelAdapter, TokenBlock, model_adapter_for
 from .solvers import check_scheduler, check_step_arguments, solver_adapter_for
@@ -154,8 +155,8 @@ class SADAHandle:
         self._call_in_step = 0
         self._last_call_step = -1
         self._feeder_outputs: dict[int, Any] = {}
-        self._hooked: list[nn.Module] = []
-        self._created_registries: list[nn.Module] = []
+        # (module, whether its hook registry was created for SADA)
+        self._hooked: list[tuple[nn.Module, bool]] = []
         self._register(denoiser, _DenoiserHook(self))
         for index, feeder in enumerate(feeders):
             self._register(feeder, _FeederHook(self, index))
@@ -175,13 +176,8 @@ class SADAHandle:
         """Detach every hook and wrapper; the pipeline behaves exactly as before ``apply_sada``."""
         if self._removed:
             return
-        for module in self._hooked:
-            module._diffusers_hook.remove_hook(_HOOK_NAME, recurse=False)
-        for module in self._created_registries:
-            if not module._diffusers_hook.hooks:
-                del module._diffusers_hook
-                # HookRegistry leaves the original bound method as an instance attribute.
-                module.__dict__.pop("forward", None)
+        for module, created_registry in self._hooked:
+            remove_hook(module, _HOOK_NAME, created_registry)
         self._unwrap_scheduler()
         del self._denoiser._sada_handle
         self._removed = True
@@ -195,10 +191,7 @@ class SADAHandle:
     # -- attachments ------------------------------------------------------------------------------
 
     def _register(self, module: nn.Module, hook: ModelHook) -> None:
-        if not hasattr(module, "_diffusers_hook"):
-            self._created_registries.append(module)
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _HOOK_NAME)
-        self._hooked.append(module)
+        self._hooked.append((module, register_hook(module, hook, _HOOK_NAME)))
 
     def _wrap_scheduler(self, scheduler: Any) -> None:
         engine = self.engine

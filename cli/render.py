@@ -97,6 +97,11 @@ def _progress_text(progress: RenderProgress | None) -> str | None:
     help="Clips per pipeline call; only rows with equal steps, duration and guidance share a call.",
 )
 @click.option("--skip-invalid", is_flag=True, help="Render the valid rows of a manifest that has invalid ones.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace files in OUT_DIR that render did not make (by default such a file stops the run before it starts).",
+)
 def render(
     manifest: Path,
     out_dir: Path,
@@ -113,6 +118,7 @@ def render(
     audio_format: str,
     batch_size: int,
     skip_invalid: bool,
+    overwrite: bool,
 ) -> None:
     """Render every row of MANIFEST (JSONL or CSV) into OUT_DIR: NAME.wav (or .flac) and NAME.json per row,
     and index.jsonl with each row's status.
@@ -136,7 +142,7 @@ def render(
         device = process_device(device, state)
         run = RenderRun(model, resolve_model_id(model), scheduler, accelerate == "sada", device, dtype)
         started = time.perf_counter()
-        with RenderJob(cues, out_dir, run, batch_size=batch_size, state=state) as job:
+        with RenderJob(cues, out_dir, run, batch_size=batch_size, state=state, overwrite=overwrite) as job:
             if job.plan.pending:
                 pipe, load_time = load_for_command(model, scheduler, device, dtype)
                 pipe.set_progress_bar_config(disable=True)

@@ -281,7 +281,12 @@ def test_damaged_clips_are_rendered_again(tiny_musicldm_dir: Path, tmp_path: Pat
     sf.write(out / "cue02.wav", np.zeros(100), SAMPLE_RATE)  # audio shorter than its sidecar says
     (out / "cue03.wav").unlink()
 
-    assert _render(manifest, out, tiny_musicldm_dir, "--accelerate", "none").exit_code == 0
+    # an unreadable sidecar may be anybody's file: render refuses to replace it, and changes nothing
+    before = _snapshot(out)
+    refused = _render(manifest, out, tiny_musicldm_dir, "--accelerate", "none")
+    assert refused.exit_code == 2 and "cue00.json" in refused.output and "--overwrite" in refused.output
+    assert _snapshot(out) == before
+    assert _render(manifest, out, tiny_musicldm_dir, "--accelerate", "none", "--overwrite").exit_code == 0
     assert set(_statuses(out).values()) == {"rendered"}
     assert len(_read(out / "cue02.wav")) == int(0.64 * SAMPLE_RATE)
 
@@ -504,3 +509,82 @@ def test_two_processes_under_accelerate_render_the_complete_set(tiny_musicldm_di
         assert json.loads((out / f"{name}.json").read_text())["rank"] == index[name]["rank"]
         _read(out / f"{name}.wav")
     assert not list(out.glob("index.rank*"))
+
+
+# ---------------------------------------------------------------- render owns only what it made
+
+
+def test_a_manifest_among_the_outputs_is_refused_and_kept(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("index.jsonl", "index.rank0.jsonl"):
+        manifest = _write_manifest(out / name, _rows(2))
+        text = manifest.read_text(encoding="utf-8")
+        result = _render(manifest, out, tiny_musicldm_dir)
+        assert result.exit_code == 2 and "is one of the files rendering into" in result.output
+        assert manifest.read_text(encoding="utf-8") == text
+        manifest.unlink()
+
+
+def test_files_render_did_not_make_are_refused_unless_overwrite(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    manifest = _write_manifest(tmp_path / "two.jsonl", _rows(2))
+    (out / "cue01.wav").write_text("precious", encoding="utf-8")
+    (out / "cue01.json").write_text('{"mine": 1}', encoding="utf-8")
+    (out / "index.jsonl").write_text("notes", encoding="utf-8")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    result = _render(manifest, out, tiny_musicldm_dir)
+    assert result.exit_code == 2
+    assert "3 files that render did not make" in result.output and "--overwrite" in result.output
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert _render(manifest, out, tiny_musicldm_dir, "--overwrite").exit_code == 0
+    assert _statuses(out) == {"cue00": "rendered", "cue01": "rendered"}
+    # what render made is render's own: a changed row is rendered again without --overwrite
+    changed = _write_manifest(manifest, [{**row, "seed": 9} for row in _rows(2)])
+    assert _render(changed, out, tiny_musicldm_dir).exit_code == 0
+    assert _statuses(out) == {"cue00": "rendered", "cue01": "rendered"}
+
+
+def test_a_symlink_is_never_written_through(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me", encoding="utf-8")
+    manifest = _write_manifest(tmp_path / "m.jsonl", _rows(1))
+    for name in ("index.rank0.jsonl", "index.jsonl", "cue00.wav"):
+        out = tmp_path / f"out-{name}"
+        out.mkdir()
+        (out / name).symlink_to(victim)
+        result = _render(manifest, out, tiny_musicldm_dir)
+        assert result.exit_code == 2 and name in result.output
+        assert _render(manifest, out, tiny_musicldm_dir, "--overwrite").exit_code == 0
+        assert victim.read_text(encoding="utf-8") == "keep me"
+        assert _statuses(out) == {"cue00": "rendered"}
+
+
+def test_one_render_per_folder_at_a_time(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
+    from sada_audio.render.guard import FolderLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = _write_manifest(tmp_path / "m.jsonl", _rows(1))
+    other = FolderLock(out)
+    other.acquire()
+    try:
+        result = _render(manifest, out, tiny_musicldm_dir)
+        assert result.exit_code == 2
+        assert f"another render (pid {os.getpid()} on" in result.output and "is writing to" in result.output
+        assert sorted(path.name for path in out.iterdir()) == [".sada-audio-render.pid"]
+    finally:
+        other.release()
+    assert _render(manifest, out, tiny_musicldm_dir).exit_code == 0
+    assert sorted(path.name for path in out.iterdir()) == ["cue00.json", "cue00.wav", "index.jsonl"]
+
+
+def test_a_run_that_fails_before_rendering_leaves_nothing(tmp_path: Path) -> None:
+    empty_model = tmp_path / "empty_dir"
+    empty_model.mkdir()
+    manifest = _write_manifest(tmp_path / "m.jsonl", _rows(1))
+    out = tmp_path / "out"
+    result = _render(manifest, out, empty_model)
+    assert result.exit_code == 2
+    assert not out.exists()

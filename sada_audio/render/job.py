@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,16 @@ from sada_audio.generation import (
     run_metadata,
 )
 
+from .guard import (
+    INDEX_NAME,
+    FolderLock,
+    check_manifest_location,
+    check_ownership,
+    create_exclusively,
+    is_render_sidecar,
+    part_name,
+    remove_stale_part,
+)
 from .manifest import FORMATS, Manifest, RenderRow, RenderRun, RowProblem
 from .plan import (
     RenderPlan,
@@ -36,7 +47,6 @@ from .plan import (
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "index.jsonl"
 # Statuses in the index. "skipped": complete from an earlier run; "missing": its process stopped before reporting it.
 RENDERED, SKIPPED, FAILED, INVALID, MISSING = "rendered", "skipped", "failed", "invalid", "missing"
 
@@ -91,31 +101,53 @@ GenerateFn = Callable[[Any, Sequence[ClipRequest], SamplingSettings], GeneratedB
 
 
 class IndexPart:
-    """This process's results, one JSON line each, appended and fsynced (a kill loses at most the last line)."""
+    """This process's results, one JSON line each, appended and fsynced (a kill loses at most the last line).
+
+    A fresh part per run (the index lists this run's results, the sidecars carry the older ones): an earlier
+    run's part is removed, and the new one is created exclusively, without following a symlink, at the first
+    result, so a run that fails before rendering anything leaves no empty part behind.
+    """
 
     def __init__(self, out_dir: Path, rank: int) -> None:
-        self.path = out_dir / f"index.rank{rank}.jsonl"
-        # a fresh part per run: the index lists this run's results, and the sidecars carry the older ones
-        self._file = self.path.open("w", encoding="utf-8")
+        self.path = out_dir / part_name(rank)
+        remove_stale_part(self.path)
+        self._file: Any = None
 
     def append(self, entry: Mapping[str, Any]) -> None:
+        if self._file is None:
+            self._file = os.fdopen(create_exclusively(self.path), "w", encoding="utf-8")
         self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def _write_clip(
     out_dir: Path, row: RenderRow, batch: GeneratedBatch, index: int, run: RenderRun, run_meta: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Write the clip's audio, then its sidecar (both atomic); remove the audio of an older format."""
+    """Write the clip's audio, then its sidecar (both atomic); remove the audio of an older format.
+
+    A clip without a sidecar of an earlier render first gets a claim (a sidecar that lists no audio, so the clip is
+    not complete): an audio file left by a process killed before its sidecar is then still known as render's own.
+    When a write fails, what this call wrote goes too: a clip is all or nothing.
+    """
     previous = read_sidecar(out_dir, row)
-    write_audio(out_dir / row.audio_name, batch.waveforms[index, 0], batch.sample_rate)
-    meta = clip_metadata(row.clip, row.settings, batch, [row.audio_name])
-    meta.update(run_meta, name=row.name, manifest_line=row.line, render_request=row.request(run))
-    write_json(out_dir / row.sidecar_name, meta)
+    sidecar, audio = out_dir / row.sidecar_name, out_dir / row.audio_name
+    written: list[Path] = []
+    try:
+        if not is_render_sidecar(previous):
+            written.append(write_json(sidecar, {"name": row.name, "render_request": row.request(run), "files": []}))
+        written.append(write_audio(audio, batch.waveforms[index, 0], batch.sample_rate))
+        meta = clip_metadata(row.clip, row.settings, batch, [row.audio_name])
+        meta.update(run_meta, name=row.name, manifest_line=row.line, render_request=row.request(run))
+        write_json(sidecar, meta)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     stale = {f"{row.name}.{fmt}" for fmt in FORMATS} - {row.audio_name}
     for name in (previous or {}).get("files", []):
         if name in stale:  # only the files this row's own earlier sidecar listed
@@ -210,7 +242,7 @@ def _read_part(path: Path) -> Iterator[dict[str, Any]]:
 def merge_index(out_dir: Path, manifest: Manifest, run: RenderRun, world: int = 1) -> RenderSummary:
     """Write ``index.jsonl``: every manifest row in manifest order, from this run's parts (rendered, failed),
     the sidecars (complete before: skipped), the validation (invalid); then remove the parts."""
-    parts = [out_dir / f"index.rank{rank}.jsonl" for rank in range(world)]
+    parts = [out_dir / part_name(rank) for rank in range(world)]
     reported = {entry["name"]: entry for path in parts for entry in _read_part(path)}
     entries = []
     for row in manifest.rows:
@@ -230,7 +262,7 @@ def merge_index(out_dir: Path, manifest: Manifest, run: RenderRun, world: int = 
     path = out_dir / INDEX_NAME
     text = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
     write_text(path, text)
-    for part in out_dir.glob("index.rank*.jsonl"):
+    for part in parts:
         part.unlink(missing_ok=True)
     counts: dict[str, int] = {}
     for entry in entries:
@@ -239,7 +271,8 @@ def merge_index(out_dir: Path, manifest: Manifest, run: RenderRun, world: int = 
 
 
 class RenderJob:
-    """One process's part of rendering a manifest: on creation it makes the output folder if needed, plans its
+    """One process's part of rendering a manifest: on creation it makes the output folder if needed, takes the
+    folder's lock (main process), refuses to replace files render did not make (unless ``overwrite``), plans its
     share and removes the temporary files an interrupted run left; then :meth:`render`, then :meth:`finish`.
 
     Use it as a context manager (it holds this process's index part open)::
@@ -248,23 +281,56 @@ class RenderJob:
             if job.plan.pending:
                 job.render(pipe, load_time_s)
         summary = job.finish()
+
+    A run that fails before :meth:`finish` releases the lock and removes the output folder if it created it and
+    wrote nothing there.
     """
 
-    def __init__(self, manifest: Manifest, out_dir: Path, run: RenderRun, *, batch_size: int, state: PartialState):
-        self.manifest, self.out_dir, self.run, self.state = manifest, prepare_output_dir(Path(out_dir)), run, state
-        rank, world = state.process_index, state.num_processes
-        self.plan = plan_render(manifest.rows, run, self.out_dir, batch_size, rank, world)
-        removed = remove_temporary_files(self.out_dir, self.plan.share)
-        if removed:
-            logger.info("removed %d temporary files of an interrupted run", removed)
-        self.part = IndexPart(self.out_dir, rank)
+    def __init__(
+        self,
+        manifest: Manifest,
+        out_dir: Path,
+        run: RenderRun,
+        *,
+        batch_size: int,
+        state: PartialState,
+        overwrite: bool = False,
+    ):
+        out_dir = Path(out_dir)
+        self._created_dir = not out_dir.exists()
+        self.manifest, self.out_dir, self.run, self.state = manifest, prepare_output_dir(out_dir), run, state
+        check_manifest_location(manifest.path, self.out_dir, manifest.rows)
+        self._lock = FolderLock(self.out_dir)
+        if state.is_main_process:
+            self._lock.acquire()
+        try:
+            rank, world = state.process_index, state.num_processes
+            self.plan = plan_render(manifest.rows, run, self.out_dir, batch_size, rank, world)
+            pending = [row for batch in self.plan.batches for row in batch]
+            check_ownership(self.out_dir, pending, world, overwrite)
+            removed = remove_temporary_files(self.out_dir, self.plan.share)
+            if removed:
+                logger.info("removed %d temporary files of an interrupted run", removed)
+            self.part = IndexPart(self.out_dir, rank)
+        except BaseException:
+            self._abandon()
+            raise
         self.progress = RenderProgress()
 
     def __enter__(self) -> RenderJob:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         self.part.close()
+        if exc_type is not None:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Release the lock; remove the output folder if this job created it and it is still empty."""
+        self._lock.release()
+        if self._created_dir and self.state.is_main_process:
+            with contextlib.suppress(OSError):  # not empty: it holds what this run wrote
+                self.out_dir.rmdir()
 
     def render(
         self, pipe: Any, load_time_s: float, on_clip: Callable[[RenderProgress], None] | None = None
@@ -287,6 +353,9 @@ class RenderJob:
         """Wait for every process; the main one merges the index. Elsewhere, the summary covers this share."""
         self.state.wait_for_everyone()
         if self.state.is_main_process:
-            return merge_index(self.out_dir, self.manifest, self.run, self.state.num_processes)
+            try:
+                return merge_index(self.out_dir, self.manifest, self.run, self.state.num_processes)
+            finally:
+                self._lock.release()
         counts = {RENDERED: self.progress.rendered, FAILED: self.progress.failed, SKIPPED: len(self.plan.done)}
         return RenderSummary(counts, None)

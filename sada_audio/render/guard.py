@@ -1,0 +1,219 @@
+"""What keeps ``render`` from destroying what it did not make: ownership of files, one run per folder, no symlinks.
+
+Render owns a file in its output folder when it can tell that an earlier render wrote it: a clip's sidecar
+carries a ``render_request`` and lists the clip's audio; an index (``index.jsonl``, ``index.rank{N}.jsonl``)
+holds only index lines. Anything else at a name render would write (a user's file, a symlink, a folder) is
+refused before the model loads, unless the user passes ``--overwrite``; even then a symlink is replaced,
+never written through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sada_audio.errors import SADAError
+
+from .manifest import FORMATS, RenderRow
+
+INDEX_NAME = "index.jsonl"
+HOLDER_NOTE = ".sada-audio-render.pid"
+_INDEX_KEYS = {"name", "line", "status"}
+# the first foreign files a refusal names; the rest are counted
+_LISTED = 10
+
+
+def part_name(rank: int) -> str:
+    """The file in which process ``rank`` appends its results before the main process merges them."""
+    return f"index.rank{rank}.jsonl"
+
+
+def is_index_name(name: str) -> bool:
+    """Whether ``name`` is one of the index files render writes (the merged index or a process's part)."""
+    if name == INDEX_NAME:
+        return True
+    rank = name.removeprefix("index.rank").removesuffix(".jsonl")
+    return name.startswith("index.rank") and name.endswith(".jsonl") and rank.isdigit()
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return path.lstat()
+    except FileNotFoundError:
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _is_render_index(path: Path) -> bool:
+    """Whether ``path`` (a regular file) holds only index lines, as render writes them (a truncated last line
+    included: a killed process may leave one)."""
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    complete, last = lines[:-1], lines[-1]
+    for line in complete:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return False
+        if not isinstance(entry, dict) or not entry.keys() >= _INDEX_KEYS:
+            return False
+    return not last or last.startswith('{"name": ')
+
+
+def is_render_sidecar(meta: Any) -> bool:
+    """Whether a parsed sidecar was written by render (it records the request the clip was rendered for)."""
+    return (
+        isinstance(meta, dict) and isinstance(meta.get("render_request"), dict) and isinstance(meta.get("files"), list)
+    )
+
+
+def _row_problems(out_dir: Path, row: RenderRow) -> list[str]:
+    """The files at ``row``'s output names that render did not make."""
+    sidecar_path = out_dir / row.sidecar_name
+    sidecar_stat = _lstat(sidecar_path)
+    problems = []
+    meta = None
+    if sidecar_stat is not None:
+        meta = _read_json(sidecar_path) if stat.S_ISREG(sidecar_stat.st_mode) else None
+        if not is_render_sidecar(meta):
+            problems.append(row.sidecar_name)
+            meta = None
+    owned = set(meta["files"]) if meta is not None else set()
+    for name in (f"{row.name}.{fmt}" for fmt in FORMATS):
+        audio_stat = _lstat(out_dir / name)
+        if audio_stat is None:
+            continue
+        if not stat.S_ISREG(audio_stat.st_mode) or name not in owned:
+            problems.append(name)
+    return problems
+
+
+def foreign_files(out_dir: Path, rows: Sequence[RenderRow], ranks: int = 1) -> list[str]:
+    """Names in ``out_dir`` that rendering ``rows`` would replace although no render made them: clips' audio
+    or sidecars, the index and the processes' index parts (symlinks and non-files always count)."""
+    problems = []
+    for name in (INDEX_NAME, *(part_name(rank) for rank in range(ranks))):
+        path = out_dir / name
+        info = _lstat(path)
+        if info is not None and (not stat.S_ISREG(info.st_mode) or not _is_render_index(path)):
+            problems.append(name)
+    for row in rows:
+        problems.extend(_row_problems(out_dir, row))
+    return problems
+
+
+def check_ownership(out_dir: Path, rows: Sequence[RenderRow], ranks: int, overwrite: bool) -> None:
+    """Refuse to replace files render did not make, unless ``overwrite``.
+
+    Raises:
+        SADAError: a file at one of render's output names was not made by render, and ``overwrite`` is false.
+    """
+    if overwrite:
+        return
+    problems = foreign_files(out_dir, rows, ranks)
+    if problems:
+        listed = ", ".join(problems[:_LISTED]) + (
+            f" and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
+        )
+        raise SADAError(
+            f"'{out_dir}' holds {len(problems)} file{'s' * (len(problems) != 1)} that render did not make but would "
+            f"replace: {listed} (move them away, choose another folder, or pass --overwrite to replace them)"
+        )
+
+
+def check_manifest_location(manifest: Path, out_dir: Path, rows: Sequence[RenderRow]) -> None:
+    """Refuse a manifest that is one of the files rendering into ``out_dir`` would write or remove.
+
+    Raises:
+        SADAError: the manifest is the index, a process's index part, or a clip's audio or sidecar.
+    """
+    try:
+        manifest_real = manifest.resolve(strict=True)
+        out_real = out_dir.resolve()
+    except OSError:
+        return  # a missing manifest is reported when it is read
+    if manifest_real.parent != out_real:
+        return
+    outputs = {row.sidecar_name for row in rows} | {f"{row.name}.{fmt}" for row in rows for fmt in FORMATS}
+    name = manifest_real.name
+    if is_index_name(name) or name in outputs:
+        raise SADAError(
+            f"the manifest '{manifest}' is one of the files rendering into '{out_dir}' writes; "
+            "copy it elsewhere or choose another output folder"
+        )
+
+
+def create_exclusively(path: Path) -> int:
+    """Open a new file for appending; an existing file or symlink at ``path`` is an error, never followed.
+
+    Raises:
+        SADAError: something exists at ``path`` (another process made it in the meantime, or a symlink).
+    """
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND, 0o666)
+    except FileExistsError:
+        raise SADAError(f"'{path}' appeared while rendering; is another render writing to this folder?") from None
+
+
+def remove_stale_part(path: Path) -> None:
+    """Remove an earlier run's index part of this process (a regular file; a symlink is removed, not followed)."""
+    if _lstat(path) is not None:
+        path.unlink()
+
+
+class FolderLock:
+    """An advisory lock on an output folder: one render run at a time writes there.
+
+    The lock is a ``flock`` on the folder itself, so the kernel drops it when its holder ends, even if killed, and
+    no lock file is left behind. While held, a hidden note names the holder, so a refused run can say who it is.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.note = out_dir / HOLDER_NOTE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Raises:
+        SADAError: another run holds the lock."""
+        fd = os.open(self.out_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                holder = self.note.read_text(encoding="utf-8").strip()
+            except OSError:
+                holder = ""
+            raise SADAError(
+                f"another render ({holder or 'process'}) is writing to '{self.out_dir}'; wait for it to finish "
+                "or choose another output folder"
+            ) from None
+        self._fd = fd
+        with contextlib.suppress(OSError):  # the note only helps the message; the lock does not depend on it
+            if _lstat(self.note) is not None:
+                self.note.unlink()
+            note = os.open(self.note, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+            with os.fdopen(note, "w", encoding="utf-8") as file:
+                file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.note.unlink(missing_ok=True)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None

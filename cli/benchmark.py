@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from sada_audio.audio import check_output_path
+from sada_audio.config import SADAConfig
 from sada_audio.evaluation.benchmark import BenchmarkSettings, run_benchmark
 from sada_audio.evaluation.benchmark_report import RESULT_FILES, target_checks, write_benchmark_outputs
 from sada_audio.evaluation.generate import read_prompts
@@ -123,6 +124,10 @@ def benchmark(
       sada-audio benchmark -o bench-quick --quick
       sada-audio benchmark -o bench --methods SADA,DeepCache --scheduler ddim --frames 256
     """
+    # overrides are checked before the model loads (against the default model's family unless --preset names one)
+    base = SADAConfig.preset(preset or "musicldm")
+    for variant in sada_variants:
+        base.with_overrides(variant)
     if output_dir.exists() and not output_dir.is_dir():
         raise click.BadParameter(f"'{output_dir}' is a file, not a folder", param_hint="-o/--output-dir")
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -5,12 +5,44 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
 Reconstruction = Literal["extrapolate", "reuse", "predicted_state"]
 RECONSTRUCTIONS: tuple[str, ...] = ("extrapolate", "reuse", "predicted_state")
+MAX_SEED = 2**63 - 1
+"""Largest seed accepted anywhere (``torch.Generator.manual_seed`` takes 64-bit values; beyond this, seeds wrap)."""
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _type_problem(name: str, annotation: Any, value: Any) -> str | None:
+    """Why ``value`` does not fit the field's type annotation, or None. Strict: a bool is no int, an int no bool,
+    a float no int, and a tuple field takes exactly its number of items."""
+    if get_origin(annotation) is Union or get_origin(annotation) is UnionType:
+        options = get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        (annotation,) = [option for option in options if option is not type(None)]
+    if get_origin(annotation) is Literal:
+        return None if isinstance(value, str) else f"{name} must be text, got {_type_name(value)} {value!r}"
+    if get_origin(annotation) is tuple:
+        items = get_args(annotation)
+        if not isinstance(value, tuple) or len(value) != len(items):
+            return f"{name} must be {len(items)} whole numbers (start, end), got {value!r}"
+        problems = [_type_problem(f"{name} item", item, element) for item, element in zip(items, value, strict=True)]
+        return next((problem for problem in problems if problem), None)
+    if annotation is bool:
+        return None if isinstance(value, bool) else f"{name} must be true or false, got {_type_name(value)} {value!r}"
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return None
+        return f"{name} must be a whole number, got {_type_name(value)} {value!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -73,6 +105,11 @@ class SADAConfig:
     """Seed of the per-window token sampling (runs are reproducible)."""
 
     def __post_init__(self) -> None:
+        hints = get_type_hints(SADAConfig)
+        for field in dataclasses.fields(self):
+            problem = _type_problem(field.name, hints[field.name], getattr(self, field.name))
+            if problem:
+                raise ConfigError(problem)
         start, end = self.acc_range
         checks = [
             (start >= 3, f"acc_range start must be >= 3 (the criterion needs three gradients), got {start}"),
@@ -91,6 +128,7 @@ class SADAConfig:
                 self.reference_steps is None or self.reference_steps >= 4,
                 f"reference_steps must be None or >= 4, got {self.reference_steps}",
             ),
+            (0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}, got {self.seed}"),
         ]
         if self.lagrange_step is not None:
             checks.append(
@@ -130,7 +168,7 @@ class SADAConfig:
                 raise ConfigError(message) from None
         try:
             return SADAConfig.from_dict({**self.to_dict(), **changes})
-        except TypeError as error:  # a value of the wrong type, e.g. a string where a number belongs
+        except ConfigError as error:
             raise ConfigError(f"SADA overrides {text!r}: {error}") from None
 
     def replace(self, **changes: Any) -> SADAConfig:
@@ -148,7 +186,7 @@ class SADAConfig:
         if unknown:
             raise ConfigError(f"unknown SADA config keys: {', '.join(sorted(unknown))}")
         values = dict(values)
-        if "acc_range" in values:
+        if isinstance(values.get("acc_range"), list):
             values["acc_range"] = tuple(values["acc_range"])
         return cls(**values)
 

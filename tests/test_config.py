@@ -71,3 +71,49 @@ def test_step_indices_scale_with_the_number_of_steps():
     absolute = SADAConfig(reference_steps=None).bounds(100)
     assert (absolute.acc_start, absolute.acc_end, absolute.lagrange_step) == (10, 47, 24)
     assert not SADAConfig(lagrange_step=None).bounds(50).in_lagrange_phase(40)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"tokenwise": "no"}, "tokenwise must be true or false, got str 'no'"),
+        ({"stepwise": 1}, "stepwise must be true or false, got int 1"),
+        ({"max_interval": 2.5}, "max_interval must be a whole number, got float 2.5"),
+        ({"sx": True}, "sx must be a whole number, got bool True"),
+        ({"max_fix": 1e9}, "max_fix must be a whole number, got float"),
+        ({"lagrange_step": "24"}, "lagrange_step must be a whole number, got str '24'"),
+        ({"acc_range": (10, 49, 3)}, r"acc_range must be 2 whole numbers \(start, end\), got \(10, 49, 3\)"),
+        ({"acc_range": [10, 49]}, "acc_range must be 2 whole numbers"),
+        ({"acc_range": (10.0, 49)}, "acc_range item must be a whole number, got float 10.0"),
+        ({"seed": -1}, "seed must be in 0..9223372036854775807, got -1"),
+        ({"seed": 2**63}, "seed must be in 0..9223372036854775807"),
+        ({"seed": 1.5}, "seed must be a whole number"),
+        ({"reconstruction": 3}, "reconstruction must be text, got int 3"),
+    ],
+)
+def test_types_are_checked_strictly_from_every_door(changes, message):
+    preset = SADAConfig.preset("musicldm")
+    with pytest.raises(ConfigError, match=message):
+        SADAConfig(**changes)
+    with pytest.raises(ConfigError, match=message):
+        preset.replace(**changes)
+    with pytest.raises(ConfigError, match=message):
+        SADAConfig.preset("musicldm", **changes)
+    if not isinstance(changes.get("acc_range"), list):  # JSON has no tuples: a list is how from_dict takes a range
+        with pytest.raises(ConfigError, match=message):
+            SADAConfig.from_dict({**preset.to_dict(), **changes})
+
+
+def test_overrides_name_the_type_that_was_given():
+    config = SADAConfig.preset("musicldm")
+    for text, message in [
+        ('tokenwise="no"', "tokenwise must be true or false, got str 'no'"),
+        ("max_interval=2.5", "max_interval must be a whole number, got float 2.5"),
+        ("seed=-1", "seed must be in 0..9223372036854775807"),
+        ("sx=true", "sx must be a whole number, got bool True"),
+        ("acc_range=[10, 49, 3]", "acc_range must be 2 whole numbers"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as raised:
+            config.with_overrides(text)
+        assert str(raised.value).startswith(f"SADA overrides {text!r}: ")
+    assert config.with_overrides("acc_range=[8, 49]; seed=9223372036854775807").seed == 2**63 - 1

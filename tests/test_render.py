@@ -119,7 +119,7 @@ BAD_ROWS = {
     "drive name": ({"name": "C:x", "prompt": "p"}, "unsafe name"),
     "control character": ({"name": "a\nb", "prompt": "p"}, "unsafe name"),
     "long name": ({"name": "n" * 201, "prompt": "p"}, "unsafe name"),
-    "negative seed": ({"name": "x", "prompt": "p", "seed": -1}, "seed must be a whole number >= 0, got -1"),
+    "negative seed": ({"name": "x", "prompt": "p", "seed": -1}, "seed must be a whole number >= 0, got a number -1"),
     "fractional seed": ({"name": "x", "prompt": "p", "seed": 1.5}, "seed must be a whole number"),
     "boolean seed": ({"name": "x", "prompt": "p", "seed": True}, "seed must be a whole number"),
     "huge seed": ({"name": "x", "prompt": "p", "seed": 2**64}, "seed must be at most"),
@@ -133,6 +133,17 @@ BAD_ROWS = {
     "negative prompt not text": ({"name": "x", "prompt": "p", "negative_prompt": 5}, "negative_prompt must be text"),
     "unknown field": ({"name": "x", "prompt": "p", "promt": "q"}, "unknown field 'promt'"),
     "duplicate name": ({"name": "Good", "prompt": "p"}, "duplicate name 'Good' (first on line 1)"),
+    "prompt not text": ({"name": "x", "prompt": 5}, "prompt must be text, got a number 5"),
+    "negative not text": (
+        {"name": "x", "prompt": "p", "negative_prompt": ["a"]},
+        "negative_prompt must be text, got a list",
+    ),
+    "seed in quotes": ({"name": "x", "prompt": "p", "seed": "3"}, "seed must be a whole number >= 0, got text '3'"),
+    "device name": ({"name": "CON", "prompt": "p"}, "unportable name 'CON'"),
+    "device name with extension": ({"name": "nul.take2", "prompt": "p"}, "unportable name"),
+    "com port": ({"name": "com1", "prompt": "p"}, "unportable name"),
+    "trailing dot": ({"name": "trail.", "prompt": "p"}, "unportable name 'trail.'"),
+    "bidi override": ({"name": "clip\u202ewav.exe", "prompt": "p"}, "unportable name"),
 }
 
 
@@ -588,3 +599,33 @@ def test_a_run_that_fails_before_rendering_leaves_nothing(tmp_path: Path) -> Non
     result = _render(manifest, out, empty_model)
     assert result.exit_code == 2
     assert not out.exists()
+
+
+def test_duplicate_fields_and_columns_are_errors(tmp_path: Path) -> None:
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text('{"name": "a", "prompt": "p", "seed": 1, "seed": 2}\n', encoding="utf-8")
+    assert [str(problem) for problem in read_manifest(jsonl).problems] == ["line 1: the field 'seed' is given twice"]
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("name,prompt,seed,seed\na,p,1,2\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="has the column 'seed' more than once"):
+        read_manifest(csv_path)
+
+
+def test_names_equal_after_unicode_normalisation_are_duplicates(tmp_path: Path) -> None:
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    manifest = read_manifest(
+        _write_manifest(tmp_path / "m.jsonl", [{"name": composed, "prompt": "p"}, {"name": decomposed, "prompt": "q"}])
+    )
+    assert [row.name for row in manifest.rows] == [composed]
+    assert "duplicate name" in manifest.problems[0].message
+
+
+def test_a_long_list_of_problems_is_summarised(tmp_path: Path) -> None:
+    rows = [{"name": f"../clip{i}", "prompt": "p"} for i in range(10_000)]
+    manifest = read_manifest(_write_manifest(tmp_path / "m.jsonl", rows))
+    with pytest.raises(ManifestError) as raised:
+        manifest.check(skip_invalid=False)
+    message = str(raised.value)
+    assert message.startswith(f"{manifest.path} has 10000 invalid rows: line 1: unsafe name '../clip0'")
+    assert "line 10: " in message and "line 11: " not in message and "and 9990 more problems" in message
+    assert len(message) < 2_000

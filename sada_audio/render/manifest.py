@@ -8,11 +8,13 @@ import json
 import logging
 import math
 import os
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sada_audio.config import MAX_SEED
 from sada_audio.errors import SADAError
 from sada_audio.generation import ClipRequest, SamplingSettings
 
@@ -21,7 +23,12 @@ logger = logging.getLogger(__name__)
 FIELDS = ("name", "prompt", "negative_prompt", "seed", "duration", "steps", "guidance", "format")
 FORMATS = ("wav", "flac")
 _MAX_NAME_LENGTH = 200
-_MAX_SEED = 2**63 - 1
+# the first problems an error names; the others are counted
+_SHOWN_PROBLEMS = 10
+# names Windows reserves for devices, with any extension ("nul.wav" too)
+_DEVICE_NAMES = {"con", "prn", "aux", "nul", *(f"{port}{i}" for port in ("com", "lpt") for i in range(1, 10))}
+# characters that reorder how a name is displayed (a name could pretend to end in another extension)
+_BIDI_CONTROLS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class ManifestError(SADAError):
@@ -116,9 +123,12 @@ class Manifest:
         """
         if self.problems and not skip_invalid:
             count = len({problem.line for problem in self.problems})
+            shown = self.problems[:_SHOWN_PROBLEMS]
+            more = len(self.problems) - len(shown)
             raise ManifestError(
                 f"{self.path} has {count} invalid row{'s' * (count != 1)}: "
-                + "; ".join(map(str, self.problems))
+                + "; ".join(map(str, shown))
+                + (f"; and {more} more problem{'s' * (more != 1)}" if more else "")
                 + " (fix them, or pass --skip-invalid to render the valid rows)"
             )
         for problem in self.problems:
@@ -143,14 +153,24 @@ def _records(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str | 
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as error:
                 yield number, None, f"not valid JSON ({error.msg})"
+                continue
+            except _DuplicateKey as error:
+                yield number, None, f"the field {error.args[0]!r} is given twice"
                 continue
             yield (number, record, None) if isinstance(record, dict) else (number, None, "not a JSON object")
         return
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    unknown = [column for column in reader.fieldnames or () if column not in FIELDS]
+    columns = list(reader.fieldnames or ())
+    twice = sorted({column for column in columns if columns.count(column) > 1})
+    if twice:
+        raise ManifestError(
+            f"'{path}' has the column{'s' * (len(twice) > 1)} {', '.join(map(repr, twice))} more than once; "
+            "keep one of each"
+        )
+    unknown = [column for column in columns if column not in FIELDS]
     if unknown:
         yield (
             1,
@@ -166,11 +186,35 @@ def _records(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str | 
         start = reader.line_num + 1
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's fields; a field given twice is an error (JSON parsers otherwise keep the last silently)."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _DuplicateKey(key)
+        record[key] = value
+    return record
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "text", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
 def _name_problem(name: Any) -> str | None:
     if name is None or name == "":
         return "missing name"
     if not isinstance(name, str):
-        return f"name must be text, got {name!r}"
+        return f"name must be text, got {_json_type(name)} {name!r}"
     if (
         name in (".", "..")
         or name.startswith(".")
@@ -183,21 +227,33 @@ def _name_problem(name: Any) -> str | None:
             f"unsafe name {name!r}: a name is a file stem of at most {_MAX_NAME_LENGTH} characters, without / \\ : "
             "or control characters, not starting with '.', without surrounding spaces"
         )
+    stem = name.split(".")[0].rstrip(" ").casefold()
+    if stem in _DEVICE_NAMES or name[-1] in ". " or any(char in _BIDI_CONTROLS for char in name):
+        return (
+            f"unportable name {name!r}: Windows device names (CON, NUL, COM1, ...), a trailing dot or space and "
+            "bidirectional control characters are not allowed"
+        )
     return None
 
 
-def _number(record: Mapping[str, Any], key: str, default: Any, whole: bool, minimum: float, open_min: bool) -> Any:
-    """``record[key]`` as an int (``whole``) or float within range, ``default`` if absent; raises ValueError."""
+def _number(
+    record: Mapping[str, Any], key: str, default: Any, whole: bool, minimum: float, open_min: bool, text_cells: bool
+) -> Any:
+    """``record[key]`` as an int (``whole``) or float within range, ``default`` if absent; raises ValueError.
+    ``text_cells``: the manifest is CSV, whose cells are all text; in JSON a number in quotes is an error."""
     value = record.get(key)
     if value is None:
         return default
     bound = f"> {minimum:g}" if open_min else f">= {minimum:g}"
     kind = "a whole number" if whole else "a number"
+    if isinstance(value, str) and not text_cells:
+        raise ValueError(f"{key} must be {kind} {bound}, got text {value!r} (write numbers without quotes)")
     number = _parse_number(value, whole)
     if number is None or not math.isfinite(number) or number < minimum or (open_min and number == minimum):
-        raise ValueError(f"{key} must be {kind} {bound}, got {value!r}")
-    if whole and number > _MAX_SEED:
-        raise ValueError(f"{key} must be at most {_MAX_SEED}, got {value!r}")
+        given = "" if isinstance(value, str) else f"{_json_type(value)} "
+        raise ValueError(f"{key} must be {kind} {bound}, got {given}{value!r}")
+    if whole and number > MAX_SEED:
+        raise ValueError(f"{key} must be at most {MAX_SEED}, got {value!r}")
     return number
 
 
@@ -214,18 +270,22 @@ def _parse_number(value: Any, whole: bool) -> int | float | None:
         return None
 
 
-def _row(line: int, record: Mapping[str, Any], defaults: RenderDefaults) -> tuple[RenderRow | None, list[str]]:
+def _row(
+    line: int, record: Mapping[str, Any], defaults: RenderDefaults, text_cells: bool
+) -> tuple[RenderRow | None, list[str]]:
     problems = [f"unknown field {key!r} (known: {', '.join(FIELDS)})" for key in record if key not in FIELDS]
     name = record.get("name")
     name_problem = _name_problem(name)
     if name_problem:
         problems.append(name_problem)
     prompt = record.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
+    if prompt is not None and not isinstance(prompt, str):
+        problems.append(f"prompt must be text, got {_json_type(prompt)} {prompt!r}")
+    elif prompt is None or not prompt.strip():
         problems.append("missing prompt")
     negative = record.get("negative_prompt", defaults.negative_prompt)
     if negative is not None and not isinstance(negative, str):
-        problems.append("negative_prompt must be text")
+        problems.append(f"negative_prompt must be text, got {_json_type(negative)} {negative!r}")
     audio_format = record.get("format", defaults.format)
     if not isinstance(audio_format, str) or audio_format.lower().lstrip(".") not in FORMATS:
         problems.append(f"format must be one of {', '.join(FORMATS)}, got {audio_format!r}")
@@ -237,7 +297,7 @@ def _row(line: int, record: Mapping[str, Any], defaults: RenderDefaults) -> tupl
         ("guidance", defaults.guidance, False, 0, False),
     ):
         try:
-            numbers[key] = _number(record, key, default, whole, minimum, open_min)
+            numbers[key] = _number(record, key, default, whole, minimum, open_min, text_cells)
         except ValueError as error:
             problems.append(str(error))
     if problems:
@@ -250,8 +310,9 @@ def _row(line: int, record: Mapping[str, Any], defaults: RenderDefaults) -> tupl
 def read_manifest(path: str | os.PathLike[str], defaults: RenderDefaults = RenderDefaults()) -> Manifest:
     """Parse and validate a JSONL or CSV manifest; every problem is collected with its line number.
 
-    Names are compared case-insensitively (``A`` and ``a`` are the same file on some file systems): the first
-    row of a name is kept, the later ones are problems.
+    Names are compared case-insensitively and after Unicode normalisation (``A`` and ``a``, or a composed and a
+    decomposed ``é``, are the same file on some file systems): the first row of a name is kept, the later ones are
+    problems.
 
     Raises:
         ManifestError: the file cannot be read or has an unsupported extension.
@@ -264,13 +325,14 @@ def read_manifest(path: str | os.PathLike[str], defaults: RenderDefaults = Rende
         if record is None:
             problems.append(RowProblem(line, problem or "unreadable row"))
             continue
-        row, messages = _row(line, record, defaults)
+        row, messages = _row(line, record, defaults, text_cells=path.suffix.lower() == ".csv")
         name = record.get("name") if isinstance(record.get("name"), str) else None
-        if row is not None and row.name.casefold() in first_line:
-            messages = [f"duplicate name {row.name!r} (first on line {first_line[row.name.casefold()]})"]
+        key = unicodedata.normalize("NFC", row.name).casefold() if row is not None else ""
+        if row is not None and key in first_line:
+            messages = [f"duplicate name {row.name!r} (first on line {first_line[key]})"]
             row = None
         problems.extend(RowProblem(line, message, name) for message in messages)
         if row is not None:
-            first_line[row.name.casefold()] = line
+            first_line[key] = line
             rows.append(row)
     return Manifest(path, rows, problems)

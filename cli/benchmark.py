@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from sada_audio.audio import check_output_path
-from sada_audio.config import SADAConfig
+from sada_audio.config import MAX_SEED, SADAConfig
 from sada_audio.evaluation.benchmark import BenchmarkSettings, run_benchmark
 from sada_audio.evaluation.benchmark_report import RESULT_FILES, target_checks, write_benchmark_outputs
 from sada_audio.evaluation.generate import read_prompts
@@ -30,6 +30,8 @@ def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
         raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 0,1", ctx, param) from None
     if not seeds:
         raise click.BadParameter("give at least one seed, e.g. 0,1", ctx, param)
+    if not all(0 <= seed <= MAX_SEED for seed in seeds):
+        raise click.BadParameter(f"seeds must be in 0..{MAX_SEED}, got {value!r}", ctx, param)
     return seeds
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
@@ -17,7 +21,9 @@ from sada_audio.errors import SADAError
 from sada_audio.pipelines import (
     MODEL_ALIASES,
     SCHEDULER_CHOICES,
+    check_steps,
     load_pipeline,
+    local_scheduler,
     parse_device,
     parse_dtype,
     set_scheduler,
@@ -39,9 +45,31 @@ def single_line(message: str) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
+class ResourceError(click.ClickException):
+    """The machine ran out of something the user cannot change from the command line: one line, exit status 1."""
+
+    exit_code = 1
+
+
+# errors of the file system that the user can fix (free space, permissions, another folder), with the hint
+_FIXABLE_OS_ERRORS = {
+    errno.ENOSPC: "free some space or write to another disk",
+    errno.EDQUOT: "free some space or write to another disk",
+    errno.EACCES: "check the permissions or write to another folder",
+    errno.EPERM: "check the permissions or write to another folder",
+    errno.EROFS: "write to another folder",
+}
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    # torch.OutOfMemoryError by name: this module must not import torch (the CLI starts without it)
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+
+
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Turn click usage errors and the library's :class:`SADAError` into :class:`OneLineError`."""
+    """Turn click usage errors, the library's :class:`SADAError`, full disks, missing permissions and exhausted
+    memory into one ``Error:`` line: exit status 2 for what the user can change, 1 for running out of memory."""
     try:
         yield
     except click.exceptions.NoArgsIsHelpError:
@@ -51,6 +79,43 @@ def one_line_errors() -> Iterator[None]:
         raise OneLineError(single_line(error.format_message()) + hint) from error
     except SADAError as error:
         raise OneLineError(single_line(str(error))) from error
+    except OSError as error:
+        if error.errno not in _FIXABLE_OS_ERRORS:
+            raise
+        where = f" writing '{error.filename}'" if error.filename else ""
+        raise OneLineError(f"{error.strerror or error}{where}: {_FIXABLE_OS_ERRORS[error.errno]}") from error
+    except Exception as error:
+        if not _is_out_of_memory(error):
+            raise
+        message = single_line(str(error))[:200] or "out of memory"
+        raise ResourceError(
+            f"out of memory ({message}); try fewer waveforms, a shorter duration, a smaller batch or --dtype float16"
+        ) from error
+
+
+class _Interrupted(SystemExit):
+    """Ctrl-C or SIGTERM: unwinds (the atomic writes remove their temporary files), exit status 128 + signal."""
+
+
+@contextlib.contextmanager
+def interruptible(hint: str | None = None) -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C instead of killing at once; both end with ``hint`` (if any) and the shell's
+    status for the signal (130, 143), not click's 'Aborted!' with 1 (which means a failure)."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise _Interrupted(128 + signum)
+
+    handle_term = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if handle_term else None
+    try:
+        yield
+    except (KeyboardInterrupt, _Interrupted) as error:
+        status = error.code if isinstance(error, _Interrupted) else 128 + signal.SIGINT
+        click.echo(f"Interrupted: {hint}." if hint else "Interrupted.", err=True)
+        raise SystemExit(status) from None
+    finally:
+        if handle_term:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class Group(click.Group):
@@ -170,6 +235,14 @@ def sampling_options(command: _Command) -> _Command:
             ),
         ],
     )
+
+
+def check_steps_before_loading(model: str, scheduler: str | None, steps: int) -> None:
+    """Reject a step count the model's scheduler cannot run, before any weights load (where its config is on
+    disk: local directories and the embedded model; Hub models are checked once loaded)."""
+    local = local_scheduler(model, scheduler)
+    if local is not None:
+        check_steps(local, steps)
 
 
 def load_for_command(model: str, scheduler: str | None, device: str, dtype: str) -> tuple[Any, float]:

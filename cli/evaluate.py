@@ -9,13 +9,21 @@ import click
 from click.core import ParameterSource
 
 from sada_audio.audio import check_output_path
+from sada_audio.config import MAX_SEED
 from sada_audio.evaluation.evaluate import AUDIO_EXTENSIONS, evaluate_directories
 from sada_audio.evaluation.generate import generate_pair_folders, read_prompts
 from sada_audio.evaluation.report import FIGURE_NAMES, FIGURES_DIR, REPORT_NAME, write_outputs
 from sada_audio.generation import SamplingSettings, run_metadata
-from sada_audio.pipelines import resolve_model_id
+from sada_audio.pipelines import parse_device, parse_dtype, resolve_model_id
 
-from .common import load_for_command, model_options, progress_bar, sampling_options
+from .common import (
+    check_steps_before_loading,
+    interruptible,
+    load_for_command,
+    model_options,
+    progress_bar,
+    sampling_options,
+)
 
 # Options that only make sense when the command generates the clips itself.
 _GENERATION_OPTIONS = ("model", "scheduler", "accelerate", "device", "dtype", "steps", "duration", "guidance", "seed")
@@ -94,7 +102,13 @@ def _prepare_clip_dir(directory: Path, overwrite: bool) -> Path:
 )
 @model_options
 @sampling_options
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the first prompt; +1 per line.")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, MAX_SEED),
+    help="Seed of the first prompt; +1 per line.",
+)
 @click.pass_context
 def evaluate(
     ctx: click.Context,
@@ -130,26 +144,32 @@ def evaluate(
     """
     _check_arguments(ctx, reference_dir, test_dir, prompts_file is not None)
     prompts = read_prompts(prompts_file) if prompts_file is not None else None
+    if prompts is not None:  # checked before any folder is made, so that a refusal leaves nothing behind
+        parse_device(device), parse_dtype(dtype)
+        check_steps_before_loading(model, scheduler, steps)
+        if seed + len(prompts) - 1 > MAX_SEED:
+            raise click.BadParameter(f"with {len(prompts)} prompts the seeds run past {MAX_SEED}", param_hint="--seed")
     _prepare_output_dir(output_dir, overwrite)
     if json_path is not None:  # after the output folder exists: the JSON often goes into it
         check_output_path(json_path, overwrite, extensions=(".json",))
     if prompts is not None:
         reference_dir = _prepare_clip_dir(output_dir / "reference", overwrite)
         test_dir = _prepare_clip_dir(output_dir / "test", overwrite)
-        pipe, load_time = load_for_command(model, scheduler, device, dtype)
-        pipe.set_progress_bar_config(disable=True)  # one bar: ours
-        run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype)
-        generate_pair_folders(
-            pipe,
-            prompts,
-            SamplingSettings(steps=steps, duration=duration, guidance=guidance),
-            seed=seed,
-            reference_dir=reference_dir,
-            test_dir=test_dir,
-            accelerate=accelerate == "sada",
-            run_info={**run_info, "load_time_s": load_time},
-            progress=progress_bar,
-        )
+        with interruptible():
+            pipe, load_time = load_for_command(model, scheduler, device, dtype)
+            pipe.set_progress_bar_config(disable=True)  # one bar: ours
+            run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype)
+            generate_pair_folders(
+                pipe,
+                prompts,
+                SamplingSettings(steps=steps, duration=duration, guidance=guidance),
+                seed=seed,
+                reference_dir=reference_dir,
+                test_dir=test_dir,
+                accelerate=accelerate == "sada",
+                run_info={**run_info, "load_time_s": load_time},
+                progress=progress_bar,
+            )
     assert reference_dir is not None and test_dir is not None  # checked by _check_arguments
     evaluation = evaluate_directories(
         reference_dir,

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 import click
 
-from sada_audio.audio import check_output_path, write_audio, write_json
+from sada_audio.audio import check_output_path, write_all_or_nothing, write_audio, write_json
+from sada_audio.config import MAX_SEED
 from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch, run_metadata
 from sada_audio.pipelines import resolve_model_id
 
 from .benchmark import benchmark
-from .common import Group, check_prompt, configure_logging, load_for_command, model_options, sampling_options
+from .common import (
+    Group,
+    check_prompt,
+    check_steps_before_loading,
+    configure_logging,
+    interruptible,
+    load_for_command,
+    model_options,
+    sampling_options,
+)
 from .evaluate import evaluate
 from .render import render
 
@@ -49,7 +60,9 @@ def main(verbose: int) -> None:
 )
 @model_options
 @sampling_options
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initial noise.")
+@click.option(
+    "--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED), help="Seed of the initial noise."
+)
 @click.option("--negative-prompt", help="What the clip should not sound like.")
 @click.option(
     "--num-waveforms",
@@ -85,18 +98,22 @@ def generate(
     # Everything that can be checked is checked before the (slow) model load.
     audio_paths = [check_output_path(path, overwrite) for path in _waveform_paths(output, num_waveforms)]
     sidecar = check_output_path(output.with_suffix(".json"), overwrite, extensions=(".json",))
-    pipe, load_time = load_for_command(model, scheduler, device, dtype)
-    pipe.set_progress_bar_config(desc="Denoising", unit="step")
+    check_steps_before_loading(model, scheduler, steps)
+    with interruptible():
+        pipe, load_time = load_for_command(model, scheduler, device, dtype)
+        pipe.set_progress_bar_config(desc="Denoising", unit="step")
 
-    clip = ClipRequest(prompt=prompt, seed=seed, negative_prompt=negative_prompt)
-    settings = SamplingSettings(steps=steps, duration=duration, guidance=guidance, num_waveforms=num_waveforms)
-    batch = generate_batch(pipe, [clip], settings, accelerate=accelerate == "sada")
+        clip = ClipRequest(prompt=prompt, seed=seed, negative_prompt=negative_prompt)
+        settings = SamplingSettings(steps=steps, duration=duration, guidance=guidance, num_waveforms=num_waveforms)
+        batch = generate_batch(pipe, [clip], settings, accelerate=accelerate == "sada")
 
-    for path, waveform in zip(audio_paths, batch.waveforms[0], strict=True):
-        write_audio(path, waveform, batch.sample_rate)
-    metadata = clip_metadata(clip, settings, batch, [path.name for path in audio_paths])
-    metadata.update(run_metadata(pipe, model, resolve_model_id(model), device, dtype), load_time_s=load_time)
-    write_json(sidecar, metadata)
+        metadata = clip_metadata(clip, settings, batch, [path.name for path in audio_paths])
+        metadata.update(run_metadata(pipe, model, resolve_model_id(model), device, dtype), load_time_s=load_time)
+        writes = [
+            functools.partial(write_audio, path, waveform, batch.sample_rate)
+            for path, waveform in zip(audio_paths, batch.waveforms[0], strict=True)
+        ]
+        write_all_or_nothing([*writes, functools.partial(write_json, sidecar, metadata)])
     seconds = batch.waveforms.shape[-1] / batch.sample_rate
     calls = "" if batch.model_calls is None else f", {batch.model_calls} model calls"
     click.echo(

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import click
 
+from sada_audio.config import MAX_SEED
 from sada_audio.pipelines import resolve_model_id
 from sada_audio.render import (
     FAILED,
@@ -30,32 +26,7 @@ from sada_audio.render import (
     read_manifest,
 )
 
-from .common import load_for_command, model_options, sampling_options
-
-
-class _Interrupted(SystemExit):
-    """Ctrl-C or SIGTERM: unwinds (the atomic writes remove their temporary files), exit status 128 + signal."""
-
-
-@contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C instead of killing at once; both end with a hint to resume and the shell's
-    status for the signal (130, 143), not click's 'Aborted!' with 1, which here means failed clips."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise _Interrupted(128 + signum)
-
-    handle_term = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, stop) if handle_term else None
-    try:
-        yield
-    except (KeyboardInterrupt, _Interrupted) as error:
-        status = error.code if isinstance(error, _Interrupted) else 128 + signal.SIGINT
-        click.echo("Interrupted: run the same command again to render the rest.", err=True)
-        raise SystemExit(status) from None
-    finally:
-        if handle_term:
-            signal.signal(signal.SIGTERM, previous)
+from .common import interruptible, load_for_command, model_options, sampling_options
 
 
 def _progress_text(progress: RenderProgress | None) -> str | None:
@@ -79,7 +50,9 @@ def _progress_text(progress: RenderProgress | None) -> str | None:
 )
 @model_options
 @sampling_options
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of rows without one.")
+@click.option(
+    "--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED), help="Seed of rows without one."
+)
 @click.option("--negative-prompt", help="Negative prompt of rows without one.")
 @click.option(
     "--format",
@@ -135,7 +108,7 @@ def render(
       accelerate launch --num_processes 4 --no_python sada-audio render cues.jsonl -o out --device cuda
     On CPUs use 'accelerate launch --multi_gpu --num_processes N' ('--cpu' starts a single process).
     """
-    with _interruptible():
+    with interruptible("run the same command again to render the rest"):
         cues = read_manifest(manifest, RenderDefaults(seed, duration, steps, guidance, audio_format, negative_prompt))
         cues.check(skip_invalid)
         state = process_state(device)

@@ -9,11 +9,12 @@ the speedup.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 from typing import Any
 
-from sada_audio.audio import write_audio, write_json
+from sada_audio.audio import write_all_or_nothing, write_audio, write_json
 from sada_audio.errors import SADAError
 from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch
 
@@ -80,8 +81,12 @@ def generate_pair_folders(
             clip = ClipRequest(prompt=prompt, seed=seed + index)
             for directory, with_sada in runs:
                 batch = generate_batch(pipe, [clip], settings, accelerate=with_sada)
-                path = write_audio(directory / f"{name}.wav", batch.waveforms[0, 0], batch.sample_rate)
-                write_json(
-                    path.with_suffix(".json"), {**clip_metadata(clip, settings, batch, [path.name]), **(run_info or {})}
+                path = directory / f"{name}.wav"
+                meta = {**clip_metadata(clip, settings, batch, [path.name]), **(run_info or {})}
+                write_all_or_nothing(
+                    [
+                        functools.partial(write_audio, path, batch.waveforms[0, 0], batch.sample_rate),
+                        functools.partial(write_json, path.with_suffix(".json"), meta),
+                    ]
                 )
     return names

@@ -7,11 +7,14 @@ file or the complete new one, never a partial file, and an exception leaves noth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Collection
+import signal
+import threading
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -148,25 +151,71 @@ def pipeline_sample_rate(pipe: Any) -> int:
     return int(rate)
 
 
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them (to the handlers that were in place).
+
+    An exception raised by a signal inside a C library's callback (soundfile writes through Python callbacks) can
+    corrupt the library's state; deferred to the end of the block, it lands at a safe point. Outside the main
+    thread signals cannot be caught, and the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in _DEFERRED_SIGNALS
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
+
+
 def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
     """Run ``write`` on a temporary binary file next to ``path``, fsync it, then rename it to ``path``.
 
-    A reader sees the old file or the complete new one; if ``write`` raises, nothing is left behind.
+    A reader sees the old file or the complete new one; if ``write`` raises, nothing is left behind. Ctrl-C and
+    SIGTERM wait until the write is complete or undone (:func:`deferred_signals`).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL never clobbers anything; mode 0o666 lets the umask decide, as for an ordinary file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with deferred_signals():
+        # O_EXCL never clobbers anything; mode 0o666 lets the umask decide, as for an ordinary file.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_directory(path.parent)
+
+
+def write_all_or_nothing(writes: Collection[Callable[[], Path]]) -> list[Path]:
+    """Run ``writes`` (each writes one file atomically and returns its path) in order; if one fails, remove the
+    files the earlier ones wrote, so that a clip's audio never stands without its sidecar. Returns the paths.
+
+    A file an earlier write replaced stays replaced: the caller decides beforehand what may be overwritten.
+    """
+    written: list[Path] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for write in writes:
+            written.append(write())
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for path in written:
+            path.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    return written
 
 
 def _fsync_directory(directory: Path) -> None:

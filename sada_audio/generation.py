@@ -29,12 +29,22 @@ from diffusers import AudioLDMPipeline, MusicLDMPipeline
 
 from sada_audio.apply import apply_sada
 from sada_audio.audio import pipeline_sample_rate
-from sada_audio.config import SADAConfig
+from sada_audio.config import MAX_SEED, SADAConfig
 from sada_audio.errors import SADAError
+from sada_audio.pipelines import check_steps
 
 logger = logging.getLogger(__name__)
 
 _VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "sada-audio")
+_SCHEDULER_KEYS = (
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "timestep_spacing",
+    "prediction_type",
+    "algorithm_type",
+    "solver_order",
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,10 @@ class ClipRequest:
     prompt: str
     seed: int = 0
     negative_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise SADAError(f"a seed must be a whole number in 0..{MAX_SEED}, got {self.seed!r}")
 
 
 @dataclass(frozen=True)
@@ -175,6 +189,7 @@ def generate_batch(
     """
     if not clips:
         raise SADAError("no clips to generate")
+    check_steps(pipe.scheduler, settings.steps)
     device = _execution_device(pipe)
     generator = _generators(clips, settings.num_waveforms, device)
     if prompt_cache is not None and settings.num_waveforms == 1:
@@ -218,6 +233,10 @@ def run_metadata(pipe: Any, model: str, model_id: str, device: str, dtype: str) 
         "model_id": model_id,
         "pipeline_class": type(pipe).__name__,
         "scheduler_class": type(pipe.scheduler).__name__,
+        # the sigma schedule and spacing tell samplers of one class apart ("edm" is Euler on Karras sigmas)
+        "scheduler_config": {
+            key: pipe.scheduler.config[key] for key in _SCHEDULER_KEYS if key in pipe.scheduler.config
+        },
         "device": device,
         "dtype": dtype,
         "versions": {package: version(package) for package in _VERSIONED_PACKAGES},

@@ -17,6 +17,7 @@ model that is not there fails at once with a one-line :class:`~sada_audio.errors
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import json
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -47,6 +49,9 @@ __all__ = [
     "load_pipeline",
     "repair_pipeline",
     "set_scheduler",
+    "scheduler_from_config",
+    "check_steps",
+    "local_scheduler",
     "hub_offline",
     "looks_like_path",
     "probe_hub",
@@ -400,7 +405,13 @@ def repair_pipeline(pipe: DiffusionPipeline) -> DiffusionPipeline:
 
 
 def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
-    """Replace ``pipe.scheduler`` by the named sampler, built from the current scheduler's config.
+    """Replace ``pipe.scheduler`` by the named sampler, built from the current scheduler's config
+    (:func:`scheduler_from_config`)."""
+    pipe.scheduler = scheduler_from_config(pipe.scheduler.config, name)
+
+
+def scheduler_from_config(config: Any, name: str) -> Any:
+    """The named sampler, built from a scheduler's config.
 
     ``ddim``: DDIM. ``euler``: Euler. ``edm``: Euler on the EDM (Karras) sigma schedule -- the EDM-style
     sampler for VP-trained models such as MusicLDM (diffusers' ``EDMEulerScheduler`` expects EDM-trained
@@ -414,7 +425,6 @@ def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
         ConfigError: ``name`` is not one of :data:`SCHEDULER_CHOICES` (the message lists them).
     """
     key = name.strip().lower()
-    config = pipe.scheduler.config
     # The sigma-schedule flags are set explicitly for every choice, so that switching from "edm" back to
     # "euler" (whose config then carries use_karras_sigmas=True) really gives plain Euler.
     plain_sigmas = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
@@ -430,4 +440,42 @@ def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
         )
     else:
         raise ConfigError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_CHOICES)}")
-    pipe.scheduler = scheduler
+    return scheduler
+
+
+def check_steps(scheduler: Any, steps: int) -> None:
+    """Check that ``scheduler`` can run ``steps`` steps: every timestep it would visit lies inside its training
+    schedule (past that, diffusers' schedulers index out of range or repeat timesteps). ``scheduler`` is not
+    changed (a copy is set up).
+
+    Raises:
+        ConfigError: the steps do not fit; the message gives the training schedule's length.
+    """
+    trial = copy.deepcopy(scheduler)
+    trained = trial.config.num_train_timesteps
+    problem = None
+    try:
+        trial.set_timesteps(steps)
+    except (ValueError, IndexError) as error:
+        problem = _one_line(error)
+    else:
+        timesteps = trial.timesteps.float()
+        if len(timesteps) != steps or timesteps.max() >= trained or len(set(timesteps.tolist())) != len(timesteps):
+            problem = "its timesteps would leave the training schedule"
+    if problem:
+        raise ConfigError(
+            f"{steps} steps do not fit {type(scheduler).__name__}, trained with {trained} timesteps ({problem}); "
+            f"use fewer steps (e.g. {min(steps - 1, trained // 2)})"
+        )
+
+
+def local_scheduler(model: str, name: str | None) -> Any | None:
+    """The scheduler a local pipeline directory (or the embedded model) would run with ``--scheduler name``, built
+    from its config alone, without loading any weights; None for a Hub model or an unreadable config."""
+    config_path = Path(resolve_model_id(model)).expanduser() / "scheduler" / "scheduler_config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return scheduler if name is None else scheduler_from_config(scheduler.config, name)

@@ -201,3 +201,20 @@ def test_pipeline_sample_rate() -> None:
     assert pipeline_sample_rate(pipe) == 16000
     with pytest.raises(UnsupportedModelError, match="sample rate"):
         pipeline_sample_rate(SimpleNamespace())
+
+
+def test_signals_wait_for_the_end_of_an_atomic_write(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from sada_audio.audio import write_atomically
+
+    def write(file: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the write
+        file.write(b"complete")
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(tmp_path / "out.bin", write)
+    # the interrupt landed after the write: the file is complete, no temporary file is left
+    assert [path.name for path in tmp_path.iterdir()] == ["out.bin"]
+    assert (tmp_path / "out.bin").read_bytes() == b"complete"

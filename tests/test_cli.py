@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -193,6 +194,10 @@ BAD_INPUTS = {
     "unknown accelerate": Bad(["--accelerate", "fast"], "--accelerate"),
     "unknown dtype": Bad(["--dtype", "float64"], "--dtype"),
     "bad device": Bad(["--device", "toaster"], "toaster"),
+    "too many steps": Bad(["--steps", "1000"], "1000 steps do not fit DDIMScheduler, trained with 1000 timesteps"),
+    "too many dpm++ steps": Bad(["--scheduler", "dpm++", "--steps", "999"], "999 steps do not fit"),
+    "seed past 64 bits": Bad(["--seed", "18446744073709551616"], "--seed"),
+    "negative seed": Bad(["--seed", "-1"], "--seed"),
     # load_pipeline refuses these at once, before reading any weights (offline: no Hub probe).
     "unknown alias": Bad([], "musicldmm", before_load=False, model="musicldmm"),
     "missing path": Bad([], "no/such/model-dir", before_load=False, model="./no/such/model-dir"),
@@ -277,3 +282,54 @@ def test_help_lists_every_option() -> None:
         "OUT_1.wav",
     ]:
         assert option in result.output
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_audio_without_its_sidecar(
+    tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(path: Path, obj: object) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(cli, "write_json", disk_full)
+    result = _generate(tiny_musicldm_dir, tmp_path / "x.wav", "--num-waveforms", "2")
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if "Error" in line]
+    assert errors == [
+        f"Error: No space left on device writing '{tmp_path / 'x.json'}': free some space or write to another disk"
+    ]
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    _ok(_generate(tiny_musicldm_dir, tmp_path / "x.wav"))  # no "already exists" from a half-written run
+
+
+def test_out_of_memory_is_one_line_with_a_hint(
+    tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CPU out of memory: tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(cli, "generate_batch", out_of_memory)
+    result = _generate(tiny_musicldm_dir, tmp_path / "x.wav", "--num-waveforms", "100000")
+    assert result.exit_code == 1
+    (line,) = [line for line in result.stderr.splitlines() if "Error" in line]
+    assert line.startswith("Error: out of memory (CPU out of memory: tried to allocate 80.00 GiB); try fewer waveforms")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_is_exit_130(tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "generate_batch", interrupted)
+    result = _generate(tiny_musicldm_dir, tmp_path / "x.wav")
+    assert result.exit_code == 130 and "Interrupted." in result.stderr and "Aborted" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_sidecar_tells_euler_from_edm(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
+    configs = {}
+    for scheduler in ("euler", "edm"):
+        _ok(_generate(tiny_musicldm_dir, tmp_path / f"{scheduler}.wav", "--scheduler", scheduler, "--steps", "4"))
+        configs[scheduler] = _sidecar(tmp_path / f"{scheduler}.wav")["scheduler_config"]
+    assert configs["euler"]["use_karras_sigmas"] is False and configs["edm"]["use_karras_sigmas"] is True
+    assert not np.array_equal(_read(tmp_path / "euler.wav"), _read(tmp_path / "edm.wav"))

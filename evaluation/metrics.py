@@ -2,21 +2,25 @@
 
 Every metric is a small function of ``(reference, test)``: mono float waveforms for the waveform metrics,
 log-mel spectrograms from :func:`log_mel_spectrogram` for the spectrogram metrics. Where a maintained
-library computes a metric well it is used (torchmetrics: PSNR, SSIM, SI-SDR; auraloss: multi-resolution
-STFT distance, spectral convergence; librosa: mel spectrograms); the log-mel L1 distance is one line
-written here. :data:`METRICS` says which way each metric is better and where it comes from.
+library computes a metric well it is used (torchmetrics: PSNR, SI-SDR; librosa: STFT and mel filters); the
+metrics whose library versions hold whole spectrograms at once (SSIM as torchmetrics defines it, auraloss'
+multi-resolution STFT distance and spectral convergence, the log-mel itself) are computed here in slices of
+frames with the same definitions (the tests compare them with the libraries), so memory stays bounded on long
+clips. :data:`METRICS` says which way each metric is better and where it comes from.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-import auraloss
 import librosa
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from sada_audio.errors import SADAError
 
@@ -51,6 +55,11 @@ SPECTROGRAM_CONVENTION = (
 )
 # Spectral convergence resolution (auraloss' single-resolution default).
 _SC_FFT, _SC_HOP = 1024, 256
+# auraloss' MultiResolutionSTFTLoss defaults: (FFT size, hop, window length) per resolution, and its floor
+_MR_STFT_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
+_STFT_EPS = 1e-8
+# STFT frames per slice: long clips are transformed piecewise, so memory does not grow with their length
+_STFT_SLICE_FRAMES = 8192
 
 
 class MetricUnavailableError(SADAError):
@@ -76,9 +85,9 @@ METRICS: dict[str, MetricInfo] = {
     "lpips": MetricInfo(False, "", "in-house AlexNet (plain torch) with the LPIPS v0.1 linear heads"),
     "log_mel_l1": MetricInfo(False, "", "librosa mel spectrogram, L1 written here"),
     "mel_psnr": MetricInfo(True, "dB", "torchmetrics peak_signal_noise_ratio on log-mel"),
-    "mel_ssim": MetricInfo(True, "", "torchmetrics structural_similarity_index_measure on log-mel"),
-    "mr_stft": MetricInfo(False, "", "auraloss MultiResolutionSTFTLoss"),
-    "spectral_convergence": MetricInfo(False, "", "auraloss STFTLoss (spectral convergence term only)"),
+    "mel_ssim": MetricInfo(True, "", "SSIM as torchmetrics defines it, on log-mel, in slices"),
+    "mr_stft": MetricInfo(False, "", "auraloss MultiResolutionSTFTLoss, in slices"),
+    "spectral_convergence": MetricInfo(False, "", "auraloss STFTLoss (spectral convergence term only), in slices"),
     "si_sdr": MetricInfo(True, "dB", "torchmetrics scale_invariant_signal_distortion_ratio"),
 }
 
@@ -94,16 +103,18 @@ def log_mel_spectrogram(waveform: np.ndarray, sample_rate: int, n_mels: int = N_
     10 ms hop, natural log of the magnitude floored at :data:`MEL_FLOOR` -- AudioLDM's front end at any rate.
     """
     n_fft, hop = _stft_geometry(sample_rate)
-    mel = librosa.feature.melspectrogram(
-        y=np.asarray(waveform, dtype=np.float32),
-        sr=sample_rate,
-        n_fft=n_fft,
-        hop_length=hop,
-        n_mels=n_mels,
-        power=1.0,
-        fmin=0.0,
-        fmax=sample_rate / 2,
-    )
+    basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=sample_rate / 2)
+    # librosa's melspectrogram (centred frames, zero padding), a slice of frames at a time: the complex STFT of a
+    # whole long clip would dominate evaluate's memory
+    samples = np.asarray(waveform, dtype=np.float32)
+    padded = np.pad(samples, n_fft // 2)
+    frames = 1 + len(samples) // hop
+    mel = np.empty((n_mels, frames), dtype=np.float32)
+    for start in range(0, frames, _STFT_SLICE_FRAMES):
+        stop = min(start + _STFT_SLICE_FRAMES, frames)
+        segment = padded[start * hop : (stop - 1) * hop + n_fft]
+        magnitude = np.abs(librosa.stft(segment, n_fft=n_fft, hop_length=hop, center=False))
+        mel[:, start:stop] = basis @ magnitude
     return np.log(np.maximum(mel, MEL_FLOOR)).astype(np.float32)
 
 
@@ -139,32 +150,91 @@ def spectrogram_psnr(reference: np.ndarray, test: np.ndarray) -> float:
     return float(value)
 
 
+_SSIM_SIGMA, _SSIM_RADIUS, _SSIM_K1, _SSIM_K2 = 1.5, 5, 0.01, 0.03
+# output frames per slice of the SSIM map: memory stays a few MB whatever the clip's length
+_SSIM_SLICE_FRAMES = 4096
+
+
 def spectrogram_ssim(reference: np.ndarray, test: np.ndarray) -> float:
     """SSIM of two log-mel spectrograms (Gaussian window 11 x 11, sigma 1.5, K1 0.01, K2 0.03, borders
-    reflect-padded, mean over the whole image); the dynamic range is the reference's. 1 for identical ones."""
+    reflect-padded, mean over the whole image); the dynamic range is the reference's. 1 for identical ones.
+
+    The definition of torchmetrics' ``structural_similarity_index_measure``, computed over slices of time frames
+    (the Gaussian window is separable), so memory stays bounded for clips of any length. In float64: variances are
+    differences of large squares, and float32 puts identical spectrograms at 0.99999 instead of 1.
+    """
     check_same_shape(reference, test)
-    value = structural_similarity_index_measure(_image(test), _image(reference), data_range=reference_range(reference))
-    return float(value)
+    data_range = reference_range(reference)
+    c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
+    offsets = torch.arange(-_SSIM_RADIUS, _SSIM_RADIUS + 1, dtype=torch.float64)
+    gauss = torch.exp(-((offsets / _SSIM_SIGMA) ** 2) / 2)
+    gauss = gauss / gauss.sum()
+    rows, cols = gauss.view(1, 1, -1, 1).repeat(5, 1, 1, 1), gauss.view(1, 1, 1, -1).repeat(5, 1, 1, 1)
+    pad = (_SSIM_RADIUS,) * 4
+    preds = F.pad(torch.from_numpy(np.asarray(test, dtype=np.float64))[None, None], pad, mode="reflect")[0, 0]
+    target = F.pad(torch.from_numpy(np.asarray(reference, dtype=np.float64))[None, None], pad, mode="reflect")[0, 0]
+    frames = reference.shape[1]
+    total = 0.0
+    for start in range(0, frames, _SSIM_SLICE_FRAMES):
+        stop = min(start + _SSIM_SLICE_FRAMES, frames) + 2 * _SSIM_RADIUS
+        x, y = preds[:, start:stop], target[:, start:stop]
+        stacked = torch.stack((x, y, x * x, y * y, x * y))[None]
+        mu_x, mu_y, xx, yy, xy = F.conv2d(F.conv2d(stacked, rows, groups=5), cols, groups=5)[0]
+        var_x, var_y = (xx - mu_x**2).clamp(min=0), (yy - mu_y**2).clamp(min=0)
+        ssim_map = ((2 * mu_x * mu_y + c1) * (2 * (xy - mu_x * mu_y) + c2)) / (
+            (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+        )
+        total += float(ssim_map.sum())
+    return total / reference.size
 
 
-def _waveform_batch(waveform: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(waveform, dtype=np.float32))[None, None]
+def _stft_magnitudes(waveform: np.ndarray, fft_size: int, hop: int, win_length: int) -> Iterator[torch.Tensor]:
+    """Magnitudes ``sqrt(max(|STFT|^2, 1e-8))`` of centred, reflect-padded frames (torch.stft's and auraloss'
+    convention, periodic Hann window), a slice of frames at a time, so memory stays bounded on long clips."""
+    samples = torch.from_numpy(np.asarray(waveform, dtype=np.float32))
+    padded = F.pad(samples[None, None], (fft_size // 2, fft_size // 2), mode="reflect")[0, 0]
+    window = torch.hann_window(win_length)
+    frames = 1 + len(samples) // hop
+    for start in range(0, frames, _STFT_SLICE_FRAMES):
+        stop = min(start + _STFT_SLICE_FRAMES, frames)
+        segment = padded[start * hop : (stop - 1) * hop + fft_size]
+        spectrum = torch.stft(segment, fft_size, hop, win_length, window, center=False, return_complex=True)
+        yield torch.sqrt(torch.clamp(spectrum.real**2 + spectrum.imag**2, min=_STFT_EPS))
+
+
+def _stft_distance(
+    reference: np.ndarray, test: np.ndarray, fft_size: int, hop: int, win_length: int
+) -> tuple[float, float]:
+    """Spectral convergence ``||S_ref - S_test||_F / ||S_ref||_F`` and the mean absolute difference of the log
+    magnitudes, accumulated over slices of frames (auraloss' STFTLoss terms, without holding whole spectrograms)."""
+    difference_sq = reference_sq = log_l1 = 0.0
+    count = 0
+    for ref, est in zip(
+        _stft_magnitudes(reference, fft_size, hop, win_length),
+        _stft_magnitudes(test, fft_size, hop, win_length),
+        strict=True,
+    ):
+        difference_sq += float(((ref - est).double() ** 2).sum())
+        reference_sq += float((ref.double() ** 2).sum())
+        log_l1 += float((torch.log(ref) - torch.log(est)).abs().double().sum())
+        count += ref.numel()
+    return math.sqrt(difference_sq) / math.sqrt(reference_sq), log_l1 / count
 
 
 def multi_resolution_stft_distance(reference: np.ndarray, test: np.ndarray) -> float:
-    """auraloss' multi-resolution STFT distance (FFT sizes 1024, 2048, 512): per resolution, the spectral
-    convergence plus the mean absolute difference of the log magnitudes, averaged. 0 for identical clips."""
+    """auraloss' multi-resolution STFT distance (``MultiResolutionSTFTLoss()``: FFT sizes 1024, 2048, 512): per
+    resolution, the spectral convergence plus the mean absolute difference of the log magnitudes, averaged. 0 for
+    identical clips. Computed in slices of frames (same value as auraloss, bounded memory)."""
     check_same_shape(reference, test)
-    loss = auraloss.freq.MultiResolutionSTFTLoss()
-    return float(loss(_waveform_batch(test), _waveform_batch(reference)))
+    terms = [_stft_distance(reference, test, *resolution) for resolution in _MR_STFT_RESOLUTIONS]
+    return sum(convergence + log_distance for convergence, log_distance in terms) / len(terms)
 
 
 def spectral_convergence(reference: np.ndarray, test: np.ndarray) -> float:
     """``||S_ref - S_test||_F / ||S_ref||_F`` of the STFT magnitudes (1024-point FFT, hop 256). 0 for identical
     clips, 1 for a silent test clip or one at twice the reference's level."""
     check_same_shape(reference, test)
-    loss = auraloss.freq.STFTLoss(fft_size=_SC_FFT, hop_size=_SC_HOP, win_length=_SC_FFT, w_sc=1.0, w_log_mag=0.0)
-    return float(loss(_waveform_batch(test), _waveform_batch(reference)))
+    return _stft_distance(reference, test, _SC_FFT, _SC_HOP, _SC_FFT)[0]
 
 
 def si_sdr(reference: np.ndarray, test: np.ndarray) -> float:

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from sada_audio.evaluation.embeddings import clap_scores, frechet_distance
@@ -157,3 +158,40 @@ def test_clap_scores_are_cosines() -> None:
     audio = np.array([[1.0, 0.0], [0.0, 3.0], [2.0, 2.0]])
     text = np.array([[5.0, 0.0], [1.0, 0.0], [-1.0, -1.0]])
     np.testing.assert_allclose(clap_scores(audio, text), [1.0, 0.0, -1.0], atol=1e-12)
+
+
+def test_sliced_metrics_equal_the_libraries_definitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    import auraloss
+    import librosa
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from sada_audio.evaluation import metrics
+
+    # slices far shorter than the clip, so that every metric is really assembled from several slices
+    monkeypatch.setattr(metrics, "_STFT_SLICE_FRAMES", 37)
+    monkeypatch.setattr(metrics, "_SSIM_SLICE_FRAMES", 29)
+    rng = np.random.default_rng(3)
+    samples = 16000 * 2 + 77
+    reference = (0.3 * np.sin(np.arange(samples) * 0.05) + 0.1 * rng.normal(size=samples)).astype(np.float32)
+    test = (reference + 0.05 * rng.normal(size=samples)).astype(np.float32)
+
+    def batch(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x)[None, None]
+
+    expected_mr = float(auraloss.freq.MultiResolutionSTFTLoss()(batch(test), batch(reference)))
+    assert metrics.multi_resolution_stft_distance(reference, test) == pytest.approx(expected_mr, rel=1e-5)
+    single = auraloss.freq.STFTLoss(fft_size=1024, hop_size=256, win_length=1024, w_sc=1.0, w_log_mag=0.0)
+    expected_sc = float(single(batch(test), batch(reference)))
+    assert metrics.spectral_convergence(reference, test) == pytest.approx(expected_sc, rel=1e-5)
+    mel = librosa.feature.melspectrogram(
+        y=reference, sr=16000, n_fft=1024, hop_length=160, n_mels=64, power=1.0, fmin=0.0, fmax=8000
+    )
+    log_mel = metrics.log_mel_spectrogram(reference, 16000)
+    np.testing.assert_allclose(log_mel, np.log(np.maximum(mel, metrics.MEL_FLOOR)), atol=1e-5)
+    test_mel = metrics.log_mel_spectrogram(test, 16000)
+    expected_ssim = structural_similarity_index_measure(
+        torch.from_numpy(test_mel.astype(np.float64))[None, None],
+        torch.from_numpy(log_mel.astype(np.float64))[None, None],
+        data_range=float(log_mel.max() - log_mel.min()),
+    )
+    assert metrics.spectrogram_ssim(log_mel, test_mel) == pytest.approx(float(expected_ssim), abs=1e-6)

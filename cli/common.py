@@ -214,16 +214,44 @@ def model_options(command: _Command) -> _Command:
     )
 
 
+# Clips longer than this are refused unless --allow-long: the models were trained on ~10 s clips, and a UNet
+# call's time and memory grow with the latent's length (a 1000 s clip takes tens of minutes on a CPU).
+DURATION_LIMIT_S = 120.0
+
+
+def check_duration(duration: float | None, allow_long: bool, what: str = "--duration") -> None:
+    """Refuse a clip longer than :data:`DURATION_LIMIT_S` seconds unless ``allow_long``."""
+    if duration is not None and duration > DURATION_LIMIT_S and not allow_long:
+        raise click.BadParameter(
+            f"{duration:g} s is longer than the {DURATION_LIMIT_S:g} s limit: these models were trained on ~10 s "
+            "clips, and time and memory grow with the length; pass --allow-long to generate it anyway",
+            param_hint=what,
+        )
+
+
+def _check_duration_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    check_duration(value, bool(ctx.params.get("allow_long")))
+    return value
+
+
 def sampling_options(command: _Command) -> _Command:
-    """``--steps --duration --guidance``: the settings every clip of a run shares unless told otherwise."""
+    """``--steps --duration --guidance --allow-long``: the settings every clip of a run shares unless told
+    otherwise."""
     return _apply_options(
         command,
         [
             click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1), help="Denoising steps."),
             click.option(
+                "--allow-long",
+                is_flag=True,
+                is_eager=True,  # read before --duration, whose check depends on it
+                help=f"Allow clips longer than {DURATION_LIMIT_S:g} s.",
+            ),
+            click.option(
                 "--duration",
                 type=click.FloatRange(min=0, min_open=True),
                 metavar="SECONDS",
+                callback=_check_duration_option,
                 help="Length of the clip in seconds.  [default: the model's own]",
             ),
             click.option(

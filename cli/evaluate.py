@@ -128,6 +128,7 @@ def evaluate(
     dtype: str,
     steps: int,
     duration: float | None,
+    allow_long: bool,
     guidance: float,
     seed: int,
 ) -> None:

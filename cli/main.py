@@ -83,6 +83,7 @@ def generate(
     dtype: str,
     steps: int,
     duration: float | None,
+    allow_long: bool,
     guidance: float,
     seed: int,
     negative_prompt: str | None,

@@ -26,7 +26,7 @@ from sada_audio.render import (
     read_manifest,
 )
 
-from .common import interruptible, load_for_command, model_options, sampling_options
+from .common import check_duration, interruptible, load_for_command, model_options, sampling_options
 
 
 def _progress_text(progress: RenderProgress | None) -> str | None:
@@ -85,6 +85,7 @@ def render(
     dtype: str,
     steps: int,
     duration: float | None,
+    allow_long: bool,
     guidance: float,
     seed: int,
     negative_prompt: str | None,
@@ -111,6 +112,8 @@ def render(
     with interruptible("run the same command again to render the rest"):
         cues = read_manifest(manifest, RenderDefaults(seed, duration, steps, guidance, audio_format, negative_prompt))
         cues.check(skip_invalid)
+        for row in cues.rows:
+            check_duration(row.settings.duration, allow_long, f"the duration of row {row.name!r} (line {row.line})")
         state = process_state(device)
         device = process_device(device, state)
         run = RenderRun(model, resolve_model_id(model), scheduler, accelerate == "sada", device, dtype)

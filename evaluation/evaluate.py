@@ -112,7 +112,11 @@ def read_clip(path: Path) -> Clip:
         UnusableClipError: unreadable, empty, not finite, silent, or shorter than :data:`MIN_DURATION_S`.
     """
     try:
+        if path.stat().st_size == 0:
+            raise UnusableClipError("empty file (0 bytes)")
         data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except UnusableClipError:
+        raise
     except Exception as error:  # libsndfile reports every format problem with its own exception types
         raise UnusableClipError(f"unreadable: {' '.join(str(error).split())}") from error
     notes: list[str] = []
@@ -138,14 +142,17 @@ def _read_or_report(path: Path, problems: list[dict[str, str]]) -> Clip | None:
         return None
 
 
-def _audio_files(directory: Path, role: str) -> list[Path]:
+def _audio_files(directory: Path, role: str, problems: list[dict[str, str]]) -> list[Path]:
     if not directory.is_dir():
         raise SADAError(f"{role} directory '{directory}' does not exist or is not a directory")
     # hidden files include the temporary files of atomic writes in progress
-    files = sorted(
+    named = sorted(
         p for p in directory.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
     )
-    files = [p for p in files if p.is_file()]
+    files = [p for p in named if p.is_file()]
+    for path in named:
+        if not path.is_file():
+            problems.append({"file": str(path), "reason": "not a file (a directory or special file named like audio)"})
     if not files:
         raise SADAError(
             f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in the {role} directory '{directory}'; "
@@ -154,30 +161,43 @@ def _audio_files(directory: Path, role: str) -> list[Path]:
     return files
 
 
-def _by_name(files: list[Path], problems: list[dict[str, str]]) -> dict[str, Path]:
+def _by_name(files: list[Path], problems: list[dict[str, str]]) -> tuple[dict[str, Path], set[str]]:
+    """The files by name, and the names several files share (reported as ambiguous, left out)."""
     counts = Counter(p.stem for p in files)
     for path in files:
         if counts[path.stem] > 1:
-            problems.append({"file": str(path), "reason": f"ambiguous: several audio files are named {path.stem}"})
-    return {p.stem: p for p in files if counts[p.stem] == 1}
+            others = ", ".join(p.name for p in files if p.stem == path.stem and p != path)
+            problems.append({"file": str(path), "reason": f"ambiguous: {others} has the same name; keep one"})
+    return {p.stem: p for p in files if counts[p.stem] == 1}, {name for name, count in counts.items() if count > 1}
 
 
 def pair_files(reference_dir: Path, test_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[dict[str, str]]]:
     """Pair the audio files of two folders by name (the file name without its extension).
 
     Returns:
-        ``(name, reference, test)`` triples sorted by name, and the problems: unmatched or ambiguous files.
+        ``(name, reference, test)`` triples sorted by name, and the problems: unmatched or ambiguous files, and
+        entries named like audio that are no files.
 
     Raises:
         SADAError: a folder is missing or holds no audio files.
     """
     problems: list[dict[str, str]] = []
-    references = _by_name(_audio_files(reference_dir, "reference"), problems)
-    tests = _by_name(_audio_files(test_dir, "test"), problems)
+    references, ambiguous_references = _by_name(_audio_files(reference_dir, "reference", problems), problems)
+    tests, ambiguous_tests = _by_name(_audio_files(test_dir, "test", problems), problems)
     for name in sorted(references.keys() - tests.keys()):
-        problems.append({"file": str(references[name]), "reason": "unmatched: no test clip of this name"})
+        reason = (
+            "not evaluated: its test clip is ambiguous"
+            if name in ambiguous_tests
+            else "unmatched: no test clip of this name"
+        )
+        problems.append({"file": str(references[name]), "reason": reason})
     for name in sorted(tests.keys() - references.keys()):
-        problems.append({"file": str(tests[name]), "reason": "unmatched: no reference clip of this name"})
+        reason = (
+            "not evaluated: its reference clip is ambiguous"
+            if name in ambiguous_references
+            else "unmatched: no reference clip of this name"
+        )
+        problems.append({"file": str(tests[name]), "reason": reason})
     return [(name, references[name], tests[name]) for name in sorted(references.keys() & tests.keys())], problems
 
 

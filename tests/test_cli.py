@@ -198,6 +198,7 @@ BAD_INPUTS = {
     "too many dpm++ steps": Bad(["--scheduler", "dpm++", "--steps", "999"], "999 steps do not fit"),
     "seed past 64 bits": Bad(["--seed", "18446744073709551616"], "--seed"),
     "negative seed": Bad(["--seed", "-1"], "--seed"),
+    "too long": Bad(["--duration", "1000"], "1000 s is longer than the 120 s limit"),
     # load_pipeline refuses these at once, before reading any weights (offline: no Hub probe).
     "unknown alias": Bad([], "musicldmm", before_load=False, model="musicldmm"),
     "missing path": Bad([], "no/such/model-dir", before_load=False, model="./no/such/model-dir"),

@@ -125,6 +125,7 @@ def test_pairing_by_name(tmp_path: Path) -> None:
         (ref_dir / name).touch()
     for name in ("a.flac", "b.wav", "only-test.wav", "dup.wav"):
         (test_dir / name).touch()
+    (test_dir / "folder.wav").mkdir()
     pairs, problems = pair_files(ref_dir, test_dir)
     assert [(name, ref.name, test.name) for name, ref, test in pairs] == [
         ("a", "a.wav", "a.flac"),
@@ -132,12 +133,19 @@ def test_pairing_by_name(tmp_path: Path) -> None:
     ]
     reasons = {Path(p["file"]).relative_to(tmp_path).as_posix(): p["reason"] for p in problems}
     assert reasons == {
-        "ref/dup.flac": "ambiguous: several audio files are named dup",
-        "ref/dup.wav": "ambiguous: several audio files are named dup",
+        "ref/dup.flac": "ambiguous: dup.wav has the same name; keep one",
+        "ref/dup.wav": "ambiguous: dup.flac has the same name; keep one",
         "ref/only-ref.wav": "unmatched: no test clip of this name",
-        "test/dup.wav": "unmatched: no reference clip of this name",
+        "test/dup.wav": "not evaluated: its reference clip is ambiguous",
         "test/only-test.wav": "unmatched: no reference clip of this name",
+        "test/folder.wav": "not a file (a directory or special file named like audio)",
     }
+
+
+def test_a_zero_byte_file_is_called_empty(tmp_path: Path) -> None:
+    (tmp_path / "zero.wav").touch()
+    with pytest.raises(UnusableClipError, match=r"empty file \(0 bytes\)"):
+        read_clip(tmp_path / "zero.wav")
 
 
 def test_missing_or_empty_folders_are_user_errors(tmp_path: Path) -> None:

@@ -629,3 +629,15 @@ def test_a_long_list_of_problems_is_summarised(tmp_path: Path) -> None:
     assert message.startswith(f"{manifest.path} has 10000 invalid rows: line 1: unsafe name '../clip0'")
     assert "line 10: " in message and "line 11: " not in message and "and 9990 more problems" in message
     assert len(message) < 2_000
+
+
+def test_long_rows_need_allow_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_common, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded the model"))
+    manifest = _write_manifest(tmp_path / "m.jsonl", [{"name": "long", "prompt": "p", "duration": 1000}])
+    result = CliRunner().invoke(cli.main, ["render", str(manifest), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert (
+        "row 'long' (line 1): 1000 s is longer than the 120 s limit" in result.output
+        and "--allow-long" in result.output
+    )
+    assert not (tmp_path / "out").exists()

@@ -16,7 +16,7 @@ from sada_audio.evaluation.benchmark_report import RESULT_FILES, target_checks, 
 from sada_audio.evaluation.generate import read_prompts
 from sada_audio.pipelines import SCHEDULER_CHOICES
 
-from .common import DEFAULT_MODEL, DTYPE_CHOICES, load_for_command, progress_bar
+from .common import DEFAULT_MODEL, DTYPE_CHOICES, interruptible, load_for_command, progress_bar
 
 #: What ``--quick`` sets: a smoke run of every method in a few minutes (the test suite runs it).
 QUICK = {"steps": 20, "duration": 2.56, "latent_frames": (32,), "cost_repeats": 1}
@@ -150,9 +150,10 @@ def benchmark(
     )
     if quick:
         settings = dataclasses.replace(settings, **QUICK, prompts=prompts[:QUICK_PROMPTS], seeds=seeds[:1])
-    pipe, _ = load_for_command(model, None, device, dtype)
-    pipe.set_progress_bar_config(disable=True)  # one bar: ours
-    results = run_benchmark(pipe, settings, progress=progress_bar)
+    with interruptible():
+        pipe, _ = load_for_command(model, None, device, dtype)
+        pipe.set_progress_bar_config(disable=True)  # one bar: ours
+        results = run_benchmark(pipe, settings, progress=progress_bar)
     command = shlex.join(["sada-audio", "benchmark", *sys.argv[2:]]) if sys.argv[1:2] == ["benchmark"] else ""
     paths = write_benchmark_outputs(results, output_dir, command or "sada-audio benchmark")
     if quick:

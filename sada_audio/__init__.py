@@ -7,7 +7,9 @@
 >>> handle.remove()                                # the pipeline is exactly as before
 """
 
-from .apply import SADAHandle, apply_sada
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .config import PRESETS, SADAConfig
 from .errors import (
     ConfigError,
@@ -16,9 +18,32 @@ from .errors import (
     UnsupportedModelError,
     UnsupportedSchedulerError,
 )
-from .method.engine import SADAStats, StepMode
-from .models import supported_pipelines
-from .solvers import supported_schedulers
+
+if TYPE_CHECKING:
+    from .apply import SADAHandle, apply_sada
+    from .method.engine import SADAStats, StepMode
+    from .models import supported_pipelines
+    from .solvers import supported_schedulers
+
+# Names that need torch and diffusers are imported on first use, so that ``import sada_audio`` (and the
+# command line's --help, --version and argument errors) stays fast.
+_LAZY = {
+    "SADAHandle": ".apply",
+    "apply_sada": ".apply",
+    "SADAStats": ".method.engine",
+    "StepMode": ".method.engine",
+    "supported_pipelines": ".models",
+    "supported_schedulers": ".solvers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

@@ -188,21 +188,33 @@ class SADA(Accelerator):
 
     def step_costs(self, bench: DenoiserBench) -> dict[str, float]:
         """Full and (with token-wise sparsity) pruned calls with the hooks attached, each plus the bookkeeping
-        of one solver step; a skipped step (with step-wise sparsity) costs the bookkeeping alone."""
+        of one solver step; a skipped step (with step-wise sparsity) costs the bookkeeping alone.
+
+        Every call is planned as a new step (``force_plan``), so a pruned call finds the token caches of the
+        full call before it and really prunes; :attr:`pruned_call_tokens` records the grid tokens its blocks
+        computed and had, as proof."""
         generator = torch.Generator().manual_seed(0)
         token_momentum = torch.randn(*bench.sample.shape[-2:], generator=generator)
         handle = SADAHandle(bench.denoiser, bench.scheduler, self.config, blocks=unet_token_blocks(bench.denoiser))
+        self.pruned_call_tokens: tuple[int, int] | None = None
         try:
             handle.engine.start(solver_adapter_for(bench.scheduler))
 
-            def call_as(mode: StepMode) -> None:
+            def call_as(mode: StepMode) -> tuple[int, int]:
                 handle.engine.force_plan(StepMode.FULL)
                 bench.call()  # fills (or refreshes) the token caches
+                stats = handle.stats
+                computed, total = stats.tokens_computed, stats.tokens_total
                 handle.engine.force_plan(mode, token_momentum)
                 bench.call()
+                stats = handle.stats
+                return stats.tokens_computed - computed, stats.tokens_total - total
 
             full = bench.time(lambda: call_as(StepMode.FULL)) / 2
-            pruned = bench.time(lambda: call_as(StepMode.PRUNED)) - full if self.config.tokenwise else None
+            pruned = None
+            if self.config.tokenwise:
+                pruned = bench.time(lambda: call_as(StepMode.PRUNED)) - full
+                self.pruned_call_tokens = call_as(StepMode.PRUNED)
         finally:
             handle.remove()
         bookkeeping = step_bookkeeping(self.config, bench)

@@ -83,14 +83,17 @@ def run_step_costs(
                 if reason is not None:
                     skipped[method.label] = reason
                     continue
-                entries.append(
-                    {
-                        "label": method.label,
-                        "method": method.name,
-                        "setting": method.setting,
-                        "costs": method.step_costs(bench),
-                    }
-                )
+                entry = {
+                    "label": method.label,
+                    "method": method.name,
+                    "setting": method.setting,
+                    "costs": method.step_costs(bench),
+                }
+                tokens = getattr(method, "pruned_call_tokens", None)
+                if tokens is not None:
+                    # grid tokens the pruned call's transformer blocks computed, of all they had
+                    entry["pruned_call_tokens"] = list(tokens)
+                entries.append(entry)
         baseline_full = entries[0]["costs"]["full"]
         for entry in entries:
             entry["implied_speedup"] = {

@@ -22,7 +22,7 @@ from diffusers import UNet2DConditionModel
 from sada_audio import SADAConfig
 from sada_audio.audio_ldm_parts import ddim_scheduler, real_size_audioldm_unet_config
 
-from .accelerators import Accelerator, Baseline, DenoiserBench, sada_accelerators
+from .accelerators import SADA, Accelerator, Baseline, DenoiserBench, sada_accelerators
 from .peers import peer_accelerators
 from .tables import markdown_table
 
@@ -141,6 +141,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="steps when no --schedules are given")
     parser.add_argument("--frames", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--methods", default="", help="comma-separated method families (default: all)")
+    parser.add_argument(
+        "--sada",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
+        help="price only the baseline and SADA at the preset with these overrides (repeatable), e.g. "
+        "'stepwise=false; tokenwise=true; kept_tokens=0.4'",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--batch", type=int, default=2)
@@ -154,6 +162,9 @@ def main() -> None:
             earlier = json.load(handle)
         summary, preset, steps = earlier["quality"]["summary"], earlier["sada_preset"], earlier["settings"]["steps"]
     methods = methods_for_costs(preset, [name for name in args.methods.split(",") if name])
+    if args.sada:
+        config = SADAConfig.preset(preset)
+        methods = [Baseline(), *(SADA(config.with_overrides(text), text) for text in args.sada)]
     benches = real_size_benches(args.frames, args.batch, steps, args.repeats, args.device, getattr(torch, args.dtype))
     results = run_step_costs(benches, methods, summary)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else args.device
@@ -174,6 +185,10 @@ def main() -> None:
                 markdown_table(["method", "step costs and implied speedups"], [[r[0], "; ".join(r[1:])] for r in rows])
             )
         )
+        for entry in bench["entries"]:
+            if "pruned_call_tokens" in entry:
+                computed, total = entry["pruned_call_tokens"]
+                print(f"{entry['label']}: pruned call computed {computed} of {total} block tokens")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"device": device, "torch": torch.__version__, "step_costs": results}, handle, indent=2)

@@ -51,26 +51,16 @@ class _DenoiserHook(ModelHook):
         super().__init__()
         self.handle = handle
 
-    # Kept out of dynamo's reach (only this frame: the denoiser's own forward, called from here, is still
-    # compiled): the per-step decisions branch on Python state and tensor values, and traced they would
-    # cost a recompilation per step kind and graph breaks; here they cost nothing to the compiled graph.
+    # Only the denoiser's own forward is left to dynamo. This frame is skipped (recursive=False: the forward it
+    # calls is still compiled when the caller compiles), and the decisions before and after the call run with
+    # dynamo disabled altogether: they branch on Python state and tensor values, and traced they would cost a
+    # recompilation per step kind and graph breaks; here they cost the compiled graph nothing.
     @torch.compiler.disable(recursive=False)
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         handle = self.handle
-        engine = handle._sync_scheduler()
-        # The latent is the first argument, whether passed by position or by name.
-        sample = args[0] if args else kwargs[handle._input_name]
-        handle._grid = handle._layout.latent_grid(sample, kwargs)
-        replacement = handle._replacement()
-        if replacement is not None:
-            repeats, remainder = divmod(sample.shape[0], replacement.shape[0])
-            if remainder == 0:
-                # Every guidance branch gets the same output, so the pipeline's guidance
-                # arithmetic returns it unchanged; the scheduler wrapper uses it directly anyway.
-                output = replacement.to(sample.dtype).repeat(repeats, *([1] * (replacement.dim() - 1)))
-                return handle._layout.wrap_output(output, kwargs.get("return_dict", True))
-            engine.fall_back()
-        handle.begin_model_call(handle._grid, sample.device)
+        replaced = handle._before_model_call(args, kwargs)
+        if replaced is not None:
+            return replaced
         output = self.fn_ref.original_forward(*args, **kwargs)
         handle._finish_model_call()
         return output
@@ -85,16 +75,21 @@ class _FeederHook(ModelHook):
         self.handle = handle
         self.index = index
 
-    @torch.compiler.disable(recursive=False)  # decisions in eager Python, as for the denoiser
+    @torch.compiler.disable(recursive=False)  # as for the denoiser: only the module's own forward is compiled
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        last = self._stand_in()
+        if last is not None:
+            return last
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        self.handle._feeder_outputs[self.index] = output
+        return output
+
+    @torch.compiler.disable
+    def _stand_in(self) -> Any:
         handle = self.handle
         handle._sync_scheduler()
         last = handle._feeder_outputs.get(self.index)
-        if last is not None and handle._replacement() is not None:
-            return last
-        output = self.fn_ref.original_forward(*args, **kwargs)
-        handle._feeder_outputs[self.index] = output
-        return output
+        return last if last is not None and handle._replacement() is not None else None
 
 
 class _TokenBlockHook(ModelHook):
@@ -118,7 +113,7 @@ class _TokenBlockHook(ModelHook):
         forward, layout, action = self.fn_ref.original_forward, self.layout, self.action
         if action == _OFF:
             return forward(*args, **kwargs)
-        by_name = not args
+        by_name = len(args) == 0  # (dynamo cannot trace ``not`` on a tuple)
         hidden_states = kwargs["hidden_states"] if by_name else args[0]
         rest = args[1:]
         prefix = layout.prefix_tokens
@@ -205,6 +200,26 @@ class SADAHandle:
         self._finish_model_call()
         return self.engine.stats
 
+    @torch.compiler.disable
+    def _before_model_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Plan the denoiser call about to run: the wrapped output that replaces it on a skipped step, or None
+        after planning every token block's part in the real call."""
+        engine = self._sync_scheduler()
+        # The latent is the first argument, whether passed by position or by name.
+        sample = args[0] if args else kwargs[self._input_name]
+        self._grid = self._layout.latent_grid(sample, kwargs)
+        replacement = self._replacement()
+        if replacement is not None:
+            repeats, remainder = divmod(sample.shape[0], replacement.shape[0])
+            if remainder == 0:
+                # Every guidance branch gets the same output, so the pipeline's guidance
+                # arithmetic returns it unchanged; the scheduler wrapper uses it directly anyway.
+                output = replacement.to(sample.dtype).repeat(repeats, *([1] * (replacement.dim() - 1)))
+                return self._layout.wrap_output(output, kwargs.get("return_dict", True))
+            engine.fall_back()
+        self.begin_model_call(self._grid, sample.device)
+        return None
+
     def begin_model_call(self, grid: tuple[int, int], device: torch.device | str | None = None) -> None:
         """A denoiser call on a latent with token grid ``grid`` is about to run (the denoiser hook says so;
         tests and benches that call blocks directly say it themselves): plan every token block's part."""
@@ -226,6 +241,7 @@ class SADAHandle:
                 hook.action, hook.kept, hook.cache_in = (_FULL_STORE if caches else _FULL), None, None
         self._slot = slot
 
+    @torch.compiler.disable
     def _finish_model_call(self) -> None:
         """Collect what the blocks of the last call left: their new cached residuals and token counts."""
         engine = self.engine

@@ -128,6 +128,10 @@ def test_compiling_before_or_after_apply_sada_and_remove_restores(order):
     compiled = generate(pipe, steps=20)
     graphs = counter.frame_count
     handle.remove()
+    # attached again (as every batch of a render does): the compiled denoiser is reused, not rebuilt
+    with apply_sada(pipe, config):
+        torch.testing.assert_close(generate(pipe, steps=20), compiled, rtol=0, atol=0)
+    assert counter.frame_count == graphs, "re-attaching SADA recompiled the denoiser"
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
     assert 1 <= graphs <= 3
     if order.startswith("torch.compile"):

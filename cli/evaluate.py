@@ -15,7 +15,7 @@ from sada_audio.evaluation.report import FIGURE_NAMES, FIGURES_DIR, REPORT_NAME,
 from sada_audio.generation import SamplingSettings, run_metadata
 from sada_audio.pipelines import resolve_model_id
 
-from .common import load_for_command, model_options, progress_bar, sampling_options
+from .common import dtype_name, load_for_command, model_options, progress_bar, sampling_options
 
 # Options that only make sense when the command generates the clips itself.
 _GENERATION_OPTIONS = ("model", "scheduler", "accelerate", "device", "dtype", "steps", "duration", "guidance", "seed")
@@ -136,6 +136,7 @@ def evaluate(
     if prompts is not None:
         reference_dir = _prepare_clip_dir(output_dir / "reference", overwrite)
         test_dir = _prepare_clip_dir(output_dir / "test", overwrite)
+        dtype = dtype_name(dtype, device, model)  # the sidecars record what ran, not 'auto'
         pipe, load_time = load_for_command(model, scheduler, device, dtype)
         pipe.set_progress_bar_config(disable=True)  # one bar: ours
         run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype)

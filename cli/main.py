@@ -12,7 +12,16 @@ from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, 
 from sada_audio.pipelines import resolve_model_id
 
 from .benchmark import benchmark
-from .common import Group, check_prompt, configure_logging, load_for_command, model_options, sampling_options
+from .common import (
+    Group,
+    check_prompt,
+    compile_option,
+    configure_logging,
+    dtype_name,
+    load_for_command,
+    model_options,
+    sampling_options,
+)
 from .evaluate import evaluate
 from .render import render
 
@@ -60,6 +69,7 @@ def main(verbose: int) -> None:
     "goes to OUT.wav, the others to OUT_1.wav, OUT_2.wav, ...",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@compile_option
 def generate(
     prompt: str,
     output: Path,
@@ -75,6 +85,7 @@ def generate(
     negative_prompt: str | None,
     num_waveforms: int,
     overwrite: bool,
+    compile_mode: str,
 ) -> None:
     """Generate audio for PROMPT and write it to OUT (-o), with a JSON sidecar OUT.json.
 
@@ -85,7 +96,8 @@ def generate(
     # Everything that can be checked is checked before the (slow) model load.
     audio_paths = [check_output_path(path, overwrite) for path in _waveform_paths(output, num_waveforms)]
     sidecar = check_output_path(output.with_suffix(".json"), overwrite, extensions=(".json",))
-    pipe, load_time = load_for_command(model, scheduler, device, dtype)
+    dtype = dtype_name(dtype, device, model)
+    pipe, load_time = load_for_command(model, scheduler, device, dtype, compile_mode)
     pipe.set_progress_bar_config(desc="Denoising", unit="step")
 
     clip = ClipRequest(prompt=prompt, seed=seed, negative_prompt=negative_prompt)
@@ -95,7 +107,8 @@ def generate(
     for path, waveform in zip(audio_paths, batch.waveforms[0], strict=True):
         write_audio(path, waveform, batch.sample_rate)
     metadata = clip_metadata(clip, settings, batch, [path.name for path in audio_paths])
-    metadata.update(run_metadata(pipe, model, resolve_model_id(model), device, dtype), load_time_s=load_time)
+    run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype, compile_mode)
+    metadata.update(run_info, load_time_s=load_time)
     write_json(sidecar, metadata)
     seconds = batch.waveforms.shape[-1] / batch.sample_rate
     calls = "" if batch.model_calls is None else f", {batch.model_calls} model calls"

@@ -30,7 +30,7 @@ from sada_audio.render import (
     read_manifest,
 )
 
-from .common import load_for_command, model_options, sampling_options
+from .common import compile_option, dtype_name, load_for_command, model_options, sampling_options
 
 
 class _Interrupted(SystemExit):
@@ -97,6 +97,7 @@ def _progress_text(progress: RenderProgress | None) -> str | None:
     help="Clips per pipeline call; only rows with equal steps, duration and guidance share a call.",
 )
 @click.option("--skip-invalid", is_flag=True, help="Render the valid rows of a manifest that has invalid ones.")
+@compile_option
 def render(
     manifest: Path,
     out_dir: Path,
@@ -113,6 +114,7 @@ def render(
     audio_format: str,
     batch_size: int,
     skip_invalid: bool,
+    compile_mode: str,
 ) -> None:
     """Render every row of MANIFEST (JSONL or CSV) into OUT_DIR: NAME.wav (or .flac) and NAME.json per row,
     and index.jsonl with each row's status.
@@ -134,11 +136,12 @@ def render(
         cues.check(skip_invalid)
         state = process_state(device)
         device = process_device(device, state)
-        run = RenderRun(model, resolve_model_id(model), scheduler, accelerate == "sada", device, dtype)
+        dtype = dtype_name(dtype, device, model)
+        run = RenderRun(model, resolve_model_id(model), scheduler, accelerate == "sada", device, dtype, compile_mode)
         started = time.perf_counter()
         with RenderJob(cues, out_dir, run, batch_size=batch_size, state=state) as job:
             if job.plan.pending:
-                pipe, load_time = load_for_command(model, scheduler, device, dtype)
+                pipe, load_time = load_for_command(model, scheduler, device, dtype, compile_mode)
                 pipe.set_progress_bar_config(disable=True)
                 label = f"Rendering {job.plan.pending} clips"
                 if state.num_processes > 1:

@@ -211,8 +211,11 @@ def generate_batch(
     return GeneratedBatch(waveforms, pipeline_sample_rate(pipe), wall_time, config, stats)
 
 
-def run_metadata(pipe: Any, model: str, model_id: str, device: str, dtype: str) -> dict[str, Any]:
-    """The part of a clip's JSON sidecar that describes the run rather than the clip."""
+def run_metadata(
+    pipe: Any, model: str, model_id: str, device: str, dtype: str, compile_mode: str = "none"
+) -> dict[str, Any]:
+    """The part of a clip's JSON sidecar that describes the run rather than the clip (``dtype`` as resolved,
+    never ``auto``; ``compile_mode``: how the denoiser was compiled)."""
     return {
         "model": model,
         "model_id": model_id,
@@ -220,6 +223,7 @@ def run_metadata(pipe: Any, model: str, model_id: str, device: str, dtype: str) 
         "scheduler_class": type(pipe.scheduler).__name__,
         "device": device,
         "dtype": dtype,
+        "compile": compile_mode,
         "versions": {package: version(package) for package in _VERSIONED_PACKAGES},
     }
 

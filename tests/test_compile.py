@@ -7,6 +7,7 @@ tiny pipeline: compiling changes a module for good.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -159,3 +160,50 @@ def test_inductor_compiles_sada_once_and_matches_eager():
     assert 1 <= graphs <= 3 and counter.frame_count == graphs
     assert_no_break_inside_the_denoiser()
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-4)
+
+
+# -- the command-line and API plumbing: --dtype auto, --compile ----------------------------------------------
+
+
+def test_dtype_auto_is_float16_on_cuda_for_float16_families_bfloat16_otherwise_float32_off_cuda(tiny_musicldm_dir):
+    from sada_audio.pipelines import resolve_dtype
+
+    assert resolve_dtype("auto", "cuda", "musicldm") == torch.float16
+    assert resolve_dtype("auto", "cuda:1", "cvssp/audioldm2") == torch.float16
+    assert resolve_dtype("auto", "cuda", str(tiny_musicldm_dir)) == torch.float16  # read from model_index.json
+    assert resolve_dtype("auto", "cuda", "black-forest-labs/FLUX.1-dev") == torch.bfloat16  # unknown: bfloat16
+    assert resolve_dtype("auto", "cpu", "musicldm") == torch.float32
+    assert resolve_dtype("fp16", "cpu", "musicldm") == torch.float16
+
+
+def test_compile_denoiser_compiles_in_place_and_refuses_cuda_graphs_off_cuda():
+    from sada_audio.errors import ConfigError
+    from sada_audio.pipelines import compile_denoiser
+
+    pipe = build("musicldm")
+    compile_denoiser(pipe, "none")
+    assert pipe.unet._compiled_call_impl is None
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        compile_denoiser(pipe, "reduce-overhead")
+    with pytest.raises(ConfigError, match="unknown compile mode"):
+        compile_denoiser(pipe, "fast")
+    compile_denoiser(pipe, "default")
+    assert pipe.unet._compiled_call_impl is not None  # compiles lazily, at the first call
+
+
+def test_generate_records_dtype_and_compile_and_refuses_cuda_graphs_on_cpu(tiny_musicldm_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from sada_audio.cli import main as cli
+
+    out = tmp_path / "clip.wav"
+    argv = ["generate", "piano", "--model", str(tiny_musicldm_dir), "-o", str(out), "--steps", "4"]
+    result = CliRunner().invoke(cli.main, [*argv, "--duration", "0.64"])
+    assert result.exit_code == 0, result.output
+
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert (meta["dtype"], meta["compile"]) == ("float32", "none")  # --dtype auto on the CPU
+
+    refused = CliRunner().invoke(cli.main, [*argv, "-o", str(tmp_path / "x.wav"), "--compile", "reduce-overhead"])
+    assert refused.exit_code == 2 and "needs a CUDA device" in refused.output
+    assert not (tmp_path / "x.wav").exists()

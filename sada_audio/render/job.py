@@ -272,7 +272,7 @@ class RenderJob:
         """Render this process's pending clips with ``pipe`` (prompt embeddings cached where exact)."""
         cache = PromptEmbeddingCache(pipe) if PromptEmbeddingCache.supports(pipe) else None
         run = self.run
-        run_meta = run_metadata(pipe, run.model, run.model_id, run.device, run.dtype)
+        run_meta = run_metadata(pipe, run.model, run.model_id, run.device, run.dtype, run.compile)
         run_meta.update(load_time_s=load_time_s, rank=self.state.process_index, manifest=str(self.manifest.path))
 
         def generate(pipe: Any, clips: Sequence[ClipRequest], settings: SamplingSettings) -> GeneratedBatch:

@@ -15,7 +15,7 @@ from sada_audio.evaluation.benchmark_report import RESULT_FILES, target_checks, 
 from sada_audio.evaluation.generate import read_prompts
 from sada_audio.pipelines import SCHEDULER_CHOICES
 
-from .common import DEFAULT_MODEL, DTYPE_CHOICES, DTYPE_HELP, compile_option, load_for_command, progress_bar
+from .common import DEFAULT_MODEL, DTYPE_CHOICES, DTYPE_HELP, load_for_command, progress_bar
 
 #: What ``--quick`` sets: a smoke run of every method in a few minutes (the test suite runs it).
 QUICK = {"steps": 20, "duration": 2.56, "latent_frames": (32,), "cost_repeats": 1}
@@ -87,7 +87,6 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 )
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help=DTYPE_HELP)
-@compile_option
 @click.option(
     "--quick",
     is_flag=True,
@@ -111,7 +110,6 @@ def benchmark(
     dtype: str,
     quick: bool,
     overwrite: bool,
-    compile_mode: str,
 ) -> None:
     """Benchmark SADA against DeepCache, ToMe, PAB, AdaptiveDiffusion (and, on transformers, First Block Cache,
     TaylorSeer, cache-dit) on the same prompts and seeds, in interleaved order.
@@ -145,10 +143,9 @@ def benchmark(
     )
     if quick:
         settings = dataclasses.replace(settings, **QUICK, prompts=prompts[:QUICK_PROMPTS], seeds=seeds[:1])
-    pipe, _ = load_for_command(model, None, device, dtype, compile_mode)
+    pipe, _ = load_for_command(model, None, device, dtype)
     pipe.set_progress_bar_config(disable=True)  # one bar: ours
     results = run_benchmark(pipe, settings, progress=progress_bar)
-    results["settings"]["compile"] = compile_mode
     command = shlex.join(["sada-audio", "benchmark", *sys.argv[2:]]) if sys.argv[1:2] == ["benchmark"] else ""
     paths = write_benchmark_outputs(results, output_dir, command or "sada-audio benchmark")
     if quick:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ from typing import Any
 
 from accelerate import PartialState
 
+from sada_audio.apply import apply_sada
 from sada_audio.audio import write_audio, write_json, write_text
 from sada_audio.errors import SADAError
 from sada_audio.generation import (
@@ -278,9 +280,12 @@ class RenderJob:
         def generate(pipe: Any, clips: Sequence[ClipRequest], settings: SamplingSettings) -> GeneratedBatch:
             return generate_batch(pipe, clips, settings, accelerate=run.accelerate, prompt_cache=cache)
 
-        self.progress = render_batches(
-            pipe, self.plan, run, self.out_dir, run_meta, self.part, generate=generate, on_clip=on_clip
-        )
+        # SADA stays attached for the whole run (every call starts it afresh): re-attaching it per batch would
+        # make a compiled denoiser compile again.
+        with apply_sada(pipe) if run.accelerate else contextlib.nullcontext():
+            self.progress = render_batches(
+                pipe, self.plan, run, self.out_dir, run_meta, self.part, generate=generate, on_clip=on_clip
+            )
         return self.progress
 
     def finish(self) -> RenderSummary:

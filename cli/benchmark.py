@@ -16,7 +16,7 @@ from sada_audio.evaluation.benchmark_report import RESULT_FILES, target_checks, 
 from sada_audio.evaluation.generate import read_prompts
 from sada_audio.pipelines import SCHEDULER_CHOICES
 
-from .common import DEFAULT_MODEL, DTYPE_CHOICES, interruptible, load_for_command, progress_bar
+from .common import DEFAULT_MODEL, DTYPE_CHOICES, DTYPE_HELP, interruptible, load_for_command, progress_bar
 
 #: What ``--quick`` sets: a smoke run of every method in a few minutes (the test suite runs it).
 QUICK = {"steps": 20, "duration": 2.56, "latent_frames": (32,), "cost_repeats": 1}
@@ -89,7 +89,7 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     help="Latent length of a real-size step-cost workload (repeatable; 256 = 10.24 s).  [default: 256 and 1024]",
 )
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True, help=DTYPE_HELP)
 @click.option(
     "--quick",
     is_flag=True,

@@ -14,10 +14,11 @@ from sada_audio.evaluation.evaluate import AUDIO_EXTENSIONS, evaluate_directorie
 from sada_audio.evaluation.generate import generate_pair_folders, read_prompts
 from sada_audio.evaluation.report import FIGURE_NAMES, FIGURES_DIR, REPORT_NAME, write_outputs
 from sada_audio.generation import SamplingSettings, run_metadata
-from sada_audio.pipelines import parse_device, parse_dtype, resolve_model_id
+from sada_audio.pipelines import resolve_model_id
 
 from .common import (
     check_steps_before_loading,
+    dtype_name,
     interruptible,
     load_for_command,
     model_options,
@@ -146,7 +147,7 @@ def evaluate(
     _check_arguments(ctx, reference_dir, test_dir, prompts_file is not None)
     prompts = read_prompts(prompts_file) if prompts_file is not None else None
     if prompts is not None:  # checked before any folder is made, so that a refusal leaves nothing behind
-        parse_device(device), parse_dtype(dtype)
+        dtype = dtype_name(dtype, device, model)  # the sidecars record what ran, not 'auto'
         check_steps_before_loading(model, scheduler, steps)
         if seed + len(prompts) - 1 > MAX_SEED:
             raise click.BadParameter(f"with {len(prompts)} prompts the seeds run past {MAX_SEED}", param_hint="--seed")

@@ -18,7 +18,9 @@ from .common import (
     Group,
     check_prompt,
     check_steps_before_loading,
+    compile_option,
     configure_logging,
+    dtype_name,
     interruptible,
     load_for_command,
     model_options,
@@ -73,6 +75,7 @@ def main(verbose: int) -> None:
     "goes to OUT.wav, the others to OUT_1.wav, OUT_2.wav, ...",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@compile_option
 def generate(
     prompt: str,
     output: Path,
@@ -89,6 +92,7 @@ def generate(
     negative_prompt: str | None,
     num_waveforms: int,
     overwrite: bool,
+    compile_mode: str,
 ) -> None:
     """Generate audio for PROMPT and write it to OUT (-o), with a JSON sidecar OUT.json.
 
@@ -100,8 +104,9 @@ def generate(
     audio_paths = [check_output_path(path, overwrite) for path in _waveform_paths(output, num_waveforms)]
     sidecar = check_output_path(output.with_suffix(".json"), overwrite, extensions=(".json",))
     check_steps_before_loading(model, scheduler, steps)
+    dtype = dtype_name(dtype, device, model)
     with interruptible():
-        pipe, load_time = load_for_command(model, scheduler, device, dtype)
+        pipe, load_time = load_for_command(model, scheduler, device, dtype, compile_mode)
         pipe.set_progress_bar_config(desc="Denoising", unit="step")
 
         clip = ClipRequest(prompt=prompt, seed=seed, negative_prompt=negative_prompt)
@@ -109,7 +114,8 @@ def generate(
         batch = generate_batch(pipe, [clip], settings, accelerate=accelerate == "sada")
 
         metadata = clip_metadata(clip, settings, batch, [path.name for path in audio_paths])
-        metadata.update(run_metadata(pipe, model, resolve_model_id(model), device, dtype), load_time_s=load_time)
+        run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype, compile_mode)
+        metadata.update(run_info, load_time_s=load_time)
         writes = [
             functools.partial(write_audio, path, waveform, batch.sample_rate)
             for path, waveform in zip(audio_paths, batch.waveforms[0], strict=True)

@@ -26,7 +26,15 @@ from sada_audio.render import (
     read_manifest,
 )
 
-from .common import check_duration, interruptible, load_for_command, model_options, sampling_options
+from .common import (
+    check_duration,
+    compile_option,
+    dtype_name,
+    interruptible,
+    load_for_command,
+    model_options,
+    sampling_options,
+)
 
 
 def _progress_text(progress: RenderProgress | None) -> str | None:
@@ -75,6 +83,7 @@ def _progress_text(progress: RenderProgress | None) -> str | None:
     is_flag=True,
     help="Replace files in OUT_DIR that render did not make (by default such a file stops the run before it starts).",
 )
+@compile_option
 def render(
     manifest: Path,
     out_dir: Path,
@@ -93,6 +102,7 @@ def render(
     batch_size: int,
     skip_invalid: bool,
     overwrite: bool,
+    compile_mode: str,
 ) -> None:
     """Render every row of MANIFEST (JSONL or CSV) into OUT_DIR: NAME.wav (or .flac) and NAME.json per row,
     and index.jsonl with each row's status.
@@ -116,11 +126,12 @@ def render(
             check_duration(row.settings.duration, allow_long, f"the duration of row {row.name!r} (line {row.line})")
         state = process_state(device)
         device = process_device(device, state)
-        run = RenderRun(model, resolve_model_id(model), scheduler, accelerate == "sada", device, dtype)
+        dtype = dtype_name(dtype, device, model)
+        run = RenderRun(model, resolve_model_id(model), scheduler, accelerate == "sada", device, dtype, compile_mode)
         started = time.perf_counter()
         with RenderJob(cues, out_dir, run, batch_size=batch_size, state=state, overwrite=overwrite) as job:
             if job.plan.pending:
-                pipe, load_time = load_for_command(model, scheduler, device, dtype)
+                pipe, load_time = load_for_command(model, scheduler, device, dtype, compile_mode)
                 pipe.set_progress_bar_config(disable=True)
                 label = f"Rendering {job.plan.pending} clips"
                 if state.num_processes > 1:

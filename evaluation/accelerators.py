@@ -41,14 +41,15 @@ __all__ = [
 ]
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, after one untimed warm-up call."""
+def median_time(fn: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median time of ``fn()`` on ``clock`` (wall time by default) over ``repeats`` calls, after one untimed
+    warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -62,6 +63,8 @@ class DenoiserBench:
         sample: the (guidance-batched) latent every call gets.
         kwargs: the other keyword arguments of every call (``class_labels``, ``encoder_hidden_states``...).
         repeats: timed calls per measurement (the median is kept).
+        clock: ``"wall"``, or ``"process"``: the CPU time of this process, which other processes sharing
+            the CPU do not inflate (with one thread, what a call costs; CPU only).
     """
 
     denoiser: nn.Module
@@ -70,6 +73,7 @@ class DenoiserBench:
     kwargs: dict[str, Any]
     repeats: int = 5
     step: int = 10
+    clock: str = "wall"
 
     @property
     def pipe(self) -> SimpleNamespace:
@@ -85,7 +89,7 @@ class DenoiserBench:
     def time(self, fn: Callable[[], object]) -> float:
         """Median seconds of ``fn`` (see :func:`median_time`), waiting for the GPU to finish each call."""
         if self.sample.device.type != "cuda":
-            return median_time(fn, self.repeats)
+            return median_time(fn, self.repeats, time.process_time if self.clock == "process" else time.perf_counter)
 
         def synchronised() -> None:
             fn()
@@ -188,21 +192,33 @@ class SADA(Accelerator):
 
     def step_costs(self, bench: DenoiserBench) -> dict[str, float]:
         """Full and (with token-wise sparsity) pruned calls with the hooks attached, each plus the bookkeeping
-        of one solver step; a skipped step (with step-wise sparsity) costs the bookkeeping alone."""
+        of one solver step; a skipped step (with step-wise sparsity) costs the bookkeeping alone.
+
+        Every call is planned as a new step (``force_plan``), so a pruned call finds the token caches of the
+        full call before it and really prunes; :attr:`pruned_call_tokens` records the grid tokens its blocks
+        computed and had, as proof."""
         generator = torch.Generator().manual_seed(0)
         token_momentum = torch.randn(*bench.sample.shape[-2:], generator=generator)
         handle = SADAHandle(bench.denoiser, bench.scheduler, self.config, blocks=unet_token_blocks(bench.denoiser))
+        self.pruned_call_tokens: tuple[int, int] | None = None
         try:
             handle.engine.start(solver_adapter_for(bench.scheduler))
 
-            def call_as(mode: StepMode) -> None:
+            def call_as(mode: StepMode) -> tuple[int, int]:
                 handle.engine.force_plan(StepMode.FULL)
                 bench.call()  # fills (or refreshes) the token caches
+                stats = handle.stats
+                computed, total = stats.tokens_computed, stats.tokens_total
                 handle.engine.force_plan(mode, token_momentum)
                 bench.call()
+                stats = handle.stats
+                return stats.tokens_computed - computed, stats.tokens_total - total
 
             full = bench.time(lambda: call_as(StepMode.FULL)) / 2
-            pruned = bench.time(lambda: call_as(StepMode.PRUNED)) - full if self.config.tokenwise else None
+            pruned = None
+            if self.config.tokenwise:
+                pruned = bench.time(lambda: call_as(StepMode.PRUNED)) - full
+                self.pruned_call_tokens = call_as(StepMode.PRUNED)
         finally:
             handle.remove()
         bookkeeping = step_bookkeeping(self.config, bench)

@@ -19,10 +19,12 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel
 
-from sada_audio import SADAConfig
+from sada_audio import SADAConfig, SADAHandle, StepMode
 from sada_audio.audio_ldm_parts import ddim_scheduler, real_size_audioldm_unet_config
+from sada_audio.models import unet_token_blocks
+from sada_audio.solvers import solver_adapter_for
 
-from .accelerators import Accelerator, Baseline, DenoiserBench, sada_accelerators
+from .accelerators import SADA, Accelerator, Baseline, DenoiserBench, sada_accelerators
 from .peers import peer_accelerators
 from .tables import markdown_table
 
@@ -40,7 +42,9 @@ def real_size_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(**real_size_audioldm_unet_config()).eval()
 
 
-def unet_bench(unet: UNet2DConditionModel, frames: int, batch: int, steps: int, repeats: int) -> DenoiserBench:
+def unet_bench(
+    unet: UNet2DConditionModel, frames: int, batch: int, steps: int, repeats: int, clock: str = "wall"
+) -> DenoiserBench:
     """``unet`` (MusicLDM / AudioLDM style: the CLAP vector as class labels) called on a random latent
     ``batch x 8 x frames x 16`` on its own device and in its precision, with the released checkpoints' DDIM
     scheduler set to ``steps`` steps (SADA's bookkeeping and DeepCache's step counter read it)."""
@@ -51,7 +55,7 @@ def unet_bench(unet: UNet2DConditionModel, frames: int, batch: int, steps: int, 
     scheduler.set_timesteps(steps)
     weight = next(unet.parameters())
     kwargs = {"encoder_hidden_states": None, "class_labels": labels.to(weight)}
-    return DenoiserBench(unet, scheduler, sample.to(weight), kwargs, repeats=repeats)
+    return DenoiserBench(unet, scheduler, sample.to(weight), kwargs, repeats=repeats, clock=clock)
 
 
 def implied_speedup(kind_counts: dict[str, float], costs: dict[str, float], baseline_full: float) -> float:
@@ -83,14 +87,17 @@ def run_step_costs(
                 if reason is not None:
                     skipped[method.label] = reason
                     continue
-                entries.append(
-                    {
-                        "label": method.label,
-                        "method": method.name,
-                        "setting": method.setting,
-                        "costs": method.step_costs(bench),
-                    }
-                )
+                entry = {
+                    "label": method.label,
+                    "method": method.name,
+                    "setting": method.setting,
+                    "costs": method.step_costs(bench),
+                }
+                tokens = getattr(method, "pruned_call_tokens", None)
+                if tokens is not None:
+                    # grid tokens the pruned call's transformer blocks computed, of all they had
+                    entry["pruned_call_tokens"] = list(tokens)
+                entries.append(entry)
         baseline_full = entries[0]["costs"]["full"]
         for entry in entries:
             entry["implied_speedup"] = {
@@ -111,15 +118,47 @@ def run_step_costs(
 
 
 def real_size_benches(
-    latent_frames: Sequence[int], batch: int, steps: int, repeats: int, device: str | torch.device, dtype: torch.dtype
+    latent_frames: Sequence[int],
+    batch: int,
+    steps: int,
+    repeats: int,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    clock: str = "wall",
 ) -> dict[str, Callable[[], DenoiserBench]]:
     """One bench builder per latent length, each on a fresh real-size UNet on ``device`` in ``dtype``."""
 
     def build(frames: int) -> DenoiserBench:
         unet = real_size_unet().to(device=device, dtype=dtype)
-        return unet_bench(unet, frames, batch, steps, repeats)
+        return unet_bench(unet, frames, batch, steps, repeats, clock)
 
     return {f"real-size UNet, latent 8x{frames}x16": functools.partial(build, frames) for frames in latent_frames}
+
+
+def pruned_call_flops(bench: DenoiserBench, config: SADAConfig) -> dict[str, int]:
+    """FLOPs (``torch.utils.flop_counter``) of a full and of a pruned call of ``bench``'s UNet with SADA at
+    ``config`` (token pruning on), planned as in :meth:`SADA.step_costs`, and the pruned call's block tokens:
+    what the pruned call's time should follow, counted rather than timed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    token_momentum = torch.randn(*bench.sample.shape[-2:], generator=torch.Generator().manual_seed(0))
+    handle = SADAHandle(bench.denoiser, bench.scheduler, config, blocks=unet_token_blocks(bench.denoiser))
+    counts: dict[str, int] = {}
+    try:
+        handle.engine.start(solver_adapter_for(bench.scheduler))
+        for mode in (StepMode.FULL, StepMode.PRUNED):
+            handle.engine.force_plan(mode, token_momentum)
+            stats = handle.stats
+            computed, total = stats.tokens_computed, stats.tokens_total
+            with FlopCounterMode(display=False) as counter:
+                bench.call()
+            counts[f"{mode.value}_flops"] = counter.get_total_flops()
+            stats = handle.stats
+            counts[f"{mode.value}_tokens"] = stats.tokens_computed - computed
+        counts["tokens_total"] = stats.tokens_total - total
+    finally:
+        handle.remove()
+    return counts
 
 
 def methods_for_costs(preset: str, families: Sequence[str]) -> list[Accelerator]:
@@ -138,10 +177,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="steps when no --schedules are given")
     parser.add_argument("--frames", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--methods", default="", help="comma-separated method families (default: all)")
+    parser.add_argument(
+        "--sada",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
+        help="price only the baseline and SADA at the preset with these overrides (repeatable), e.g. "
+        "'stepwise=false; tokenwise=true; kept_tokens=0.4'",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "process"],
+        default="wall",
+        help="CPU only: 'process' times by this process's CPU time, robust to other processes on the machine",
+    )
+    parser.add_argument(
+        "--flops", action="store_true", help="also count the FLOPs of a full and a pruned call (token-wise SADA)"
+    )
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
 
@@ -151,8 +207,21 @@ def main() -> None:
             earlier = json.load(handle)
         summary, preset, steps = earlier["quality"]["summary"], earlier["sada_preset"], earlier["settings"]["steps"]
     methods = methods_for_costs(preset, [name for name in args.methods.split(",") if name])
-    benches = real_size_benches(args.frames, args.batch, steps, args.repeats, args.device, getattr(torch, args.dtype))
+    if args.sada:
+        config = SADAConfig.preset(preset)
+        methods = [Baseline(), *(SADA(config.with_overrides(text), text) for text in args.sada)]
+    dtype = getattr(torch, args.dtype)
+    benches = real_size_benches(args.frames, args.batch, steps, args.repeats, args.device, dtype, args.clock)
     results = run_step_costs(benches, methods, summary)
+    if args.flops:
+        by_label = {method.label: method for method in methods}
+        for build, bench_result in zip(benches.values(), results.values(), strict=True):
+            bench = build()
+            for entry in bench_result["entries"]:
+                method = by_label[entry["label"]]
+                if isinstance(method, SADA) and method.config.tokenwise:
+                    entry["flops"] = pruned_call_flops(bench, method.config)
+            del bench
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else args.device
     schedulers = list(dict.fromkeys(s["scheduler"] for s in summary))
     for name, bench in results.items():
@@ -171,6 +240,16 @@ def main() -> None:
                 markdown_table(["method", "step costs and implied speedups"], [[r[0], "; ".join(r[1:])] for r in rows])
             )
         )
+        for entry in bench["entries"]:
+            if "pruned_call_tokens" in entry:
+                computed, total = entry["pruned_call_tokens"]
+                print(f"{entry['label']}: pruned call computed {computed} of {total} block tokens")
+            if "flops" in entry:
+                flops = entry["flops"]
+                share = flops["pruned_flops"] / flops["full_flops"]
+                print(
+                    f"{entry['label']}: pruned call {flops['pruned_flops'] / 1e9:.1f} GFLOP, {share:.1%} of a full call"
+                )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"device": device, "torch": torch.__version__, "step_costs": results}, handle, indent=2)

@@ -36,30 +36,34 @@ _HOOK_NAME = "sada"
 _SCHEDULER_METHODS = ("set_timesteps", "step")
 
 
+# What a token block does in the current model call. The hooks' decisions are made in eager Python before the
+# denoiser runs (see ``SADAHandle._prepare_blocks``); inside the denoiser, which ``torch.compile`` may trace,
+# a block reads only these small constants and tensors, so a compiled denoiser gets one graph for full calls
+# and one for pruned calls, whatever the step.
+_OFF = 0  # no sampling run: the plain block
+_FULL = 1  # every token, nothing cached (a level SADA never prunes)
+_FULL_STORE = 2  # every token, residual cached for later pruned calls
+_PRUNE = 3  # the kept tokens only, the others from the cached residual
+
+
 class _DenoiserHook(ModelHook):
     def __init__(self, handle: SADAHandle) -> None:
         super().__init__()
         self.handle = handle
 
+    # Only the denoiser's own forward is left to dynamo. This frame is skipped (recursive=False: the forward it
+    # calls is still compiled when the caller compiles), and the decisions before and after the call run with
+    # dynamo disabled altogether: they branch on Python state and tensor values, and traced they would cost a
+    # recompilation per step kind and graph breaks; here they cost the compiled graph nothing.
+    @torch.compiler.disable(recursive=False)
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         handle = self.handle
-        engine = handle._sync_scheduler()
-        # The latent is the first argument, whether passed by position or by name.
-        sample = args[0] if args else kwargs[handle._input_name]
-        handle._grid = handle._layout.latent_grid(sample, kwargs)
-        replacement = handle._replacement()
-        if replacement is not None:
-            repeats, remainder = divmod(sample.shape[0], replacement.shape[0])
-            if remainder == 0:
-                # Every guidance branch gets the same output, so the pipeline's guidance
-                # arithmetic returns it unchanged; the scheduler wrapper uses it directly anyway.
-                output = replacement.to(sample.dtype).repeat(repeats, *([1] * (replacement.dim() - 1)))
-                return handle._layout.wrap_output(output, kwargs.get("return_dict", True))
-            engine.fall_back()
-        handle._call_in_step = handle._call_in_step + 1 if engine.step == handle._last_call_step else 0
-        handle._last_call_step = engine.step
-        engine.begin_model_call(handle._grid)
-        return self.fn_ref.original_forward(*args, **kwargs)
+        replaced = handle._before_model_call(args, kwargs)
+        if replaced is not None:
+            return replaced
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        handle._finish_model_call()
+        return output
 
 
 class _FeederHook(ModelHook):
@@ -71,53 +75,74 @@ class _FeederHook(ModelHook):
         self.handle = handle
         self.index = index
 
+    @torch.compiler.disable(recursive=False)  # as for the denoiser: only the module's own forward is compiled
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        last = self._stand_in()
+        if last is not None:
+            return last
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        self.handle._feeder_outputs[self.index] = output
+        return output
+
+    @torch.compiler.disable
+    def _stand_in(self) -> Any:
         handle = self.handle
         handle._sync_scheduler()
         last = handle._feeder_outputs.get(self.index)
-        if last is not None and handle._replacement() is not None:
-            return last
-        output = self.fn_ref.original_forward(*args, **kwargs)
-        handle._feeder_outputs[self.index] = output
-        return output
+        return last if last is not None and handle._replacement() is not None else None
 
 
 class _TokenBlockHook(ModelHook):
+    """Runs inside the denoiser, so possibly traced by dynamo: no engine state, no tensor-valued branching,
+    only the per-call plan that :meth:`SADAHandle._prepare_blocks` set (``action``, ``kept``, ``cache_in``).
+    Its results (``cache_out``, token counts) are attributes that the handle collects after the call."""
+
     def __init__(self, handle: SADAHandle, block: TokenBlock, index: int) -> None:
         super().__init__()
-        self.handle = handle
-        self.engine = handle.engine
         self.level = block.level
         self.layout = block.layout
         self.index = index
+        self.action = _OFF
+        self.kept: torch.Tensor | None = None
+        self.cache_in: torch.Tensor | None = None
+        self.cache_out: torch.Tensor | None = None
+        self.computed = 0
+        self.total = 0
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        engine, forward, layout = self.engine, self.fn_ref.original_forward, self.layout
-        by_name = not args
+        forward, layout, action = self.fn_ref.original_forward, self.layout, self.action
+        if action == _OFF:
+            return forward(*args, **kwargs)
+        by_name = len(args) == 0  # (dynamo cannot trace ``not`` on a tuple)
         hidden_states = kwargs["hidden_states"] if by_name else args[0]
         rest = args[1:]
         prefix = layout.prefix_tokens
         tokens = hidden_states[:, prefix:]
         num_tokens = tokens.shape[1]
-        kept = engine.kept_tokens(self.level, num_tokens) if engine.running else None
-        # Pipelines that call the denoiser twice per step (Flux's true CFG) get one cache per call.
-        key = (self.index, self.handle._call_in_step)
-        cache = engine.block_caches.get(key)
-        if kept is None or cache is None or cache.shape != tokens.shape or not layout.prunable(rest, kwargs):
+        kept, cache = self.kept, self.cache_in
+        self.total = num_tokens
+        if (
+            action != _PRUNE
+            or kept is None
+            or cache is None
+            or cache.shape != tokens.shape
+            or not layout.prunable(rest, kwargs)
+        ):
             output = forward(*args, **kwargs)
-            if engine.running and self.level <= engine.config.max_downsample:
-                engine.block_caches[key] = layout.hidden_output(output)[:, prefix:] - tokens
-            engine.count_tokens(num_tokens, num_tokens)
+            if action != _FULL:
+                self.cache_out = layout.hidden_output(output)[:, prefix:] - tokens
+            self.computed = num_tokens
             return output
-        kept = kept.to(hidden_states.device)
-        kept_tokens = tokens[:, kept]
+        kept_tokens = tokens.index_select(1, kept)
         pruned = torch.cat([hidden_states[:, :prefix], kept_tokens], dim=1) if prefix else kept_tokens
         kwargs = layout.pruned_kwargs(kwargs, kept)
         output = forward(*rest, **{**kwargs, "hidden_states": pruned}) if by_name else forward(pruned, *rest, **kwargs)
         computed = layout.hidden_output(output)
-        # Skipped tokens keep their current input plus the block's last computed residual.
-        cache[:, kept] = computed[:, prefix:] - kept_tokens
-        engine.count_tokens(int(kept.numel()), num_tokens)
+        # Skipped tokens keep their current input plus the block's last computed residual. Out of place, so
+        # that a compiled denoiser mutates none of its inputs (CUDA graphs would be refused otherwise).
+        cache = cache.index_copy(1, kept, computed[:, prefix:] - kept_tokens)
+        self.cache_out = cache
+        self.computed = kept.shape[0]
         merged = tokens + cache
         if prefix:
             merged = torch.cat([computed[:, :prefix], merged], dim=1)
@@ -152,8 +177,8 @@ class SADAHandle:
         self._layout = layout or DenoiserLayout()
         self._input_name = next(iter(inspect.signature(denoiser.forward).parameters), "sample")
         self._grid: tuple[int, int] | None = None
-        self._call_in_step = 0
-        self._last_call_step = -1
+        self._block_hooks: list[_TokenBlockHook] = []
+        self._slot = 0
         self._feeder_outputs: dict[int, Any] = {}
         # (module, whether its hook registry was created for SADA)
         self._hooked: list[tuple[nn.Module, bool]] = []
@@ -162,7 +187,9 @@ class SADAHandle:
             self._register(feeder, _FeederHook(self, index))
         if config.tokenwise:
             for index, block in enumerate(blocks):
-                self._register(block.module, _TokenBlockHook(self, block, index))
+                hook = _TokenBlockHook(self, block, index)
+                self._register(block.module, hook)
+                self._block_hooks.append(hook)
         self._wrap_scheduler(scheduler)
         denoiser._sada_handle = self
         self._removed = False
@@ -170,7 +197,65 @@ class SADAHandle:
     @property
     def stats(self) -> SADAStats:
         """Statistics of the last (or current) sampling call."""
+        self._finish_model_call()
         return self.engine.stats
+
+    @torch.compiler.disable
+    def _before_model_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Plan the denoiser call about to run: the wrapped output that replaces it on a skipped step, or None
+        after planning every token block's part in the real call."""
+        engine = self._sync_scheduler()
+        # The latent is the first argument, whether passed by position or by name.
+        sample = args[0] if args else kwargs[self._input_name]
+        self._grid = self._layout.latent_grid(sample, kwargs)
+        replacement = self._replacement()
+        if replacement is not None:
+            repeats, remainder = divmod(sample.shape[0], replacement.shape[0])
+            if remainder == 0:
+                # Every guidance branch gets the same output, so the pipeline's guidance
+                # arithmetic returns it unchanged; the scheduler wrapper uses it directly anyway.
+                output = replacement.to(sample.dtype).repeat(repeats, *([1] * (replacement.dim() - 1)))
+                return self._layout.wrap_output(output, kwargs.get("return_dict", True))
+            engine.fall_back()
+        self.begin_model_call(self._grid, sample.device)
+        return None
+
+    def begin_model_call(self, grid: tuple[int, int], device: torch.device | str | None = None) -> None:
+        """A denoiser call on a latent with token grid ``grid`` is about to run (the denoiser hook says so;
+        tests and benches that call blocks directly say it themselves): plan every token block's part."""
+        self._finish_model_call()
+        self.engine.begin_model_call(grid)
+        self._prepare_blocks(device)
+
+    def _prepare_blocks(self, device: torch.device | str | None) -> None:
+        """Set what every token block does in this call: the decisions a traced block must not make."""
+        engine = self.engine
+        slot = engine.call_in_step
+        for hook in self._block_hooks:
+            kept = engine.kept_tokens(hook.level, device)
+            cache = engine.block_caches.get((hook.index, slot))
+            if kept is not None and cache is not None:
+                hook.action, hook.kept, hook.cache_in = _PRUNE, kept, cache
+            else:
+                caches = hook.level <= engine.config.max_downsample
+                hook.action, hook.kept, hook.cache_in = (_FULL_STORE if caches else _FULL), None, None
+        self._slot = slot
+
+    @torch.compiler.disable
+    def _finish_model_call(self) -> None:
+        """Collect what the blocks of the last call left: their new cached residuals and token counts."""
+        engine = self.engine
+        for hook in self._block_hooks:
+            if hook.action == _OFF:
+                continue
+            if hook.cache_out is not None:
+                cache = hook.cache_out
+                # A CUDA-graph replay reuses its output memory: keep the residual in memory of our own.
+                engine.block_caches[(hook.index, self._slot)] = cache.clone() if cache.is_cuda else cache
+            if hook.total:
+                engine.count_tokens(hook.computed, hook.total)
+            hook.action, hook.kept, hook.cache_in, hook.cache_out = _OFF, None, None, None
+            hook.computed = hook.total = 0
 
     def remove(self) -> None:
         """Detach every hook and wrapper; the pipeline behaves exactly as before ``apply_sada``."""
@@ -240,9 +325,9 @@ class SADAHandle:
 
     def _start(self, scheduler: Any) -> None:
         """A new sampling run: fresh engine state, no stand-in outputs from an earlier run."""
+        self._finish_model_call()
         self.engine.start(solver_adapter_for(scheduler))
         self._feeder_outputs.clear()
-        self._last_call_step = -1
 
     def _replacement(self) -> torch.Tensor | None:
         """The current step's rebuilt denoiser output (in the denoiser's layout), or None if the model runs.

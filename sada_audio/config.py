@@ -103,6 +103,11 @@ class SADAConfig:
     """Number of steps the indices above are given for; ``None`` = absolute indices."""
     seed: int = 0
     """Seed of the per-window token sampling (runs are reproducible)."""
+    kept_tokens: float | None = None
+    """Fixed share of every pruned level's tokens that a pruned block computes (window representatives
+    first, then unstable tokens, then the largest momenta), so a pruned call always has the same shapes:
+    what ``torch.compile`` and CUDA graphs need to build its graph once. ``None``: the representatives
+    plus the unstable tokens, a number that changes from step to step."""
 
     def __post_init__(self) -> None:
         hints = get_type_hints(SADAConfig)
@@ -120,6 +125,10 @@ class SADAConfig:
             (self.sx >= 1 and self.sy >= 1, f"sx and sy must be >= 1, got {self.sx}, {self.sy}"),
             (self.max_downsample >= 0, f"max_downsample must be >= 0, got {self.max_downsample}"),
             (self.max_fix >= 0, f"max_fix must be >= 0, got {self.max_fix}"),
+            (
+                self.kept_tokens is None or 0.0 < self.kept_tokens <= 1.0,
+                f"kept_tokens must be None or a share in (0, 1], got {self.kept_tokens}",
+            ),
             (
                 self.reconstruction in RECONSTRUCTIONS,
                 f"reconstruction must be one of {', '.join(RECONSTRUCTIONS)}, got {self.reconstruction!r}",

@@ -177,8 +177,11 @@ def generate_batch(
         pipe: a loaded text-to-audio pipeline.
         clips: the prompts, seeds and negative prompts; at least one.
         settings: steps, duration, guidance and waveforms per prompt, shared by all clips.
-        accelerate: apply SADA for the duration of the call (removed again afterwards).
-        sada_config: SADA's configuration; None picks the preset of the pipeline's family.
+        accelerate: apply SADA for the duration of the call (removed again afterwards), or use the SADA the
+            caller attached for several calls (a compiled denoiser keeps its graphs only while the same hooks
+            stay attached).
+        sada_config: SADA's configuration; None picks the preset of the pipeline's family (or takes the
+            attached SADA's).
         prompt_cache: take the text embeddings from this cache (made for ``pipe``) instead of letting the
             pipeline encode the prompts. Ignored with several waveforms per prompt: MusicLDM ranks those by
             the prompt's text.
@@ -197,7 +200,9 @@ def generate_batch(
     else:
         prompts = clips[0].prompt if len(clips) == 1 else [clip.prompt for clip in clips]
         text_inputs = {"prompt": prompts, "negative_prompt": _negative_prompts(clips)}
-    handle = apply_sada(pipe, sada_config) if accelerate else None
+    attached = getattr(pipe.unet, "_sada_handle", None)
+    reuse = accelerate and attached is not None and sada_config in (None, attached.config)
+    handle = attached if reuse else apply_sada(pipe, sada_config) if accelerate else None
     try:
         started = time.perf_counter()
         try:
@@ -219,15 +224,18 @@ def generate_batch(
         config = None if handle is None else handle.config.to_dict()
         stats = None if handle is None else handle.stats.to_dict()
     finally:
-        if handle is not None:
+        if handle is not None and not reuse:
             handle.remove()
     waveforms = np.asarray(result.audios, dtype=np.float32)
     waveforms = waveforms.reshape(len(clips), settings.num_waveforms, waveforms.shape[-1])
     return GeneratedBatch(waveforms, pipeline_sample_rate(pipe), wall_time, config, stats)
 
 
-def run_metadata(pipe: Any, model: str, model_id: str, device: str, dtype: str) -> dict[str, Any]:
-    """The part of a clip's JSON sidecar that describes the run rather than the clip."""
+def run_metadata(
+    pipe: Any, model: str, model_id: str, device: str, dtype: str, compile_mode: str = "none"
+) -> dict[str, Any]:
+    """The part of a clip's JSON sidecar that describes the run rather than the clip (``dtype`` as resolved,
+    never ``auto``; ``compile_mode``: how the denoiser was compiled)."""
     return {
         "model": model,
         "model_id": model_id,
@@ -239,6 +247,7 @@ def run_metadata(pipe: Any, model: str, model_id: str, device: str, dtype: str) 
         },
         "device": device,
         "dtype": dtype,
+        "compile": compile_mode,
         "versions": {package: version(package) for package in _VERSIONED_PACKAGES},
     }
 

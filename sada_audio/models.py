@@ -48,9 +48,11 @@ class BlockLayout:
     def prunable(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         """Whether this call can run on a subset of tokens: not with an attention mask over all tokens,
         nor with a rotary table passed by position (only one passed by name is cut to the kept rows)."""
-        if self.rotary_argument is not None and args:
+        # Runs inside a possibly compiled denoiser: len() rather than a tuple's truth value, which dynamo
+        # cannot trace.
+        if self.rotary_argument is not None and len(args) > 0:
             return False
-        return kwargs.get("attention_mask") is None and not (args and args[0] is not None)
+        return kwargs.get("attention_mask") is None and (len(args) == 0 or args[0] is None)
 
     def rotary_offset(self, kwargs: dict[str, Any]) -> int:
         """Rows of the rotary table that come before this block's own hidden states."""

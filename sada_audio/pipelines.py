@@ -17,6 +17,7 @@ model that is not there fails at once with a one-line :class:`~sada_audio.errors
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import importlib
@@ -38,6 +39,7 @@ from diffusers import (
 )
 
 from sada_audio.errors import ConfigError, ModelNotFoundError
+from sada_audio.models import model_adapter_for
 from sada_audio.tiny import TINY_MUSICLDM_PATH
 
 __all__ = [
@@ -45,6 +47,9 @@ __all__ = [
     "SCHEDULER_CHOICES",
     "resolve_model_id",
     "parse_dtype",
+    "resolve_dtype",
+    "compile_denoiser",
+    "COMPILE_MODES",
     "parse_device",
     "load_pipeline",
     "repair_pipeline",
@@ -116,6 +121,76 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if key not in _DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of float32, float16, bfloat16")
     return _DTYPES[key]
+
+
+# Pipeline classes whose released checkpoints run in float16 (their model cards' own examples); the others
+# (SDXL, whose VAE overflows in float16; Flux, trained in bfloat16; anything unknown) get bfloat16 on a GPU.
+FLOAT16_SAFE_PIPELINES = frozenset(
+    {
+        "MusicLDMPipeline",
+        "AudioLDMPipeline",
+        "AudioLDM2Pipeline",
+        "StableAudioPipeline",
+        "StableDiffusionPipeline",
+        "StableDiffusionControlNetPipeline",
+    }
+)
+_ALIAS_PIPELINES = {
+    "musicldm": "MusicLDMPipeline",
+    "audioldm": "AudioLDMPipeline",
+    "audioldm2": "AudioLDM2Pipeline",
+    "tiny-musicldm": "MusicLDMPipeline",
+}
+
+
+def pipeline_class_name(model: str) -> str | None:
+    """The pipeline class ``model`` names, where known without a download: a short name (or its Hub id), or a
+    local folder's ``model_index.json``; None otherwise."""
+    key = model.strip().lower()
+    for alias, repo_id in MODEL_ALIASES.items():
+        if key in (alias, repo_id.lower()):
+            return _ALIAS_PIPELINES.get(alias)
+    index = Path(model).expanduser() / "model_index.json"
+    if index.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    return None
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device, model: str) -> torch.dtype:
+    """``dtype``, with ``"auto"`` resolved: float32 off CUDA; on CUDA float16 where ``model``'s family runs in
+    float16 (``FLOAT16_SAFE_PIPELINES``), bfloat16 otherwise."""
+    if str(dtype).strip().lower() != "auto":
+        return parse_dtype(dtype)
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    return torch.float16 if pipeline_class_name(model) in FLOAT16_SAFE_PIPELINES else torch.bfloat16
+
+
+COMPILE_MODES: tuple[str, ...] = ("none", "default", "max-autotune", "reduce-overhead")
+
+
+def compile_denoiser(pipe: Any, mode: str) -> None:
+    """Compile ``pipe``'s denoiser in place with ``torch.compile`` in ``mode`` (one of ``COMPILE_MODES``;
+    ``"none"`` does nothing). Before or after ``apply_sada`` alike: SADA keeps its decisions out of the
+    compiled region. ``"reduce-overhead"`` replays CUDA graphs and needs a CUDA device.
+
+    Raises:
+        ConfigError: unknown mode, or CUDA graphs asked for off CUDA.
+    """
+    if mode == "none" and mode in COMPILE_MODES:
+        return
+    denoiser = model_adapter_for(pipe).denoiser()
+    check_compile_mode(mode, next(denoiser.parameters()).device)
+    denoiser.compile(**({} if mode == "default" else {"mode": mode}))
+
+
+def check_compile_mode(mode: str, device: str | torch.device) -> None:
+    """Raise ``ConfigError`` for an unknown compile mode, or for CUDA graphs off CUDA."""
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+    if mode == "reduce-overhead" and torch.device(device).type != "cuda":
+        raise ConfigError(f"compile mode reduce-overhead replays CUDA graphs and needs a CUDA device, not {device}")
 
 
 def parse_device(device: str | torch.device) -> torch.device:

@@ -173,12 +173,12 @@ def _pruned_block_output(handle, block, kwargs, grid, kept_all):
 
     engine = handle.engine
     engine.force_plan(StepMode.FULL)
-    engine.begin_model_call(grid)
+    handle.begin_model_call(grid)
     block(**kwargs)
     engine.force_plan(StepMode.PRUNED, torch.ones(grid) if kept_all else -torch.ones(grid))
-    engine.begin_model_call(grid)
+    handle.begin_model_call(grid)
     output = block(**kwargs)
-    return output, engine.kept_tokens(0, grid[0] * grid[1])
+    return output, engine.kept_tokens(0)
 
 
 @pytest.mark.parametrize("stream", ["transformer_blocks", "single_transformer_blocks"])

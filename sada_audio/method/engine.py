@@ -123,10 +123,14 @@ class SADAEngine:
         self._skip_streak = 0
         self._pruned_since_refresh = 0
         self._token_momentum: torch.Tensor | None = None
-        self._kept: dict[tuple[int, int], torch.Tensor] = {}
+        self._kept: dict[int, torch.Tensor] = {}
         self._generator = torch.Generator().manual_seed(self.config.seed)
-        self.block_caches: dict[int, torch.Tensor] = {}
+        self.block_caches: dict[tuple[int, int], torch.Tensor] = {}
+        """Residual of every pruned-level block's last computation, by (block index, call in step)."""
         self.latent_hw: tuple[int, int] | None = None
+        self.call_in_step = 0
+        """Index of the current model call within its step (Flux's true CFG calls twice per step)."""
+        self._last_call_step = -1
         logger.debug("SADA run of %d steps, bounds %s", solver.num_steps, self.bounds)
 
     @property
@@ -138,6 +142,8 @@ class SADAEngine:
         self._modes[self.step] = mode
         if token_momentum is not None:
             self._token_momentum = token_momentum
+        # A forced plan stands for a new step: the next model call is its first, with freshly drawn tokens.
+        self._last_call_step = -1
 
     # -- denoiser side -----------------------------------------------------------------------------
 
@@ -158,12 +164,19 @@ class SADAEngine:
         logger.warning("SADA: non-finite reconstruction at step %d, running the model instead", self.step)
 
     def begin_model_call(self, latent_hw: tuple[int, int]) -> None:
+        """A denoiser call of the current step is about to run on a latent with token grid ``latent_hw``."""
+        first_in_step = self.step != self._last_call_step
+        self.call_in_step = 0 if first_in_step else self.call_in_step + 1
+        self._last_call_step = self.step
+        if first_in_step or latent_hw != self.latent_hw:
+            # Kept-token indices are drawn once per step and level, and shared by every call of the step.
+            self._kept = {}
         self.latent_hw = latent_hw
-        self._kept = {}
         self.stats.model_calls += 1
 
-    def kept_tokens(self, level: int, num_tokens: int) -> torch.Tensor | None:
-        """Token indices a block at ``level`` computes in the current step, or None for all tokens."""
+    def kept_tokens(self, level: int, device: torch.device | str | None = None) -> torch.Tensor | None:
+        """Sorted indices (on ``device``) of the grid tokens a block at ``level`` computes in the current
+        step, or None for all tokens. With ``config.kept_tokens`` their number is fixed per level."""
         config = self.config
         if (
             self.mode() is not StepMode.PRUNED
@@ -172,16 +185,15 @@ class SADAEngine:
             or self.latent_hw is None
         ):
             return None
-        grid = level_grid(self.latent_hw, level)
-        if grid[0] * grid[1] != num_tokens:
-            logger.debug("SADA: block at level %d has %d tokens, not a %s grid", level, num_tokens, grid)
-            return None
-        key = (level, num_tokens)
-        if key not in self._kept:
-            self._kept[key] = kept_token_indices(
-                self._token_momentum, grid, config.sx, config.sy, config.max_fix, self._generator
+        if level not in self._kept:
+            grid = level_grid(self.latent_hw, level)
+            budget = None if config.kept_tokens is None else max(1, round(config.kept_tokens * grid[0] * grid[1]))
+            kept = kept_token_indices(
+                self._token_momentum, grid, config.sx, config.sy, config.max_fix, self._generator, budget
             )
-        return self._kept[key]
+            # One copy per step and level; the blocks then index on the model's device without host syncs.
+            self._kept[level] = kept.to(device) if device is not None else kept
+        return self._kept[level]
 
     def count_tokens(self, computed: int, total: int) -> None:
         self.stats.tokens_computed += computed

@@ -55,7 +55,21 @@ def kept_token_indices(
     sy: int,
     max_fix: int,
     generator: torch.Generator,
+    budget: int | None = None,
 ) -> torch.Tensor:
-    """Sorted indices (row-major over ``grid``) of the tokens a pruned block must compute."""
-    keep = window_representatives(grid, sx, sy, generator) | unstable_tokens(token_momentum, grid, max_fix)
-    return keep.nonzero().flatten()
+    """Sorted indices (row-major over ``grid``) of the tokens a pruned block must compute.
+
+    Without ``budget``: every window's representative and every unstable token. With ``budget``: exactly
+    ``budget`` tokens (at most the grid's), taken in order of priority -- representatives, then unstable
+    tokens, then the others -- and by pooled momentum within each, so that shapes never change.
+    """
+    representatives = window_representatives(grid, sx, sy, generator)
+    unstable = unstable_tokens(token_momentum, grid, max_fix)
+    if budget is None:
+        return (representatives | unstable).nonzero().flatten()
+    momentum = F.adaptive_avg_pool2d(token_momentum[None, None].float(), grid).flatten()
+    # Stable sorts: by momentum first, then by priority class, so momentum orders tokens within a class.
+    order = momentum.argsort(descending=True, stable=True)
+    priority = representatives.long() * 2 + unstable.long()
+    order = order[priority[order].argsort(descending=True, stable=True)]
+    return order[: min(budget, order.numel())].sort().values

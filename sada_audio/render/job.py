@@ -13,6 +13,7 @@ from typing import Any
 
 from accelerate import PartialState
 
+from sada_audio.apply import apply_sada
 from sada_audio.audio import write_all_or_nothing, write_audio, write_json, write_text
 from sada_audio.errors import SADAError
 from sada_audio.generation import (
@@ -335,15 +336,18 @@ class RenderJob:
         """Render this process's pending clips with ``pipe`` (prompt embeddings cached where exact)."""
         cache = PromptEmbeddingCache(pipe) if PromptEmbeddingCache.supports(pipe) else None
         run = self.run
-        run_meta = run_metadata(pipe, run.model, run.model_id, run.device, run.dtype)
+        run_meta = run_metadata(pipe, run.model, run.model_id, run.device, run.dtype, run.compile)
         run_meta.update(load_time_s=load_time_s, rank=self.state.process_index, manifest=str(self.manifest.path))
 
         def generate(pipe: Any, clips: Sequence[ClipRequest], settings: SamplingSettings) -> GeneratedBatch:
             return generate_batch(pipe, clips, settings, accelerate=run.accelerate, prompt_cache=cache)
 
-        self.progress = render_batches(
-            pipe, self.plan, run, self.out_dir, run_meta, self.part, generate=generate, on_clip=on_clip
-        )
+        # SADA stays attached for the whole run (every call starts it afresh): re-attaching it per batch would
+        # make a compiled denoiser compile again.
+        with apply_sada(pipe) if run.accelerate else contextlib.nullcontext():
+            self.progress = render_batches(
+                pipe, self.plan, run, self.out_dir, run_meta, self.part, generate=generate, on_clip=on_clip
+            )
         return self.progress
 
     def finish(self) -> RenderSummary:

@@ -58,6 +58,9 @@ class RenderRun:
     accelerate: bool
     device: str
     dtype: str
+    compile: str = "none"
+    """How the denoiser is compiled: recorded in the sidecars, not part of a clip's request (the same audio,
+    up to rounding)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ model that is not there fails at once with a one-line :class:`~sada_audio.errors
 from __future__ import annotations
 
 import contextlib
-import copy
 import difflib
 import importlib
 import json
@@ -521,12 +520,12 @@ def scheduler_from_config(config: Any, name: str) -> Any:
 def check_steps(scheduler: Any, steps: int) -> None:
     """Check that ``scheduler`` can run ``steps`` steps: every timestep it would visit lies inside its training
     schedule (past that, diffusers' schedulers index out of range or repeat timesteps). ``scheduler`` is not
-    changed (a copy is set up).
+    touched: a fresh one is built from its config (a copy would carry wrappers, such as SADA's, bound to it).
 
     Raises:
         ConfigError: the steps do not fit; the message gives the training schedule's length.
     """
-    trial = copy.deepcopy(scheduler)
+    trial = type(scheduler).from_config(scheduler.config)
     trained = trial.config.num_train_timesteps
     problem = None
     try:

@@ -11,7 +11,7 @@ from click.core import ParameterSource
 from sada_audio.audio import check_output_path
 from sada_audio.evaluation.evaluate import AUDIO_EXTENSIONS, evaluate_directories
 from sada_audio.evaluation.generate import generate_pair_folders, read_prompts
-from sada_audio.evaluation.report import FIGURE_NAMES, FIGURES_DIR, REPORT_NAME, write_outputs
+from sada_audio.evaluation.report import FIGURE_NAMES, FIGURES_DIR, HTML_NAME, REPORT_NAME, write_outputs
 from sada_audio.generation import SamplingSettings, run_metadata
 from sada_audio.pipelines import resolve_model_id
 
@@ -39,6 +39,7 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
         raise click.BadParameter(f"'{output_dir}' is a file, not a folder", param_hint="-o/--output-dir")
     output_dir.mkdir(parents=True, exist_ok=True)
     check_output_path(output_dir / REPORT_NAME, overwrite, extensions=(".md",))
+    check_output_path(output_dir / HTML_NAME, overwrite, extensions=(".html",))
     for name in FIGURE_NAMES.values():
         figure = output_dir / FIGURES_DIR / name
         if figure.exists() and not overwrite:
@@ -73,7 +74,8 @@ def _prepare_clip_dir(directory: Path, overwrite: bool) -> Path:
     type=click.Path(path_type=Path),
     default=Path("sada-evaluation"),
     show_default=True,
-    help="Folder for report.md and figures/ (and the generated clips).",
+    help="Folder for report.md, report.html (listening report: players, spectrograms, sparsity maps) and figures/ "
+    "(and the generated clips).",
 )
 @click.option(
     "--json", "json_path", type=click.Path(path_type=Path), metavar="PATH", help="Also write the JSON report."
@@ -119,8 +121,9 @@ def evaluate(
 ) -> None:
     """Compare TEST_DIR's clips with REF_DIR's (paired by file name), or generate both with --generate.
 
-    Writes OUTPUT_DIR/report.md and PNG figures (and --json PATH): spectrogram-LPIPS, log-mel L1, PSNR and SSIM,
-    multi-resolution STFT distance, spectral convergence and SI-SDR per pair, with mean, median and worst;
+    Writes OUTPUT_DIR/report.md, report.html (listening report) and PNG figures (and --json PATH):
+    spectrogram-LPIPS, log-mel L1, PSNR and SSIM, multi-resolution STFT distance, spectral convergence and
+    SI-SDR per pair, with mean, median and worst;
     Frechet Audio Distance and CLAP score of the sets. Unusable files are listed, never fatal.
 
     \b
@@ -173,5 +176,6 @@ def _echo_summary(report: dict[str, Any], report_path: Path, json_path: Path | N
     if speed is not None and speed["speedup"] is not None:
         headline.append(f"speedup {speed['speedup']:.2f}x, NFE {speed['test_nfe']}/{speed['reference_nfe']}")
     click.echo("; ".join(headline) + ".")
-    written = [str(report_path)] + ([str(json_path)] if json_path is not None else [])
+    written = [str(report_path), str(report_path.with_name(HTML_NAME))]
+    written += [str(json_path)] if json_path is not None else []
     click.echo(f"Report: {', '.join(written)}")

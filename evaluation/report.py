@@ -20,10 +20,11 @@ from matplotlib.patches import Rectangle
 from sada_audio.audio import write_atomically, write_json, write_text
 
 from .evaluate import Evaluation
+from .html_report import HTML_NAME, write_evaluation_html
 from .metrics import METRICS
 from .tables import markdown_table
 
-__all__ = ["REPORT_NAME", "FIGURE_NAMES", "json_ready", "markdown", "write_outputs"]
+__all__ = ["REPORT_NAME", "HTML_NAME", "FIGURE_NAMES", "json_ready", "markdown", "write_outputs"]
 
 REPORT_NAME = "report.md"
 FIGURES_DIR = "figures"
@@ -189,7 +190,8 @@ def step_modes_figure(path: Path, step_modes: dict[str, list[str]]) -> Path:
 
 
 def write_outputs(evaluation: Evaluation, output_dir: Path, json_path: Path | None = None) -> Path:
-    """Write the figures, ``output_dir/report.md`` and (if given) the JSON report; return the Markdown path.
+    """Write the figures, ``output_dir/report.md``, ``output_dir/report.html`` (the listening report) and (if
+    given) the JSON report; return the Markdown path.
 
     The caller checks beforehand that nothing is overwritten unintentionally.
     """
@@ -209,6 +211,7 @@ def write_outputs(evaluation: Evaluation, output_dir: Path, json_path: Path | No
     report_path = output_dir / REPORT_NAME
     text = markdown(report, written) + "\n"
     write_text(report_path, text)
+    write_evaluation_html(evaluation, output_dir)
     if json_path is not None:
         write_json(json_path, json_ready({**report, "figures": written}))
     return report_path

@@ -20,7 +20,7 @@ from matplotlib.patches import Rectangle
 from sada_audio.audio import write_atomically
 from sada_audio.errors import SADAError
 
-__all__ = ["MODE_COLOURS", "sparsity_figure", "sparsity_png", "write_sparsity_png"]
+__all__ = ["MODE_COLOURS", "step_time_grid", "sparsity_figure", "sparsity_png", "write_sparsity_png"]
 
 #: Colour of each step mode in the strip; a mode not listed here (a future one) is drawn in black.
 MODE_COLOURS = {"full": "#4c72b0", "pruned": "#dd8452", "shallow": "#55a868", "skipped": "#e8e8e8"}
@@ -28,7 +28,7 @@ _OTHER_COLOUR = "#000000"
 _DEFAULT_ROWS = 64
 
 
-def _step_time_grid(step_modes: list[str], sparsity: dict[str, Any] | None) -> np.ndarray:
+def step_time_grid(step_modes: list[str], sparsity: dict[str, Any] | None) -> np.ndarray:
     """Share of every time row each step recomputed: full 1, skipped 0, pruned the profile, others NaN."""
     profiles = (sparsity or {}).get("step_profiles", {})
     width = len(next(iter(profiles.values()))) if profiles else _DEFAULT_ROWS
@@ -69,7 +69,7 @@ def sparsity_figure(stats: dict[str, Any], title: str | None = None, *, scale: f
         frameon=False,
     )
     steps_axis.imshow(
-        _step_time_grid(step_modes, sparsity), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
+        step_time_grid(step_modes, sparsity), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
     )
     steps_axis.set(yticks=[], xlabel="latent time frame", title="share of each frame recomputed per step")
     if not sparsity:

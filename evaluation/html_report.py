@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import logging
 import math
 import os
@@ -27,13 +28,14 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+import soundfile as sf
 from matplotlib import colormaps
 from PIL import Image
 
 from sada_audio.audio import write_text
 
-from .evaluate import Evaluation, key_metric
-from .metrics import METRICS
+from .evaluate import Evaluation, key_metric, pool_frames
+from .metrics import METRICS, log_mel_spectrogram
 from .sparsity_figure import MODE_COLOURS, step_time_grid
 
 __all__ = [
@@ -509,3 +511,79 @@ def evaluation_page(evaluation: Evaluation, page_dir: Path) -> str:
 def write_evaluation_html(evaluation: Evaluation, output_dir: Path) -> Path:
     """Write ``output_dir/report.html`` for an evaluation; return its path."""
     return write_html(output_dir / HTML_NAME, evaluation_page(evaluation, output_dir))
+
+
+#: The render folder's page (beside ``index.jsonl``).
+RENDER_INDEX_NAME = "index.html"
+RENDER_COLUMNS = (
+    Column("nfe_speedup", "speedup (NFE)", True),
+    Column("clip_time_s", "wall time per clip (s)", False),
+    Column("nfe", "NFE", False),
+    Column("pruned_fraction", "pruned token share", True),
+)
+
+
+def _thumbnail(path: Path) -> np.ndarray | None:
+    """The log-mel thumbnail of an audio file (channels averaged), None if it cannot be read."""
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        return pool_frames(log_mel_spectrogram(data.mean(axis=1), rate)).astype(np.float16)
+    except Exception as error:  # libsndfile and librosa report with their own exception types
+        logger.warning("no spectrogram of %s in the index page: %s", path, error)
+        return None
+
+
+def _read_json_lines(path: Path) -> list[dict[str, Any]]:
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def render_index_page(out_dir: Path, index_name: str = "index.jsonl") -> str:
+    """The ``index.html`` of a render folder, from its ``index.jsonl`` and the clips' sidecars."""
+    listings, problems = [], []
+    for number, entry in enumerate(_read_json_lines(out_dir / index_name)):
+        files = entry.get("files") or []
+        if entry.get("status") not in ("rendered", "skipped") or not files:
+            problems.append(f"{entry.get('name')} ({entry.get('status')}): {entry.get('error') or 'no audio'}")
+            continue
+        audio = out_dir / str(files[0])
+        sidecar = _read_sidecar(audio.with_suffix(".json"))
+        mel = _thumbnail(audio)
+        listings.append(
+            Listing(
+                anchor=f"clip-{number}",
+                name=str(entry.get("name")),
+                values={column.key: entry.get(column.key) for column in RENDER_COLUMNS},
+                test_audio=audio,
+                prompt=entry.get("prompt"),
+                spectrograms=None if mel is None else (None, mel),
+                sada_stats=sidecar.get("sada_stats"),
+                facts=[f"seed {entry.get('seed')}, {entry.get('steps')} steps, status {entry.get('status')}"],
+                test_label="clip",
+            )
+        )
+    body = f"<p>{len(listings)} clips in <code>{escape(out_dir.name)}</code>, lowest speedup first.</p>"
+    if problems:
+        body += "<h2>Not rendered</h2><ul>" + "".join(f"<li>{escape(p)}</li>" for p in problems) + "</ul>"
+    body += "<h2>Clips</h2>" + listings_block(listings, RENDER_COLUMNS, out_dir, "clips")
+    return page("sada-audio render", body)
+
+
+def write_render_index(out_dir: Path) -> Path:
+    """Write ``out_dir/index.html`` for a render folder (replaced at every run, like ``index.jsonl``)."""
+    return write_html(out_dir / RENDER_INDEX_NAME, render_index_page(out_dir))

@@ -64,7 +64,8 @@ def _statuses(out: Path) -> dict[str, str]:
 
 def _snapshot(out: Path) -> dict[str, int]:
     """Modification times of the clips' files: a file that is rewritten gets a new one."""
-    return {path.name: path.stat().st_mtime_ns for path in out.iterdir() if path.name != "index.jsonl"}
+    indexes = ("index.jsonl", "index.html")
+    return {path.name: path.stat().st_mtime_ns for path in out.iterdir() if path.name not in indexes}
 
 
 def _read(path: Path) -> np.ndarray:
@@ -210,7 +211,8 @@ def test_render_writes_clips_sidecars_and_index(tiny_musicldm_dir: Path, tmp_pat
     assert "Rendered 4 clips" in result.stdout
 
     names = {"cue00", "cue01", "cue02", "loud"}
-    expected = {f"{n}.json" for n in names} | {f"{n}.wav" for n in names - {"loud"}} | {"loud.flac", "index.jsonl"}
+    expected = {f"{n}.json" for n in names} | {f"{n}.wav" for n in names - {"loud"}}
+    expected |= {"loud.flac", "index.jsonl", "index.html"}
     assert {path.name for path in out.iterdir()} == expected
     assert sf.info(out / "loud.flac").format == "FLAC"
     assert len(_read(out / "cue00.wav")) == int(0.64 * SAMPLE_RATE)

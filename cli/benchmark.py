@@ -38,7 +38,8 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 
 def _prepare_clip_dir(clip_dir: Path, overwrite: bool) -> Path:
     """The clip folder: new, or emptied of an earlier run's clips with ``overwrite``."""
-    earlier = [path for path in clip_dir.rglob("*.flac") if path.is_file()] if clip_dir.is_dir() else []
+    files = clip_dir.rglob("*") if clip_dir.is_dir() else []
+    earlier = [path for path in files if path.suffix in (".flac", ".json") and path.is_file()]
     if earlier and not overwrite:
         raise click.UsageError(f"'{clip_dir}' already holds clips of an earlier run (use --overwrite to replace them)")
     for path in earlier:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from sada_audio import SADAConfig
-from sada_audio.audio import pipeline_sample_rate, write_audio
+from sada_audio.audio import pipeline_sample_rate, write_audio, write_json
 from sada_audio.errors import ConfigError
 from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
 from sada_audio.models import model_adapter_for
@@ -171,8 +171,8 @@ def run_quality(
 ) -> dict[str, Any]:
     """The quality workload: per scheduler, every method on every prompt x seed, interleaved with the baseline.
 
-    With ``clip_dir`` every clip is written there as FLAC (:func:`clip_path`) and its record says where
-    (``audio``).
+    With ``clip_dir`` every clip is written there as FLAC (:func:`clip_path`) with a JSON sidecar (prompt, seed,
+    scheduler, label and, for SADA, its statistics with the sparsity map), and its record says where (``audio``).
 
     Returns ``{"skipped": {label: reason}, "runs": [one record per clip], "summary": [one per scheduler and
     method]}``.
@@ -197,6 +197,8 @@ def run_quality(
                 for method in runnable:
                     result = _generate(pipe, method, clip, sampling)
                     waveform = result.pop("waveform")
+                    # SADA's full statistics (sparsity map) go to the clip's sidecar, not into results.json
+                    sada_stats = result.pop("sada_stats", None)
                     if reference is None:
                         reference = {"waveform": waveform, "wall_s": result["wall_s"]}
                     record = {
@@ -215,6 +217,10 @@ def run_quality(
                         path = clip_path(clip_dir, scheduler, method.label, prompt_index[clip.prompt], clip.seed)
                         path.parent.mkdir(parents=True, exist_ok=True)
                         record["audio"] = str(write_audio(path, waveform, sample_rate))
+                        sidecar = {"prompt": clip.prompt, "seed": clip.seed, "scheduler": scheduler}
+                        write_json(
+                            path.with_suffix(".json"), {**sidecar, "label": method.label, "sada_stats": sada_stats}
+                        )
                     runs.append(record)
     return {"skipped": skipped, "runs": runs, "summary": summarise(runs)}
 

@@ -4,6 +4,7 @@ clip of median log-mel PSNR) with the list of all its clips."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
@@ -119,6 +120,20 @@ def _mel(path: Path) -> np.ndarray | None:
     return pool_frames(log_mel_spectrogram(data.mean(axis=1), rate))
 
 
+def _sada_stats(run: dict[str, Any]) -> dict[str, Any] | None:
+    """A SADA clip's statistics from its sidecar (with the sparsity map), else its step modes alone."""
+    if run["method"] != "SADA":
+        return None
+    if "audio" in run:
+        try:
+            stats = json.loads(Path(run["audio"]).with_suffix(".json").read_text(encoding="utf-8")).get("sada_stats")
+        except (OSError, ValueError, AttributeError):
+            stats = None
+        if isinstance(stats, dict):
+            return stats
+    return {"step_modes": run["step_kinds"]}
+
+
 def _representative_listing(run: dict[str, Any], reference: dict[str, Any] | None, anchor: str) -> Listing:
     test_audio = Path(run["audio"]) if "audio" in run else None
     reference_audio = Path(reference["audio"]) if reference is not None and "audio" in reference else None
@@ -139,7 +154,7 @@ def _representative_listing(run: dict[str, Any], reference: dict[str, Any] | Non
         reference_audio=reference_audio,
         prompt=run["prompt"],
         spectrograms=spectrograms,
-        sada_stats={"step_modes": run["step_kinds"]} if run["method"] == "SADA" else None,
+        sada_stats=_sada_stats(run),
         facts=facts,
         reference_label="baseline",
         test_label=run["label"],

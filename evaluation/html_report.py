@@ -164,11 +164,12 @@ def sparsity_panels(stats: dict[str, Any]) -> str:
         f'<span class="key" style="background:{MODE_COLOURS.get(mode, "#000000")}"></span>{escape(mode)}'
         for mode in modes
     )
-    detail = (
-        f"time x frequency: share of the {sparsity['pruned_steps']} pruned steps that recomputed each token"
-        if sparsity
-        else "no token pruning in this run"
-    )
+    if sparsity:
+        detail = f"time x frequency: share of the {sparsity['pruned_steps']} pruned steps that recomputed each token"
+    elif "pruned" in step_modes:
+        detail = "which tokens the pruned steps recomputed was not recorded for this clip"
+    else:
+        detail = "no token pruning in this run"
     parts.append(
         f'<p class="caption">{keys}; {len(step_modes)} steps top to bottom, {counts} model calls; '
         f"step x time: share of each latent frame recomputed {_legend('viridis', 0.0, 1.0, '')}; {detail}</p></div>"

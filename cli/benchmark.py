@@ -15,7 +15,7 @@ from sada_audio.evaluation.benchmark_report import CLIPS_DIR, RESULT_FILES, targ
 from sada_audio.evaluation.generate import read_prompts
 from sada_audio.pipelines import SCHEDULER_CHOICES
 
-from .common import DEFAULT_MODEL, DTYPE_CHOICES, load_for_command, progress_bar
+from .common import DEFAULT_MODEL, DTYPE_CHOICES, load_for_command, prepare_clip_dir, progress_bar
 
 #: What ``--quick`` sets: a smoke run of every method in a few minutes (the test suite runs it).
 QUICK = {"steps": 20, "duration": 2.56, "latent_frames": (32,), "cost_repeats": 1}
@@ -34,17 +34,6 @@ def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 
 def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
     return () if value is None else tuple(part.strip() for part in value.split(",") if part.strip())
-
-
-def _prepare_clip_dir(clip_dir: Path, overwrite: bool) -> Path:
-    """The clip folder: new, or emptied of an earlier run's clips with ``overwrite``."""
-    files = clip_dir.rglob("*") if clip_dir.is_dir() else []
-    earlier = [path for path in files if path.suffix in (".flac", ".json") and path.is_file()]
-    if earlier and not overwrite:
-        raise click.UsageError(f"'{clip_dir}' already holds clips of an earlier run (use --overwrite to replace them)")
-    for path in earlier:
-        path.unlink()
-    return clip_dir
 
 
 @click.command()
@@ -148,7 +137,9 @@ def benchmark(
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in RESULT_FILES.values():
         check_output_path(output_dir / name, overwrite, extensions=(Path(name).suffix,))
-    clip_dir = _prepare_clip_dir(output_dir / CLIPS_DIR, overwrite) if keep_clips else None
+    clip_dir = None
+    if keep_clips:
+        clip_dir = prepare_clip_dir(output_dir / CLIPS_DIR, overwrite, (".flac", ".json"), recursive=True)
     prompts = tuple(read_prompts(prompts_file)) if prompts_file is not None else BenchmarkSettings.prompts
     settings = BenchmarkSettings(
         schedulers=schedulers or BenchmarkSettings.schedulers,

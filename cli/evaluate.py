@@ -15,7 +15,7 @@ from sada_audio.evaluation.report import FIGURE_NAMES, FIGURES_DIR, HTML_NAME, R
 from sada_audio.generation import SamplingSettings, run_metadata
 from sada_audio.pipelines import resolve_model_id
 
-from .common import load_for_command, model_options, progress_bar, sampling_options
+from .common import load_for_command, model_options, prepare_clip_dir, progress_bar, sampling_options
 
 # Options that only make sense when the command generates the clips itself.
 _GENERATION_OPTIONS = ("model", "scheduler", "accelerate", "device", "dtype", "steps", "duration", "guidance", "seed")
@@ -44,17 +44,6 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
         figure = output_dir / FIGURES_DIR / name
         if figure.exists() and not overwrite:
             raise click.UsageError(f"figure '{figure}' already exists (use --overwrite to replace it)")
-
-
-def _prepare_clip_dir(directory: Path, overwrite: bool) -> Path:
-    """A folder for generated clips: new, or emptied of an earlier run's clips and sidecars with ``overwrite``."""
-    directory.mkdir(exist_ok=True)
-    earlier = [p for p in directory.iterdir() if p.suffix.lower() in (*AUDIO_EXTENSIONS, ".json") and p.is_file()]
-    if earlier and not overwrite:
-        raise click.UsageError(f"'{directory}' already holds clips of an earlier run (use --overwrite to replace them)")
-    for path in earlier:
-        path.unlink()
-    return directory
 
 
 @click.command()
@@ -137,8 +126,8 @@ def evaluate(
     if json_path is not None:  # after the output folder exists: the JSON often goes into it
         check_output_path(json_path, overwrite, extensions=(".json",))
     if prompts is not None:
-        reference_dir = _prepare_clip_dir(output_dir / "reference", overwrite)
-        test_dir = _prepare_clip_dir(output_dir / "test", overwrite)
+        reference_dir = prepare_clip_dir(output_dir / "reference", overwrite, (*AUDIO_EXTENSIONS, ".json"))
+        test_dir = prepare_clip_dir(output_dir / "test", overwrite, (*AUDIO_EXTENSIONS, ".json"))
         pipe, load_time = load_for_command(model, scheduler, device, dtype)
         pipe.set_progress_bar_config(disable=True)  # one bar: ours
         run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype)

@@ -4,19 +4,24 @@ clip of median log-mel PSNR) with the list of all its clips."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soundfile as sf
-
-from .evaluate import pool_frames
-from .html_report import Column, Listing, escape, format_value, listing_section, page, relative_url
-from .metrics import METRICS, log_mel_spectrogram
+from .html_report import (
+    Column,
+    Listing,
+    audio_thumbnail,
+    escape,
+    listing_section,
+    page,
+    read_json_object,
+    relative_url,
+)
+from .metrics import METRICS
+from .tables import format_number
 
 __all__ = ["method_anchor", "representative_run", "speed_fidelity_svg", "benchmark_page"]
 
@@ -111,24 +116,12 @@ def speed_fidelity_svg(entries: list[dict[str, Any]], title: str) -> str:
     return "".join(parts)
 
 
-def _mel(path: Path) -> np.ndarray | None:
-    try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as error:  # libsndfile's own exception types
-        logger.warning("no spectrogram of %s: %s", path, error)
-        return None
-    return pool_frames(log_mel_spectrogram(data.mean(axis=1), rate))
-
-
 def _sada_stats(run: dict[str, Any]) -> dict[str, Any] | None:
     """A SADA clip's statistics from its sidecar (with the sparsity map), else its step modes alone."""
     if run["method"] != "SADA":
         return None
     if "audio" in run:
-        try:
-            stats = json.loads(Path(run["audio"]).with_suffix(".json").read_text(encoding="utf-8")).get("sada_stats")
-        except (OSError, ValueError, AttributeError):
-            stats = None
+        stats = read_json_object(Path(run["audio"]).with_suffix(".json")).get("sada_stats")
         if isinstance(stats, dict):
             return stats
     return {"step_modes": run["step_kinds"]}
@@ -139,7 +132,7 @@ def _representative_listing(run: dict[str, Any], reference: dict[str, Any] | Non
     reference_audio = Path(reference["audio"]) if reference is not None and "audio" in reference else None
     spectrograms = None
     if test_audio is not None and reference_audio is not None:
-        test_mel, reference_mel = _mel(test_audio), _mel(reference_audio)
+        test_mel, reference_mel = audio_thumbnail(test_audio), audio_thumbnail(reference_audio)
         if test_mel is not None and reference_mel is not None:
             frames = min(test_mel.shape[1], reference_mel.shape[1])
             spectrograms = (reference_mel[:, :frames], test_mel[:, :frames])
@@ -170,10 +163,10 @@ def _clip_table(runs: list[dict[str, Any]], page_dir: Path) -> str:
         if "audio" in run:
             link = f'<a href="{escape(relative_url(Path(run["audio"]), page_dir))}">{link}</a>'
         metrics = run.get("metrics", {})
-        cells = "".join(f"<td>{escape(format_value(metrics.get(m)))}</td>" for m in _FIDELITY)
+        cells = "".join(f"<td>{escape(format_number(metrics.get(m)))}</td>" for m in _FIDELITY)
         rows.append(
             f"<tr><td>{link}</td><td>{run['seed']}</td><td>{run['speedup']:.2f}x</td><td>{run['wall_s']:.3g}</td>"
-            f"<td>{escape(format_value(run.get('nfe')))}</td>{cells}</tr>"
+            f"<td>{escape(format_number(run.get('nfe')))}</td>{cells}</tr>"
         )
     header = "".join(f"<th>{m}</th>" for m in _FIDELITY)
     return (
@@ -187,11 +180,11 @@ def _summary_table(entries: list[dict[str, Any]]) -> str:
     rows = []
     for e in entries:
         fidelity = e.get("fidelity", {})
-        cells = "".join(f"<td>{escape(format_value(fidelity.get(m)))}</td>" for m in _FIDELITY)
+        cells = "".join(f"<td>{escape(format_number(fidelity.get(m)))}</td>" for m in _FIDELITY)
         pareto = {True: "yes", False: "no", None: ""}[e.get("on_pareto_front")]
         rows.append(
             f'<tr><td><a href="#{escape(method_anchor(e["scheduler"], e["label"]))}">{escape(e["label"])}</a></td>'
-            f"<td>{e['speedup']:.2f}x</td><td>{escape(format_value(e.get('nfe')))}</td>{cells}<td>{pareto}</td></tr>"
+            f"<td>{e['speedup']:.2f}x</td><td>{escape(format_number(e.get('nfe')))}</td>{cells}<td>{pareto}</td></tr>"
         )
     header = "".join(f"<th>{m}</th>" for m in _FIDELITY)
     return (

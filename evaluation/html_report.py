@@ -33,10 +33,12 @@ from matplotlib import colormaps
 from PIL import Image
 
 from sada_audio.audio import write_text
+from sada_audio.render import INDEX_NAME, read_index_lines
 
 from .evaluate import Evaluation, key_metric, pool_frames
 from .metrics import METRICS, log_mel_spectrogram
 from .sparsity_figure import MODE_COLOURS, step_time_grid
+from .tables import format_number
 
 __all__ = [
     "HTML_NAME",
@@ -232,14 +234,6 @@ def _js_number(value: float | None) -> str:
     return repr(value)
 
 
-def format_value(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
 def _audio(path: Path | None, role: str, label: str, page_dir: Path) -> str:
     if path is None:
         return ""
@@ -256,7 +250,7 @@ def listing_section(listing: Listing, columns: Sequence[Column], page_dir: Path)
     if listing.reference_audio is not None and listing.test_audio is not None:
         players += '<button type="button" class="ab" title="switch at the same position">A/B: reference</button>'
     values = "".join(
-        f"<span><b>{escape(column.label)}</b> {escape(format_value(listing.values.get(column.key)))}</span>"
+        f"<span><b>{escape(column.label)}</b> {escape(format_number(listing.values.get(column.key)))}</span>"
         for column in columns
     )
     parts = [f'<section class="card" id="{escape(listing.anchor)}">', f"<h3>{escape(listing.name)}</h3>"]
@@ -284,7 +278,7 @@ def listings_block(listings: Sequence[Listing], columns: Sequence[Column], page_
     rows = []
     for item in ordered:
         data = " ".join(f'data-v-{escape(c.key)}="{_js_number(item.values.get(c.key))}"' for c in columns)
-        cells = "".join(f"<td>{escape(format_value(item.values.get(c.key)))}</td>" for c in columns)
+        cells = "".join(f"<td>{escape(format_number(item.values.get(c.key)))}</td>" for c in columns)
         rows.append(
             f'<tr data-card="{escape(item.anchor)}" {data}><td><a href="#{escape(item.anchor)}">'
             f"{escape(item.name)}</a></td>{cells}</tr>"
@@ -361,7 +355,7 @@ _JS = """
       source.pause();
       try { target.currentTime = source.currentTime; } catch (e) { /* not loaded yet: starts at 0 */ }
       setActive(card, to);
-      if (playing) { target.play(); }
+      if (playing) { target.play().catch(function () { /* e.g. autoplay refused: the user presses play */ }); }
     });
   }
   // Sorting: a header sorts its table and the cards below it, worst first; a second click reverses.
@@ -497,8 +491,8 @@ def evaluation_page(evaluation: Evaluation, page_dir: Path) -> str:
         )
     if report["summary"]:
         rows = "".join(
-            f"<tr><td>{escape(m)}</td><td>{format_value(s['mean'])}</td><td>{format_value(s['median'])}</td>"
-            f"<td>{format_value(s['worst'])}</td><td>{escape(s['worst_clip'])}</td></tr>"
+            f"<tr><td>{escape(m)}</td><td>{format_number(s['mean'])}</td><td>{format_number(s['median'])}</td>"
+            f"<td>{format_number(s['worst'])}</td><td>{escape(s['worst_clip'])}</td></tr>"
             for m, s in report["summary"].items()
         )
         summary.append(
@@ -528,7 +522,7 @@ RENDER_COLUMNS = (
 )
 
 
-def _thumbnail(path: Path) -> np.ndarray | None:
+def audio_thumbnail(path: Path) -> np.ndarray | None:
     """The log-mel thumbnail of an audio file (channels averaged), None if it cannot be read."""
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
@@ -538,19 +532,9 @@ def _thumbnail(path: Path) -> np.ndarray | None:
         return None
 
 
-def _read_json_lines(path: Path) -> list[dict[str, Any]]:
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            entries.append(entry)
-    return entries
-
-
-def _read_sidecar(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; empty when it is missing, unreadable or not an object (pages never fail on
+    a sidecar)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -558,17 +542,17 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def render_index_page(out_dir: Path, index_name: str = "index.jsonl") -> str:
+def render_index_page(out_dir: Path) -> str:
     """The ``index.html`` of a render folder, from its ``index.jsonl`` and the clips' sidecars."""
     listings, problems = [], []
-    for number, entry in enumerate(_read_json_lines(out_dir / index_name)):
+    for number, entry in enumerate(read_index_lines(out_dir / INDEX_NAME)):
         files = entry.get("files") or []
         if entry.get("status") not in ("rendered", "skipped") or not files:
             problems.append(f"{entry.get('name')} ({entry.get('status')}): {entry.get('error') or 'no audio'}")
             continue
         audio = out_dir / str(files[0])
-        sidecar = _read_sidecar(audio.with_suffix(".json"))
-        mel = _thumbnail(audio)
+        sidecar = read_json_object(audio.with_suffix(".json"))
+        mel = audio_thumbnail(audio)
         listings.append(
             Listing(
                 anchor=f"clip-{number}",

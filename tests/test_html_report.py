@@ -135,9 +135,11 @@ def test_spectrogram_images_are_small_indexed_pngs() -> None:
 
 def test_sparsity_panels_show_modes_and_tokens_only_where_known() -> None:
     modes = ["full", "pruned", "skipped", "shallow"]
-    without = sparsity_panels({"step_modes": modes, "sparsity_map": None})
+    without = sparsity_panels({"step_modes": ["full", "skipped", "shallow"], "sparsity_map": None})
     assert "no token pruning in this run" in without and 'class="tokens"' not in without
     assert "shallow" in without  # a mode the engine may add later is listed, not dropped
+    unrecorded = sparsity_panels({"step_modes": modes})
+    assert "was not recorded" in unrecorded and 'class="tokens"' not in unrecorded
     counts = [[1, 0], [0, 1], [1, 1]]
     sparsity = {"grid": [3, 2], "pruned_steps": 1, "recomputed": counts, "step_profiles": {"1": [50, 50, 100]}}
     with_tokens = sparsity_panels({"step_modes": modes, "sparsity_map": sparsity})

@@ -140,7 +140,17 @@ def _figure(image: str, caption: str, colour_map: str, low: float, high: float) 
 
 def sparsity_panels(stats: dict[str, Any]) -> str:
     """SADA's sparsity map as small embedded images: the step modes, step x latent time (share of each frame
-    recomputed), and latent time x frequency (recomputed share over the pruned steps)."""
+    recomputed), and latent time x frequency (recomputed share over the pruned steps). Statistics that do not
+    have the shape :class:`~sada_audio.method.sparsity_map.SparsityMap` writes (a sidecar from elsewhere) are
+    reported in one line instead."""
+    try:
+        return _sparsity_panels(stats)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        logger.warning("sparsity map not shown: unexpected SADA statistics (%s)", error)
+        return '<p class="caption">SADA statistics present but not readable as a sparsity map.</p>'
+
+
+def _sparsity_panels(stats: dict[str, Any]) -> str:
     step_modes = stats.get("step_modes")
     if not isinstance(step_modes, list) or not step_modes:
         return ""
@@ -304,7 +314,7 @@ td a{word-break:break-all}
 .player.active .role{font-weight:bold;color:#c44}.role{font-size:12px;min-width:5em}
 .ab{font-weight:bold;padding:.3em .8em}
 .values span{margin-right:1em;font-size:12px}.fact{font-size:12px;color:#555;margin:.1em 0}
-.specs{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:.4em}
+.specs{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:.4em}
 figure{margin:0}img.spec{width:100%;height:110px;display:block}
 figcaption,.caption{font-size:11px;color:#444}
 .legend{display:inline-flex;align-items:center;gap:3px}.legend .bar{display:inline-block;width:80px;height:8px}

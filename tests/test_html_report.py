@@ -145,6 +145,8 @@ def test_sparsity_panels_show_modes_and_tokens_only_where_known() -> None:
     with_tokens = sparsity_panels({"step_modes": modes, "sparsity_map": sparsity})
     assert 'class="tokens"' in with_tokens and "1 pruned steps" in with_tokens
     assert sparsity_panels({"step_modes": []}) == ""
+    broken = {"step_modes": modes, "sparsity_map": {"pruned_steps": 1, "recomputed": "x", "step_profiles": {"1": 5}}}
+    assert "not readable" in sparsity_panels(broken)
 
 
 # ---------------------------------------------------------------- the engine's counters

@@ -159,8 +159,10 @@ def test_sparsity_map_counts_the_finest_selection_of_every_step() -> None:
     sparsity.record(3, 1, (2, 2), (3, 4), torch.tensor([0]))
     sparsity.record(3, 0, (3, 4), (3, 4), torch.tensor([0, 11]))
     sparsity.record(3, 1, (2, 2), (3, 4), torch.tensor([0, 1, 2, 3]))  # coarser than what step 3 has: ignored
+    assert sparsity.to_dict()["pruned_steps"] == 1  # reading mid-run counts the current step once
     # step 5: only level 1, token 3 (rows 2..3, columns 2..3 of the latent, cut at row 3)
     sparsity.record(5, 1, (2, 2), (3, 4), torch.tensor([3]))
+    assert sparsity.to_dict() == sparsity.to_dict()
     data = sparsity.to_dict()
     assert data is not None and json.loads(json.dumps(data)) == data
     assert data["grid"] == [3, 4] and data["pruned_steps"] == 2

@@ -24,13 +24,25 @@ __all__ = ["PROFILE_ROWS", "SparsityMap"]
 PROFILE_ROWS = 256
 
 
+def _profile(mask: torch.Tensor) -> list[int]:
+    """Whole percentages of each row's tokens set in ``mask``, pooled to at most :data:`PROFILE_ROWS` rows."""
+    rows = mask.float().mean(dim=1)
+    if rows.numel() > PROFILE_ROWS:
+        rows = F.adaptive_avg_pool1d(rows[None, None], PROFILE_ROWS).flatten()
+    return [round(100 * float(share)) for share in rows]
+
+
 class SparsityMap:
-    """Per-token recompute counters of one sampling call (see the module docstring)."""
+    """Per-token recompute counters of one sampling call (see the module docstring).
+
+    The current step's selection is folded in when the next step reports one; :attr:`recomputed`,
+    :attr:`step_profiles` and :meth:`to_dict` include it already, so they can be read at any time.
+    """
 
     def __init__(self) -> None:
         self.latent_hw: tuple[int, int] | None = None
-        self.recomputed: torch.Tensor | None = None
-        self.step_profiles: dict[int, list[int]] = {}
+        self._counts: torch.Tensor | None = None
+        self._profiles: dict[int, list[int]] = {}
         self._step: int | None = None
         self._level = 0
         self._mask: torch.Tensor | None = None
@@ -41,7 +53,7 @@ class SparsityMap:
         """Step ``step`` computes the tokens ``kept`` (row-major indices over ``grid``) in its blocks at
         resolution ``level``; of several levels in one step the finest (the latent grid's, level 0) counts."""
         if step != self._step:
-            self._flush()
+            self._commit()
             self._step = step
         elif self._mask is not None and level >= self._level:
             return
@@ -52,27 +64,49 @@ class SparsityMap:
         self._mask, self._level = mask[: latent_hw[0], : latent_hw[1]], level
         if self.latent_hw != tuple(latent_hw):
             self.latent_hw = (int(latent_hw[0]), int(latent_hw[1]))
-            self.recomputed = torch.zeros(self.latent_hw, dtype=torch.int32)
+            self._counts = torch.zeros(self.latent_hw, dtype=torch.int32)
+            self._profiles = {}
 
-    def _flush(self) -> None:
-        mask, self._mask = self._mask, None
-        if mask is None or self.recomputed is None or self._step is None or mask.shape != self.recomputed.shape:
-            return
-        self.recomputed += mask.to(torch.int32)
-        rows = mask.float().mean(dim=1)
-        if rows.numel() > PROFILE_ROWS:
-            rows = F.adaptive_avg_pool1d(rows[None, None], PROFILE_ROWS).flatten()
-        self.step_profiles[self._step] = [round(100 * float(share)) for share in rows]
+    def _pending(self) -> torch.Tensor | None:
+        """The current step's mask, if it fits the counters."""
+        mask = self._mask
+        if mask is None or self._counts is None or mask.shape != self._counts.shape:
+            return None
+        return mask
+
+    def _commit(self) -> None:
+        mask = self._pending()
+        if mask is not None and self._step is not None:
+            self._counts += mask.to(torch.int32)
+            self._profiles[self._step] = _profile(mask)
+        self._mask = None
+
+    @property
+    def recomputed(self) -> torch.Tensor | None:
+        """``(H, W)`` int32: per latent token, the number of pruned steps that recomputed it."""
+        mask = self._pending()
+        if self._counts is None or mask is None:
+            return self._counts
+        return self._counts + mask.to(torch.int32)
+
+    @property
+    def step_profiles(self) -> dict[int, list[int]]:
+        """Per pruned step, the whole percentage of each latent row's tokens recomputed (pooled)."""
+        profiles = dict(self._profiles)
+        mask = self._pending()
+        if mask is not None and self._step is not None:
+            profiles[self._step] = _profile(mask)
+        return profiles
 
     def to_dict(self) -> dict[str, Any] | None:
         """The counters, JSON-ready; None when no step pruned tokens (the step modes then say everything)."""
-        self._flush()
-        if self.recomputed is None or not self.step_profiles:
+        recomputed, profiles = self.recomputed, self.step_profiles
+        if recomputed is None or not profiles:
             return None
         return {
             "grid": list(self.latent_hw or ()),
             "axes": ["latent row (time frame for audio)", "latent column (frequency band for audio)"],
-            "pruned_steps": len(self.step_profiles),
-            "recomputed": self.recomputed.tolist(),
-            "step_profiles": {str(step): profile for step, profile in sorted(self.step_profiles.items())},
+            "pruned_steps": len(profiles),
+            "recomputed": recomputed.tolist(),
+            "step_profiles": {str(step): profile for step, profile in sorted(profiles.items())},
         }

@@ -12,11 +12,19 @@ import click
 from sada_audio.audio import check_output_path
 from sada_audio.config import MAX_SEED, SADAConfig
 from sada_audio.evaluation.benchmark import BenchmarkSettings, run_benchmark
-from sada_audio.evaluation.benchmark_report import RESULT_FILES, target_checks, write_benchmark_outputs
+from sada_audio.evaluation.benchmark_report import CLIPS_DIR, RESULT_FILES, target_checks, write_benchmark_outputs
 from sada_audio.evaluation.generate import read_prompts
 from sada_audio.pipelines import SCHEDULER_CHOICES
 
-from .common import DEFAULT_MODEL, DTYPE_CHOICES, DTYPE_HELP, interruptible, load_for_command, progress_bar
+from .common import (
+    DEFAULT_MODEL,
+    DTYPE_CHOICES,
+    DTYPE_HELP,
+    interruptible,
+    load_for_command,
+    prepare_clip_dir,
+    progress_bar,
+)
 
 #: What ``--quick`` sets: a smoke run of every method in a few minutes (the test suite runs it).
 QUICK = {"steps": 20, "duration": 2.56, "latent_frames": (32,), "cost_repeats": 1}
@@ -95,6 +103,13 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     is_flag=True,
     help="Smoke run in a few minutes: 2 prompts, 1 seed, 20 steps, 2.56 s, step costs at latent length 32.",
 )
+@click.option(
+    "--clips/--no-clips",
+    "keep_clips",
+    default=True,
+    show_default=True,
+    help=f"Keep every clip of the quality workload as FLAC in OUTPUT_DIR/{CLIPS_DIR}/ for report.html's players.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in the output folder.")
 def benchmark(
     output_dir: Path,
@@ -112,13 +127,15 @@ def benchmark(
     device: str,
     dtype: str,
     quick: bool,
+    keep_clips: bool,
     overwrite: bool,
 ) -> None:
     """Benchmark SADA against DeepCache, ToMe, PAB, AdaptiveDiffusion (and, on transformers, First Block Cache,
     TaylorSeer, cache-dit) on the same prompts and seeds, in interleaved order.
 
     Writes OUTPUT_DIR/results.json, results.md (speed, fidelity against the baseline, step costs on the
-    real-size MusicLDM UNet, the targets) and speedup_fidelity.png (with the Pareto front).
+    real-size MusicLDM UNet, the targets), speedup_fidelity.png (with the Pareto front) and report.html (the
+    plot with links to every method's clips and a representative clip per method to listen to).
 
     \b
     Examples:
@@ -135,6 +152,9 @@ def benchmark(
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in RESULT_FILES.values():
         check_output_path(output_dir / name, overwrite, extensions=(Path(name).suffix,))
+    clip_dir = None
+    if keep_clips:
+        clip_dir = prepare_clip_dir(output_dir / CLIPS_DIR, overwrite, (".flac", ".json"), recursive=True)
     prompts = tuple(read_prompts(prompts_file)) if prompts_file is not None else BenchmarkSettings.prompts
     settings = BenchmarkSettings(
         schedulers=schedulers or BenchmarkSettings.schedulers,
@@ -153,7 +173,7 @@ def benchmark(
     with interruptible():
         pipe, _ = load_for_command(model, None, device, dtype)
         pipe.set_progress_bar_config(disable=True)  # one bar: ours
-        results = run_benchmark(pipe, settings, progress=progress_bar)
+        results = run_benchmark(pipe, settings, progress=progress_bar, clip_dir=clip_dir)
     command = shlex.join(["sada-audio", "benchmark", *sys.argv[2:]]) if sys.argv[1:2] == ["benchmark"] else ""
     paths = write_benchmark_outputs(results, output_dir, command or "sada-audio benchmark")
     if quick:

@@ -9,7 +9,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -174,6 +175,23 @@ def progress_bar(items: Sequence[Any], label: str) -> Iterator[Any]:
     stderr, so that stdout stays the result summary."""
     with click.progressbar(items, label=label, file=sys.stderr, show_pos=True) as bar:
         yield bar
+
+
+def prepare_clip_dir(directory: Path, overwrite: bool, suffixes: Collection[str], *, recursive: bool = False) -> Path:
+    """A folder for generated clips: new, or emptied (with ``overwrite``) of an earlier run's files whose
+    suffixes are in ``suffixes`` (lower case, with the dot), also in subfolders if ``recursive``.
+
+    Raises:
+        click.UsageError: earlier clips are there and ``overwrite`` is false.
+    """
+    directory.mkdir(exist_ok=True)
+    files = directory.rglob("*") if recursive else directory.iterdir()
+    earlier = [path for path in files if path.suffix.lower() in suffixes and path.is_file()]
+    if earlier and not overwrite:
+        raise click.UsageError(f"'{directory}' already holds clips of an earlier run (use --overwrite to replace them)")
+    for path in earlier:
+        path.unlink()
+    return directory
 
 
 def check_prompt(ctx: click.Context, param: click.Parameter, value: str) -> str:

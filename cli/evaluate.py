@@ -12,7 +12,7 @@ from sada_audio.audio import check_output_path
 from sada_audio.config import MAX_SEED
 from sada_audio.evaluation.evaluate import AUDIO_EXTENSIONS, evaluate_directories
 from sada_audio.evaluation.generate import generate_pair_folders, read_prompts
-from sada_audio.evaluation.report import FIGURE_NAMES, FIGURES_DIR, REPORT_NAME, write_outputs
+from sada_audio.evaluation.report import FIGURE_NAMES, FIGURES_DIR, HTML_NAME, REPORT_NAME, write_outputs
 from sada_audio.generation import SamplingSettings, run_metadata
 from sada_audio.pipelines import resolve_model_id
 
@@ -22,6 +22,7 @@ from .common import (
     interruptible,
     load_for_command,
     model_options,
+    prepare_clip_dir,
     progress_bar,
     sampling_options,
 )
@@ -48,21 +49,11 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
         raise click.BadParameter(f"'{output_dir}' is a file, not a folder", param_hint="-o/--output-dir")
     output_dir.mkdir(parents=True, exist_ok=True)
     check_output_path(output_dir / REPORT_NAME, overwrite, extensions=(".md",))
+    check_output_path(output_dir / HTML_NAME, overwrite, extensions=(".html",))
     for name in FIGURE_NAMES.values():
         figure = output_dir / FIGURES_DIR / name
         if figure.exists() and not overwrite:
             raise click.UsageError(f"figure '{figure}' already exists (use --overwrite to replace it)")
-
-
-def _prepare_clip_dir(directory: Path, overwrite: bool) -> Path:
-    """A folder for generated clips: new, or emptied of an earlier run's clips and sidecars with ``overwrite``."""
-    directory.mkdir(exist_ok=True)
-    earlier = [p for p in directory.iterdir() if p.suffix.lower() in (*AUDIO_EXTENSIONS, ".json") and p.is_file()]
-    if earlier and not overwrite:
-        raise click.UsageError(f"'{directory}' already holds clips of an earlier run (use --overwrite to replace them)")
-    for path in earlier:
-        path.unlink()
-    return directory
 
 
 @click.command()
@@ -82,7 +73,8 @@ def _prepare_clip_dir(directory: Path, overwrite: bool) -> Path:
     type=click.Path(path_type=Path),
     default=Path("sada-evaluation"),
     show_default=True,
-    help="Folder for report.md and figures/ (and the generated clips).",
+    help="Folder for report.md, report.html (listening report: players, spectrograms, sparsity maps) and figures/ "
+    "(and the generated clips).",
 )
 @click.option(
     "--json", "json_path", type=click.Path(path_type=Path), metavar="PATH", help="Also write the JSON report."
@@ -135,8 +127,9 @@ def evaluate(
 ) -> None:
     """Compare TEST_DIR's clips with REF_DIR's (paired by file name), or generate both with --generate.
 
-    Writes OUTPUT_DIR/report.md and PNG figures (and --json PATH): spectrogram-LPIPS, log-mel L1, PSNR and SSIM,
-    multi-resolution STFT distance, spectral convergence and SI-SDR per pair, with mean, median and worst;
+    Writes OUTPUT_DIR/report.md, report.html (listening report) and PNG figures (and --json PATH):
+    spectrogram-LPIPS, log-mel L1, PSNR and SSIM, multi-resolution STFT distance, spectral convergence and
+    SI-SDR per pair, with mean, median and worst;
     Frechet Audio Distance and CLAP score of the sets. Unusable files are listed, never fatal.
 
     \b
@@ -155,8 +148,8 @@ def evaluate(
     if json_path is not None:  # after the output folder exists: the JSON often goes into it
         check_output_path(json_path, overwrite, extensions=(".json",))
     if prompts is not None:
-        reference_dir = _prepare_clip_dir(output_dir / "reference", overwrite)
-        test_dir = _prepare_clip_dir(output_dir / "test", overwrite)
+        reference_dir = prepare_clip_dir(output_dir / "reference", overwrite, (*AUDIO_EXTENSIONS, ".json"))
+        test_dir = prepare_clip_dir(output_dir / "test", overwrite, (*AUDIO_EXTENSIONS, ".json"))
         with interruptible():
             pipe, load_time = load_for_command(model, scheduler, device, dtype)
             pipe.set_progress_bar_config(disable=True)  # one bar: ours
@@ -195,5 +188,6 @@ def _echo_summary(report: dict[str, Any], report_path: Path, json_path: Path | N
     if speed is not None and speed["speedup"] is not None:
         headline.append(f"speedup {speed['speedup']:.2f}x, NFE {speed['test_nfe']}/{speed['reference_nfe']}")
     click.echo("; ".join(headline) + ".")
-    written = [str(report_path)] + ([str(json_path)] if json_path is not None else [])
+    written = [str(report_path), str(report_path.with_name(HTML_NAME))]
+    written += [str(json_path)] if json_path is not None else []
     click.echo(f"Report: {', '.join(written)}")

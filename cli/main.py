@@ -10,6 +10,7 @@ import click
 
 from sada_audio.audio import check_output_path, write_all_or_nothing, write_audio, write_json
 from sada_audio.config import MAX_SEED
+from sada_audio.evaluation.sparsity_figure import write_sparsity_png
 from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch, run_metadata
 from sada_audio.pipelines import resolve_model_id
 
@@ -74,6 +75,13 @@ def main(verbose: int) -> None:
     help="Waveforms to generate. The first (the best by CLAP score, for pipelines that rank them) "
     "goes to OUT.wav, the others to OUT_1.wav, OUT_2.wav, ...",
 )
+@click.option(
+    "--sparsity-map",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="PATH.png",
+    help="Also draw where SADA saved work: every step's mode and, for pruned steps, which latent time frames "
+    "and frequency bands were recomputed (needs --accelerate sada).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @compile_option
 def generate(
@@ -91,6 +99,7 @@ def generate(
     seed: int,
     negative_prompt: str | None,
     num_waveforms: int,
+    sparsity_map: Path | None,
     overwrite: bool,
     compile_mode: str,
 ) -> None:
@@ -103,6 +112,10 @@ def generate(
     # Everything that can be checked is checked before the (slow) model load.
     audio_paths = [check_output_path(path, overwrite) for path in _waveform_paths(output, num_waveforms)]
     sidecar = check_output_path(output.with_suffix(".json"), overwrite, extensions=(".json",))
+    if sparsity_map is not None:
+        if accelerate != "sada":
+            raise click.UsageError("--sparsity-map needs --accelerate sada: without SADA every step runs in full")
+        check_output_path(sparsity_map, overwrite, extensions=(".png",))
     check_steps_before_loading(model, scheduler, steps)
     dtype = dtype_name(dtype, device, model)
     with interruptible():
@@ -121,10 +134,13 @@ def generate(
             for path, waveform in zip(audio_paths, batch.waveforms[0], strict=True)
         ]
         write_all_or_nothing([*writes, functools.partial(write_json, sidecar, metadata)])
+        if sparsity_map is not None and batch.sada_stats is not None:
+            write_sparsity_png(sparsity_map, batch.sada_stats, title=prompt)
     seconds = batch.waveforms.shape[-1] / batch.sample_rate
     calls = "" if batch.model_calls is None else f", {batch.model_calls} model calls"
+    figure = "" if sparsity_map is None else f" and {sparsity_map}"
     click.echo(
-        f"Wrote {', '.join(map(str, audio_paths))} ({seconds:.2f} s at {batch.sample_rate} Hz) and {sidecar}: "
+        f"Wrote {', '.join(map(str, audio_paths))} ({seconds:.2f} s at {batch.sample_rate} Hz), {sidecar}{figure}: "
         f"{steps} steps{calls} in {batch.wall_time_s:.1f} s."
     )
 

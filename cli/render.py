@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from sada_audio.config import MAX_SEED
+from sada_audio.evaluation.html_report import write_render_index
 from sada_audio.pipelines import resolve_model_id
 from sada_audio.render import (
     FAILED,
@@ -54,7 +55,8 @@ def _progress_text(progress: RenderProgress | None) -> str | None:
     required=True,
     type=click.Path(path_type=Path, file_okay=False),
     metavar="OUT_DIR",
-    help="Folder for the clips, their JSON sidecars and index.jsonl (created if missing).",
+    help="Folder for the clips, their JSON sidecars, index.jsonl and index.html (a listening page; both created "
+    "if missing, replaced at every run).",
 )
 @model_options
 @sampling_options
@@ -105,7 +107,7 @@ def render(
     compile_mode: str,
 ) -> None:
     """Render every row of MANIFEST (JSONL or CSV) into OUT_DIR: NAME.wav (or .flac) and NAME.json per row,
-    and index.jsonl with each row's status.
+    and index.jsonl with each row's status, and index.html to listen to the clips.
 
     \b
     Rows: name, prompt, and optionally negative_prompt, seed, duration, steps, guidance, format (wav/flac);
@@ -155,10 +157,11 @@ def render(
         others = ", ".join(
             f"{counts[status]} {status}" for status in (SKIPPED, FAILED, INVALID, MISSING) if status in counts
         )
+        page = write_render_index(out_dir)
         click.echo(
             f"Rendered {counts.get(RENDERED, 0)} clips into {out_dir}{rate}"
             + (f" ({others})" if others else "")
-            + f"; index: {summary.index_path}"
+            + f"; index: {summary.index_path}, {page}"
         )
     if not summary.all_succeeded:
         raise SystemExit(1)

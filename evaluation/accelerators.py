@@ -175,7 +175,7 @@ class _SADAAttachment(Attachment):
 
     def stats(self) -> dict[str, Any]:
         stats = self.handle.stats
-        return {"nfe": stats.model_calls, "pruned_token_share": stats.pruned_fraction}
+        return {"nfe": stats.model_calls, "pruned_token_share": stats.pruned_fraction, "sada_stats": stats.to_dict()}
 
 
 class SADA(Accelerator):

@@ -19,18 +19,20 @@ import dataclasses
 import logging
 import os
 import platform
+import re
 import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from sada_audio import SADAConfig
-from sada_audio.audio import pipeline_sample_rate
+from sada_audio.audio import pipeline_sample_rate, write_audio, write_json
 from sada_audio.errors import ConfigError
 from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
 from sada_audio.models import model_adapter_for
@@ -46,6 +48,7 @@ __all__ = [
     "BenchmarkSettings",
     "FIDELITY_METRICS",
     "accelerators_for",
+    "clip_path",
     "environment",
     "pareto_front",
     "run_benchmark",
@@ -149,10 +152,27 @@ def _generate(pipe: Any, method: Accelerator, clip: ClipRequest, sampling: Sampl
     return {"waveform": batch.waveforms[0, 0], "wall_s": batch.wall_time_s, "step_kinds": kinds, **stats}
 
 
+def clip_path(clip_dir: Path, scheduler: str, label: str, prompt_index: int, seed: int) -> Path:
+    """Where the quality workload writes a method's clip: ``CLIP_DIR/SCHEDULER/LABEL/pNN_seedS.flac`` (names
+    reduced to letters, digits, ``.`` and ``-``)."""
+
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-.") or "-"
+
+    return clip_dir / safe(scheduler) / safe(label) / f"p{prompt_index:02d}_seed{seed}.flac"
+
+
 def run_quality(
-    pipe: Any, methods: Sequence[Accelerator], settings: BenchmarkSettings, progress: Progress = no_progress
+    pipe: Any,
+    methods: Sequence[Accelerator],
+    settings: BenchmarkSettings,
+    progress: Progress = no_progress,
+    clip_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The quality workload: per scheduler, every method on every prompt x seed, interleaved with the baseline.
+
+    With ``clip_dir`` every clip is written there as FLAC (:func:`clip_path`) with a JSON sidecar (prompt, seed,
+    scheduler, label and, for SADA, its statistics with the sparsity map), and its record says where (``audio``).
 
     Returns ``{"skipped": {label: reason}, "runs": [one record per clip], "summary": [one per scheduler and
     method]}``.
@@ -164,6 +184,7 @@ def run_quality(
     sampling = SamplingSettings(steps=settings.steps, duration=settings.duration, guidance=settings.guidance)
     sample_rate = pipeline_sample_rate(pipe)
     clips = [ClipRequest(prompt, seed) for seed in settings.seeds for prompt in settings.prompts]
+    prompt_index = {prompt: index for index, prompt in reversed(list(enumerate(settings.prompts)))}
     runs: list[dict[str, Any]] = []
     for scheduler in settings.schedulers:
         set_scheduler(pipe, scheduler)
@@ -176,6 +197,8 @@ def run_quality(
                 for method in runnable:
                     result = _generate(pipe, method, clip, sampling)
                     waveform = result.pop("waveform")
+                    # SADA's full statistics (sparsity map) go to the clip's sidecar, not into results.json
+                    sada_stats = result.pop("sada_stats", None)
                     if reference is None:
                         reference = {"waveform": waveform, "wall_s": result["wall_s"]}
                     record = {
@@ -190,6 +213,14 @@ def run_quality(
                     }
                     if method is not runnable[0]:
                         record["metrics"] = pair_metrics(reference["waveform"], waveform, sample_rate, None)
+                    if clip_dir is not None:
+                        path = clip_path(clip_dir, scheduler, method.label, prompt_index[clip.prompt], clip.seed)
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        record["audio"] = str(write_audio(path, waveform, sample_rate))
+                        sidecar = {"prompt": clip.prompt, "seed": clip.seed, "scheduler": scheduler}
+                        write_json(
+                            path.with_suffix(".json"), {**sidecar, "label": method.label, "sada_stats": sada_stats}
+                        )
                     runs.append(record)
     return {"skipped": skipped, "runs": runs, "summary": summarise(runs)}
 
@@ -293,11 +324,14 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def run_benchmark(pipe: Any, settings: BenchmarkSettings, progress: Progress = no_progress) -> dict[str, Any]:
+def run_benchmark(
+    pipe: Any, settings: BenchmarkSettings, progress: Progress = no_progress, clip_dir: Path | None = None
+) -> dict[str, Any]:
     """Both workloads; the result is what ``results.json`` holds. The step costs are measured on the real-size
-    UNet on the pipeline's device, in its precision."""
+    UNet on the pipeline's device, in its precision. With ``clip_dir`` the quality workload's clips are kept
+    there (see :func:`run_quality`)."""
     methods, preset = accelerators_for(pipe, settings)
-    quality = run_quality(pipe, methods, settings, progress)
+    quality = run_quality(pipe, methods, settings, progress, clip_dir)
     weight = next(model_adapter_for(pipe).denoiser().parameters())
     benches = real_size_benches(
         settings.latent_frames, settings.cost_batch, settings.steps, settings.cost_repeats, weight.device, weight.dtype

@@ -1,4 +1,5 @@
-"""The outputs of ``sada-audio benchmark``: ``results.json``, ``results.md`` (tables) and ``speedup_fidelity.png``.
+"""The outputs of ``sada-audio benchmark``: ``results.json``, ``results.md`` (tables), ``speedup_fidelity.png`` and
+``report.html`` (the listening report, :mod:`.benchmark_html`).
 
 Every file is written to a temporary name and renamed (:func:`sada_audio.audio.write_atomically`), so an
 interrupted run never leaves half a report.
@@ -13,13 +14,28 @@ from matplotlib.figure import Figure
 
 from sada_audio.audio import write_atomically, write_json, write_text
 
+from .benchmark_html import benchmark_page
 from .report import json_ready
 from .tables import markdown_table
 
-__all__ = ["RESULT_FILES", "target_checks", "markdown", "speedup_fidelity_figure", "write_benchmark_outputs"]
+__all__ = [
+    "RESULT_FILES",
+    "CLIPS_DIR",
+    "target_checks",
+    "markdown",
+    "speedup_fidelity_figure",
+    "write_benchmark_outputs",
+]
 
 #: Name of each output inside the output folder.
-RESULT_FILES = {"json": "results.json", "markdown": "results.md", "plot": "speedup_fidelity.png"}
+RESULT_FILES = {
+    "json": "results.json",
+    "markdown": "results.md",
+    "plot": "speedup_fidelity.png",
+    "html": "report.html",
+}
+#: Folder of the quality workload's clips inside the output folder.
+CLIPS_DIR = "clips"
 
 #: The SADA speedup the paper reports for MusicLDM, the target of the quality workload.
 TARGET_SPEEDUP = 1.8
@@ -242,10 +258,11 @@ def speedup_fidelity_figure(results: dict[str, Any], path: Path) -> None:
 
 
 def write_benchmark_outputs(results: dict[str, Any], output_dir: Path, command: str) -> dict[str, Path]:
-    """Write the three outputs into ``output_dir`` (created if missing); return their paths."""
+    """Write the four outputs into ``output_dir`` (created if missing); return their paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: output_dir / name for kind, name in RESULT_FILES.items()}
     write_json(paths["json"], json_ready({**results, "command": command, "targets": target_checks(results)}))
     write_text(paths["markdown"], markdown(results, command))
     speedup_fidelity_figure(results, paths["plot"])
+    write_text(paths["html"], benchmark_page(results, output_dir, command))
     return paths

@@ -54,6 +54,9 @@ __all__ = [
     "align",
     "pair_metrics",
     "evaluate_directories",
+    "key_metric",
+    "pool_frames",
+    "THUMBNAIL_FRAMES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -224,10 +227,17 @@ def align(reference: Clip, test: Clip) -> tuple[np.ndarray, np.ndarray, list[str
 
 
 def pair_metrics(
-    reference: np.ndarray, test: np.ndarray, sample_rate: int, lpips_model: LPIPS | None
+    reference: np.ndarray,
+    test: np.ndarray,
+    sample_rate: int,
+    lpips_model: LPIPS | None,
+    mels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Every fidelity metric of one aligned pair (LPIPS only with a model)."""
-    ref_mel, test_mel = log_mel_spectrogram(reference, sample_rate), log_mel_spectrogram(test, sample_rate)
+    """Every fidelity metric of one aligned pair (LPIPS only with a model); ``mels``: the pair's log-mel
+    spectrograms if the caller has them already."""
+    if mels is None:
+        mels = log_mel_spectrogram(reference, sample_rate), log_mel_spectrogram(test, sample_rate)
+    ref_mel, test_mel = mels
     values = {
         "log_mel_l1": log_mel_l1(ref_mel, test_mel),
         "mel_psnr": spectrogram_psnr(ref_mel, test_mel),
@@ -260,7 +270,7 @@ def _summary(pairs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return summary
 
 
-def _key_metric(summary: dict[str, Any]) -> str | None:
+def key_metric(summary: dict[str, Any]) -> str | None:
     """The metric that ranks pairs for the figures: LPIPS when it ran, else the log-mel L1."""
     return next((m for m in ("lpips", "log_mel_l1") if m in summary), None)
 
@@ -292,10 +302,28 @@ def _load_lpips_or_reason(backbone: str | None, heads: str | None) -> tuple[LPIP
 
 @dataclass
 class Evaluation:
-    """The report (JSON-ready) and the spectrograms of the pairs the figures show (``worst``, ``median``)."""
+    """The report (JSON-ready) and the spectrograms of the pairs the figures show (``worst``, ``median``).
+
+    ``thumbnails``: every pair's reference and test log-mel spectrogram, time pooled to at most
+    :data:`THUMBNAIL_FRAMES` frames, float16 (for the HTML report); ``test_stats``: the SADA statistics of
+    the test clips whose sidecars have them (step modes, sparsity map).
+    """
 
     report: dict[str, Any]
     figure_pairs: dict[str, tuple[str, np.ndarray, np.ndarray]]
+    thumbnails: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    test_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+#: Time frames of a pair's spectrogram thumbnail (10 ms frames are averaged beyond this).
+THUMBNAIL_FRAMES = 256
+
+
+def pool_frames(mel: np.ndarray, frames: int = THUMBNAIL_FRAMES) -> np.ndarray:
+    """``mel`` (bins, frames) with its frames averaged in consecutive groups down to at most ``frames``."""
+    if mel.shape[1] <= frames:
+        return mel
+    return np.stack([group.mean(axis=1) for group in np.array_split(mel, frames, axis=1)], axis=1)
 
 
 def evaluate_directories(
@@ -322,6 +350,8 @@ def evaluate_directories(
     pairs, problems = pair_files(reference_dir, test_dir)
     lpips_model, lpips_status = _load_lpips_or_reason(lpips_backbone, lpips_heads)
     evaluated: list[tuple[dict[str, Any], Clip, Clip]] = []
+    thumbnails: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    test_stats: dict[str, dict[str, Any]] = {}
     with progress(pairs, "Evaluating pairs") as items:
         for name, ref_path, test_path in items:
             reference, test = _read_or_report(ref_path, problems), _read_or_report(test_path, problems)
@@ -329,7 +359,11 @@ def evaluate_directories(
                 continue
             try:
                 ref_wave, test_wave, notes = align(reference, test)
-                metrics = pair_metrics(ref_wave, test_wave, reference.sample_rate, lpips_model)
+                mels = (
+                    log_mel_spectrogram(ref_wave, reference.sample_rate),
+                    log_mel_spectrogram(test_wave, reference.sample_rate),
+                )
+                metrics = pair_metrics(ref_wave, test_wave, reference.sample_rate, lpips_model, mels)
             except ValueError as error:
                 problems.append({"file": str(test_path), "reason": f"metrics failed: {error}"})
                 continue
@@ -339,10 +373,16 @@ def evaluate_directories(
                 "test": str(test_path),
                 "sample_rate": reference.sample_rate,
                 "duration_s": len(ref_wave) / reference.sample_rate,
+                "prompt": sidecars.prompt(reference.sidecar, test.sidecar),
+                "cost": {"reference": _cost(reference.sidecar), "test": _cost(test.sidecar)},
                 "metrics": metrics,
                 "notes": notes,
             }
             evaluated.append((record, reference, test))
+            thumbnails[name] = (pool_frames(mels[0]).astype(np.float16), pool_frames(mels[1]).astype(np.float16))
+            stats = (test.sidecar or {}).get("sada_stats")
+            if isinstance(stats, dict):
+                test_stats[name] = stats
     summary = _summary([record for record, _, _ in evaluated])
     report = {
         "reference_dir": str(reference_dir),
@@ -364,7 +404,12 @@ def evaluate_directories(
         "problems": problems,
         "pairs": [record for record, _, _ in evaluated],
     }
-    return Evaluation(report, _figure_pairs(evaluated, _key_metric(summary)))
+    return Evaluation(report, _figure_pairs(evaluated, key_metric(summary)), thumbnails, test_stats)
+
+
+def _cost(sidecar: sidecars.Sidecar) -> dict[str, Any] | None:
+    cost = sidecars.clip_cost(sidecar)
+    return None if cost is None else {"wall_time_s": cost[0], "nfe": cost[1]}
 
 
 def _figure_pairs(

@@ -20,10 +20,11 @@ from matplotlib.patches import Rectangle
 from sada_audio.audio import write_atomically, write_json, write_text
 
 from .evaluate import Evaluation
+from .html_report import HTML_NAME, write_evaluation_html
 from .metrics import METRICS
-from .tables import markdown_table
+from .tables import format_number, markdown_table
 
-__all__ = ["REPORT_NAME", "FIGURE_NAMES", "json_ready", "markdown", "write_outputs"]
+__all__ = ["REPORT_NAME", "HTML_NAME", "FIGURE_NAMES", "json_ready", "markdown", "write_outputs"]
 
 REPORT_NAME = "report.md"
 FIGURES_DIR = "figures"
@@ -45,14 +46,8 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def _number(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return "-" if value is None else str(value)
-
-
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    return [*markdown_table(header, rows, cell=_number), ""]
+    return [*markdown_table(header, rows, cell=format_number), ""]
 
 
 def _summary_lines(report: dict[str, Any]) -> list[str]:
@@ -70,12 +65,12 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
 def _set_metric_lines(set_metrics: dict[str, Any]) -> list[str]:
     lines = [f"- embedding: {set_metrics.get('embedding') or 'none'}"]
     if "fad" in set_metrics:
-        lines.append(f"- Frechet Audio Distance (reference set vs test set): {_number(set_metrics['fad'])}")
+        lines.append(f"- Frechet Audio Distance (reference set vs test set): {format_number(set_metrics['fad'])}")
     clap = set_metrics.get("clap_score")
     if isinstance(clap, dict):
         lines.append(
-            f"- CLAP score (cosine, text vs audio, {clap['clips']} clips): reference {_number(clap['reference'])}, "
-            f"test {_number(clap['test'])}"
+            f"- CLAP score (cosine, text vs audio, {clap['clips']} clips): "
+            f"reference {format_number(clap['reference'])}, test {format_number(clap['test'])}"
         )
     elif clap is not None:
         lines.append(f"- CLAP score: {clap}")
@@ -90,13 +85,13 @@ def _speed_lines(speed: dict[str, Any] | None) -> list[str]:
             "wall time (s)",
             speed["reference_wall_time_s"],
             speed["test_wall_time_s"],
-            f"speedup {_number(speed['speedup'])}x",
+            f"speedup {format_number(speed['speedup'])}x",
         ],
         [
             "model calls (NFE)",
             speed["reference_nfe"],
             speed["test_nfe"],
-            f"test / reference {_number(speed['nfe_ratio'])}",
+            f"test / reference {format_number(speed['nfe_ratio'])}",
         ],
     ]
     return [f"From the sidecars of {speed['clips']} pairs:", ""] + _table(["", "reference", "test", "ratio"], rows)
@@ -189,7 +184,8 @@ def step_modes_figure(path: Path, step_modes: dict[str, list[str]]) -> Path:
 
 
 def write_outputs(evaluation: Evaluation, output_dir: Path, json_path: Path | None = None) -> Path:
-    """Write the figures, ``output_dir/report.md`` and (if given) the JSON report; return the Markdown path.
+    """Write the figures, ``output_dir/report.md``, ``output_dir/report.html`` (the listening report) and (if
+    given) the JSON report; return the Markdown path.
 
     The caller checks beforehand that nothing is overwritten unintentionally.
     """
@@ -209,6 +205,7 @@ def write_outputs(evaluation: Evaluation, output_dir: Path, json_path: Path | No
     report_path = output_dir / REPORT_NAME
     text = markdown(report, written) + "\n"
     write_text(report_path, text)
+    write_evaluation_html(evaluation, output_dir)
     if json_path is not None:
         write_json(json_path, json_ready({**report, "figures": written}))
     return report_path

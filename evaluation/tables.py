@@ -1,11 +1,20 @@
-"""Markdown tables, the one output format of every report and benchmark script in ``evaluation/``."""
+"""Markdown tables, the one output format of every report and benchmark script in ``evaluation/``, and the
+number format of their cells (the HTML reports share it)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["markdown_table"]
+__all__ = ["format_number", "markdown_table"]
+
+
+def format_number(value: Any) -> str:
+    """A table cell: floats to 4 significant digits (``inf``, ``nan`` as such), None as ``-``."""
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return "-" if value is None else str(value)
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], cell: Callable[[Any], str] = str) -> list[str]:

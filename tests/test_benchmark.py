@@ -4,6 +4,9 @@ the quick mode end to end once on the embedded model."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from click.testing import CliRunner
@@ -123,6 +126,16 @@ def test_quick_mode_writes_results_table_and_plot(quick_run):
     report = (output / "results.md").read_text()
     assert "| ddim | SADA (preset musicldm) |" in report
     assert "## Targets" in report and "sada-audio benchmark" in report
+    # the listening report: every clip kept, the representative clips' players point at them
+    runs = results["quality"]["runs"]
+    assert all(Path(run["audio"]).is_file() for run in runs)
+    page = (output / "report.html").read_text(encoding="utf-8")
+    sources = re.findall(r'<audio class="\w+" controls preload="none" src="([^"]+)"', page)
+    assert len(sources) == 2 * (len(summary) - 2)  # a pair per method but the baseline, on each sampler
+    assert all((output / unquote(src)).is_file() for src in sources)
+    sada_clip = next(Path(run["audio"]) for run in runs if run["label"] == "SADA (step-wise + token-wise)")
+    sidecar = json.loads(sada_clip.with_suffix(".json").read_text())
+    assert sidecar["sada_stats"]["sparsity_map"]["pruned_steps"] == sidecar["sada_stats"]["step_modes"].count("pruned")
 
 
 def test_quick_mode_refuses_to_overwrite_earlier_results(quick_run):

@@ -64,7 +64,8 @@ def _statuses(out: Path) -> dict[str, str]:
 
 def _snapshot(out: Path) -> dict[str, int]:
     """Modification times of the clips' files: a file that is rewritten gets a new one."""
-    return {path.name: path.stat().st_mtime_ns for path in out.iterdir() if path.name != "index.jsonl"}
+    indexes = ("index.jsonl", "index.html")
+    return {path.name: path.stat().st_mtime_ns for path in out.iterdir() if path.name not in indexes}
 
 
 def _read(path: Path) -> np.ndarray:
@@ -221,7 +222,8 @@ def test_render_writes_clips_sidecars_and_index(tiny_musicldm_dir: Path, tmp_pat
     assert "Rendered 4 clips" in result.stdout
 
     names = {"cue00", "cue01", "cue02", "loud"}
-    expected = {f"{n}.json" for n in names} | {f"{n}.wav" for n in names - {"loud"}} | {"loud.flac", "index.jsonl"}
+    expected = {f"{n}.json" for n in names} | {f"{n}.wav" for n in names - {"loud"}}
+    expected |= {"loud.flac", "index.jsonl", "index.html"}
     assert {path.name for path in out.iterdir()} == expected
     assert sf.info(out / "loud.flac").format == "FLAC"
     assert len(_read(out / "cue00.wav")) == int(0.64 * SAMPLE_RATE)
@@ -544,10 +546,11 @@ def test_files_render_did_not_make_are_refused_unless_overwrite(tiny_musicldm_di
     (out / "cue01.wav").write_text("precious", encoding="utf-8")
     (out / "cue01.json").write_text('{"mine": 1}', encoding="utf-8")
     (out / "index.jsonl").write_text("notes", encoding="utf-8")
+    (out / "index.html").write_text("<html>my page</html>", encoding="utf-8")
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     result = _render(manifest, out, tiny_musicldm_dir)
     assert result.exit_code == 2
-    assert "3 files that render did not make" in result.output and "--overwrite" in result.output
+    assert "4 files that render did not make" in result.output and "--overwrite" in result.output
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     assert _render(manifest, out, tiny_musicldm_dir, "--overwrite").exit_code == 0
     assert _statuses(out) == {"cue00": "rendered", "cue01": "rendered"}

@@ -18,6 +18,7 @@ import torch
 
 from ..config import SADAConfig, StepBounds
 from .criterion import Stability, extrapolate_gradient, lagrange_data_prediction, stability
+from .sparsity_map import SparsityMap
 from .tokens import kept_token_indices, level_grid
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class SADAStats:
     """Planned skips that ran the model instead because the reconstruction was not finite."""
     tokens_computed: int = 0
     tokens_total: int = 0
+    sparsity: SparsityMap = field(default_factory=SparsityMap, repr=False, compare=False)
+    """Which latent tokens the pruned steps recomputed (compact counters, see ``sparsity_map``)."""
 
     @property
     def pruned_fraction(self) -> float:
@@ -81,6 +84,7 @@ class SADAStats:
             "fallbacks": self.fallbacks,
             "pruned_fraction": round(self.pruned_fraction, 6),
             "nfe_ratio": round(self.nfe_ratio, 6),
+            "sparsity_map": self.sparsity.to_dict(),
         }
 
 
@@ -191,6 +195,7 @@ class SADAEngine:
             kept = kept_token_indices(
                 self._token_momentum, grid, config.sx, config.sy, config.max_fix, self._generator, budget
             )
+            self.stats.sparsity.record(self.step, level, grid, self.latent_hw, kept)
             # One copy per step and level; the blocks then index on the model's device without host syncs.
             self._kept[level] = kept.to(device) if device is not None else kept
         return self._kept[level]

@@ -30,6 +30,7 @@ from .job import (
     RenderSummary,
     index_entry,
     merge_index,
+    read_index_lines,
     render_batches,
 )
 from .manifest import (
@@ -85,6 +86,7 @@ __all__ = [
     "prepare_output_dir",
     "process_device",
     "process_state",
+    "read_index_lines",
     "read_manifest",
     "read_sidecar",
     "remove_temporary_files",

@@ -2,9 +2,9 @@
 
 Render owns a file in its output folder when it can tell that an earlier render wrote it: a clip's sidecar
 carries a ``render_request`` and lists the clip's audio; an index (``index.jsonl``, ``index.rank{N}.jsonl``)
-holds only index lines. Anything else at a name render would write (a user's file, a symlink, a folder) is
-refused before the model loads, unless the user passes ``--overwrite``; even then a symlink is replaced,
-never written through.
+holds only index lines; the index page (``index.html``) carries :data:`GENERATOR_META`. Anything else at a name
+render would write (a user's file, a symlink, a folder) is refused before the model loads, unless the user passes
+``--overwrite``; even then a symlink is replaced, never written through.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from sada_audio.errors import SADAError
 from .manifest import FORMATS, RenderRow
 
 INDEX_NAME = "index.jsonl"
+INDEX_PAGE_NAME = "index.html"
+#: Marks the HTML pages sada-audio writes, so that render knows its own index page from a user's.
+GENERATOR_META = '<meta name="generator" content="sada-audio">'
 HOLDER_NOTE = ".sada-audio-render.pid"
 _INDEX_KEYS = {"name", "line", "status"}
 # the first foreign files a refusal names; the rest are counted
@@ -75,6 +78,14 @@ def _is_render_index(path: Path) -> bool:
     return not last or last.startswith('{"name": ')
 
 
+def _is_render_page(path: Path) -> bool:
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as file:
+            return GENERATOR_META in file.read(4096)
+    except OSError:
+        return False
+
+
 def is_render_sidecar(meta: Any) -> bool:
     """Whether a parsed sidecar was written by render (it records the request the clip was rendered for)."""
     return (
@@ -105,13 +116,17 @@ def _row_problems(out_dir: Path, row: RenderRow) -> list[str]:
 
 def foreign_files(out_dir: Path, rows: Sequence[RenderRow], ranks: int = 1) -> list[str]:
     """Names in ``out_dir`` that rendering ``rows`` would replace although no render made them: clips' audio
-    or sidecars, the index and the processes' index parts (symlinks and non-files always count)."""
+    or sidecars, the index, its page and the processes' index parts (symlinks and non-files always count)."""
     problems = []
     for name in (INDEX_NAME, *(part_name(rank) for rank in range(ranks))):
         path = out_dir / name
         info = _lstat(path)
         if info is not None and (not stat.S_ISREG(info.st_mode) or not _is_render_index(path)):
             problems.append(name)
+    page = out_dir / INDEX_PAGE_NAME
+    info = _lstat(page)
+    if info is not None and (not stat.S_ISREG(info.st_mode) or not _is_render_page(page)):
+        problems.append(INDEX_PAGE_NAME)
     for row in rows:
         problems.extend(_row_problems(out_dir, row))
     return problems

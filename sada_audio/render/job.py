@@ -225,7 +225,9 @@ class RenderSummary:
         return all(self.counts.get(status, 0) == 0 for status in (FAILED, INVALID, MISSING))
 
 
-def _read_part(path: Path) -> Iterator[dict[str, Any]]:
+def read_index_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The entries of an index file (``index.jsonl`` or a process's part); a truncated line is skipped, a missing
+    file has none."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -241,7 +243,7 @@ def merge_index(out_dir: Path, manifest: Manifest, run: RenderRun, world: int = 
     """Write ``index.jsonl``: every manifest row in manifest order, from this run's parts (rendered, failed),
     the sidecars (complete before: skipped), the validation (invalid); then remove the parts."""
     parts = [out_dir / part_name(rank) for rank in range(world)]
-    reported = {entry["name"]: entry for path in parts for entry in _read_part(path)}
+    reported = {entry["name"]: entry for path in parts for entry in read_index_lines(path)}
     entries = []
     for row in manifest.rows:
         entry = reported.get(row.name)

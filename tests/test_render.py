@@ -591,7 +591,7 @@ def test_one_render_per_folder_at_a_time(tiny_musicldm_dir: Path, tmp_path: Path
     finally:
         other.release()
     assert _render(manifest, out, tiny_musicldm_dir).exit_code == 0
-    assert sorted(path.name for path in out.iterdir()) == ["cue00.json", "cue00.wav", "index.jsonl"]
+    assert sorted(path.name for path in out.iterdir()) == ["cue00.json", "cue00.wav", "index.html", "index.jsonl"]
 
 
 def test_a_run_that_fails_before_rendering_leaves_nothing(tmp_path: Path) -> None:

@@ -20,11 +20,11 @@ from .common import (
     DEFAULT_MODEL,
     DTYPE_CHOICES,
     DTYPE_HELP,
-    interruptible,
     load_for_command,
     prepare_clip_dir,
     progress_bar,
 )
+from .console import interruptible
 
 #: What ``--quick`` sets: a smoke run of every method in a few minutes (the test suite runs it).
 QUICK = {"steps": 20, "duration": 2.56, "latent_frames": (32,), "cost_repeats": 1}

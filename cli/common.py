@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import errno
-import logging
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 import click
-import diffusers.utils.logging
-import transformers.utils.logging
 
-from sada_audio.errors import SADAError
 from sada_audio.pipelines import (
     COMPILE_MODES,
     MODEL_ALIASES,
@@ -45,128 +37,6 @@ COMPILE_HELP = (
 DEFAULT_MODEL = "tiny-musicldm"
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])
-
-
-class OneLineError(click.ClickException):
-    """Bad input: shown as a single ``Error: ...`` line on stderr, exit status 2, no traceback."""
-
-    exit_code = 2
-
-
-def single_line(message: str) -> str:
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
-
-
-class ResourceError(click.ClickException):
-    """The machine ran out of something the user cannot change from the command line: one line, exit status 1."""
-
-    exit_code = 1
-
-
-# errors of the file system that the user can fix (free space, permissions, another folder), with the hint
-_FIXABLE_OS_ERRORS = {
-    errno.ENOSPC: "free some space or write to another disk",
-    errno.EDQUOT: "free some space or write to another disk",
-    errno.EACCES: "check the permissions or write to another folder",
-    errno.EPERM: "check the permissions or write to another folder",
-    errno.EROFS: "write to another folder",
-}
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    # torch.OutOfMemoryError by name: this module must not import torch (the CLI starts without it)
-    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
-
-
-@contextlib.contextmanager
-def one_line_errors() -> Iterator[None]:
-    """Turn click usage errors, the library's :class:`SADAError`, full disks, missing permissions and exhausted
-    memory into one ``Error:`` line: exit status 2 for what the user can change, 1 for running out of memory."""
-    try:
-        yield
-    except click.exceptions.NoArgsIsHelpError:
-        raise  # a bare command shows its help, as click does
-    except click.UsageError as error:
-        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
-        raise OneLineError(single_line(error.format_message()) + hint) from error
-    except SADAError as error:
-        raise OneLineError(single_line(str(error))) from error
-    except OSError as error:
-        if error.errno not in _FIXABLE_OS_ERRORS:
-            raise
-        where = f" writing '{error.filename}'" if error.filename else ""
-        raise OneLineError(f"{error.strerror or error}{where}: {_FIXABLE_OS_ERRORS[error.errno]}") from error
-    except Exception as error:
-        if not _is_out_of_memory(error):
-            raise
-        message = single_line(str(error))[:200] or "out of memory"
-        raise ResourceError(
-            f"out of memory ({message}); try fewer waveforms, a shorter duration, a smaller batch or --dtype float16"
-        ) from error
-
-
-class _Interrupted(SystemExit):
-    """Ctrl-C or SIGTERM: unwinds (the atomic writes remove their temporary files), exit status 128 + signal."""
-
-
-@contextlib.contextmanager
-def interruptible(hint: str | None = None) -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C instead of killing at once; both end with ``hint`` (if any) and the shell's
-    status for the signal (130, 143), not click's 'Aborted!' with 1 (which means a failure)."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise _Interrupted(128 + signum)
-
-    handle_term = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, stop) if handle_term else None
-    try:
-        yield
-    except (KeyboardInterrupt, _Interrupted) as error:
-        status = error.code if isinstance(error, _Interrupted) else 128 + signal.SIGINT
-        click.echo(f"Interrupted: {hint}." if hint else "Interrupted.", err=True)
-        raise SystemExit(status) from None
-    finally:
-        if handle_term:
-            signal.signal(signal.SIGTERM, previous)
-
-
-class Group(click.Group):
-    """A click group whose parameter and library errors are one line long (click's usage errors
-    otherwise print the usage and a hint first)."""
-
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        with one_line_errors():
-            return super().make_context(*args, **kwargs)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        with one_line_errors():
-            return super().invoke(ctx)
-
-
-class _EchoHandler(logging.Handler):
-    """Writes log records to the current stderr through click (which may be swapped by tests)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            click.echo(self.format(record), err=True)
-        except Exception:
-            self.handleError(record)
-
-
-def configure_logging(verbosity: int) -> None:
-    """Route sada_audio's log records to stderr; below -v, silence the loading bars and warnings of
-    diffusers and transformers, so that the command's own progress bar is the only one on the terminal."""
-    quiet = verbosity == 0
-    for library in (diffusers.utils.logging, transformers.utils.logging):
-        library.set_verbosity(logging.ERROR if quiet else logging.WARNING)
-        (library.disable_progress_bar if quiet else library.enable_progress_bar)()
-    package_logger = logging.getLogger("sada_audio")
-    for handler in [h for h in package_logger.handlers if isinstance(h, _EchoHandler)]:
-        package_logger.removeHandler(handler)
-    handler = _EchoHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    package_logger.addHandler(handler)
-    package_logger.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
 
 
 @contextlib.contextmanager

@@ -19,13 +19,13 @@ from sada_audio.pipelines import resolve_model_id
 from .common import (
     check_steps_before_loading,
     dtype_name,
-    interruptible,
     load_for_command,
     model_options,
     prepare_clip_dir,
     progress_bar,
     sampling_options,
 )
+from .console import interruptible
 
 # Options that only make sense when the command generates the clips itself.
 _GENERATION_OPTIONS = ("model", "scheduler", "accelerate", "device", "dtype", "steps", "duration", "guidance", "seed")

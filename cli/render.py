@@ -31,11 +31,11 @@ from .common import (
     check_duration,
     compile_option,
     dtype_name,
-    interruptible,
     load_for_command,
     model_options,
     sampling_options,
 )
+from .console import interruptible
 
 
 def _progress_text(progress: RenderProgress | None) -> str | None:

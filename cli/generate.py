@@ -1,0 +1,128 @@
+"""``sada-audio generate``: one prompt into one clip (or a few waveforms) with its JSON sidecar."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import click
+
+from sada_audio.audio import check_output_path, write_all_or_nothing, write_audio, write_json
+from sada_audio.config import MAX_SEED
+from sada_audio.evaluation.sparsity_figure import write_sparsity_png
+from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch, run_metadata
+from sada_audio.pipelines import resolve_model_id
+
+from .common import (
+    check_prompt,
+    check_steps_before_loading,
+    compile_option,
+    dtype_name,
+    load_for_command,
+    model_options,
+    sampling_options,
+)
+from .console import interruptible
+
+logger = logging.getLogger(__name__)
+
+
+def _waveform_paths(output: Path, count: int) -> list[Path]:
+    """``OUT.wav`` for the first waveform, then ``OUT_1.wav``, ``OUT_2.wav``, ... for the others."""
+    return [output] + [output.with_name(f"{output.stem}_{i}{output.suffix}") for i in range(1, count)]
+
+
+@click.command()
+@click.argument("prompt", callback=check_prompt)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="OUT",
+    help="Audio file to write, .wav or .flac (chosen by the extension). A JSON sidecar with every "
+    "setting, the SADA statistics and the wall time is written next to it (OUT.json).",
+)
+@model_options
+@sampling_options
+@click.option(
+    "--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED), help="Seed of the initial noise."
+)
+@click.option("--negative-prompt", help="What the clip should not sound like.")
+@click.option(
+    "--num-waveforms",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Waveforms to generate. The first (the best by CLAP score, for pipelines that rank them) "
+    "goes to OUT.wav, the others to OUT_1.wav, OUT_2.wav, ...",
+)
+@click.option(
+    "--sparsity-map",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="PATH.png",
+    help="Also draw where SADA saved work: every step's mode and, for pruned steps, which latent time frames "
+    "and frequency bands were recomputed (needs --accelerate sada).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@compile_option
+def generate(
+    prompt: str,
+    output: Path,
+    model: str,
+    scheduler: str | None,
+    accelerate: str,
+    device: str,
+    dtype: str,
+    steps: int,
+    duration: float | None,
+    allow_long: bool,
+    guidance: float,
+    seed: int,
+    negative_prompt: str | None,
+    num_waveforms: int,
+    sparsity_map: Path | None,
+    overwrite: bool,
+    compile_mode: str,
+) -> None:
+    """Generate audio for PROMPT and write it to OUT (-o), with a JSON sidecar OUT.json.
+
+    \b
+    Example:
+      sada-audio generate "slow piano arpeggio in A minor" -o clip.wav
+    """
+    # Everything that can be checked is checked before the (slow) model load.
+    audio_paths = [check_output_path(path, overwrite) for path in _waveform_paths(output, num_waveforms)]
+    sidecar = check_output_path(output.with_suffix(".json"), overwrite, extensions=(".json",))
+    if sparsity_map is not None:
+        if accelerate != "sada":
+            raise click.UsageError("--sparsity-map needs --accelerate sada: without SADA every step runs in full")
+        check_output_path(sparsity_map, overwrite, extensions=(".png",))
+    check_steps_before_loading(model, scheduler, steps)
+    dtype = dtype_name(dtype, device, model)
+    with interruptible():
+        pipe, load_time = load_for_command(model, scheduler, device, dtype, compile_mode)
+        pipe.set_progress_bar_config(desc="Denoising", unit="step")
+
+        clip = ClipRequest(prompt=prompt, seed=seed, negative_prompt=negative_prompt)
+        settings = SamplingSettings(steps=steps, duration=duration, guidance=guidance, num_waveforms=num_waveforms)
+        batch = generate_batch(pipe, [clip], settings, accelerate=accelerate == "sada")
+
+        metadata = clip_metadata(clip, settings, batch, [path.name for path in audio_paths])
+        run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype, compile_mode)
+        metadata.update(run_info, load_time_s=load_time)
+        writes = [
+            functools.partial(write_audio, path, waveform, batch.sample_rate)
+            for path, waveform in zip(audio_paths, batch.waveforms[0], strict=True)
+        ]
+        write_all_or_nothing([*writes, functools.partial(write_json, sidecar, metadata)])
+        if sparsity_map is not None and batch.sada_stats is not None:
+            write_sparsity_png(sparsity_map, batch.sada_stats, title=prompt)
+    seconds = batch.waveforms.shape[-1] / batch.sample_rate
+    calls = "" if batch.model_calls is None else f", {batch.model_calls} model calls"
+    figure = "" if sparsity_map is None else f" and {sparsity_map}"
+    click.echo(
+        f"Wrote {', '.join(map(str, audio_paths))} ({seconds:.2f} s at {batch.sample_rate} Hz), {sidecar}{figure}: "
+        f"{steps} steps{calls} in {batch.wall_time_s:.1f} s."
+    )

@@ -408,6 +408,18 @@ _JS = """
       }
     })(listings[l]);
   }
+  // A link can ask for an order: report.html#sort=KEY (worst first) or #sort=KEY:best.
+  var wanted = /^#sort=([^:]+)(:best)?$/.exec(window.location.hash);
+  if (wanted) {
+    for (var w = 0; w < listings.length; w++) {
+      var heads = listings[w].querySelectorAll("th button");
+      for (var k = 0; k < heads.length; k++) {
+        if (heads[k].dataset.key === decodeURIComponent(wanted[1])) {
+          sortListing(listings[w], heads[k], !wanted[2]);
+        }
+      }
+    }
+  }
   // Markers for tests and for measuring: the script ran to its end; milliseconds to the load event.
   document.documentElement.dataset.ready = "1";
   window.addEventListener("load", function () {

@@ -43,6 +43,8 @@ from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, 
 from sada_audio.method.sparsity_map import PROFILE_ROWS, SparsityMap
 
 SR = 16_000
+#: LPIPS off without a network call (its absence is reported in the page like any unavailable metric).
+_NO_LPIPS = "/nonexistent/alexnet.pth"
 EVIL = "<script>alert(1)</script> \"quoted\" 'single' ../../etc/passwd & more"
 
 
@@ -229,7 +231,7 @@ def _tone_pairs(root: Path, count: int) -> tuple[Path, Path]:
 def test_evaluate_writes_a_listening_report(tmp_path: Path) -> None:
     reference, test = _tone_pairs(tmp_path, 3)
     output = tmp_path / "eval"
-    args = ["evaluate", str(reference), str(test), "-o", str(output)]
+    args = ["evaluate", str(reference), str(test), "-o", str(output), "--lpips-backbone", _NO_LPIPS]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     text = (output / "report.html").read_text(encoding="utf-8")
@@ -257,7 +259,7 @@ def test_report_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path)
     output.mkdir()
     victim.write_text("keep me")
     (output / "report.html").symlink_to(victim)
-    write_outputs(evaluate_directories(reference, test), output)
+    write_outputs(evaluate_directories(reference, test, lpips_backbone=_NO_LPIPS), output)
     assert victim.read_text() == "keep me"
     assert not (output / "report.html").is_symlink() and "<!DOCTYPE html>" in (output / "report.html").read_text()
 
@@ -338,7 +340,7 @@ def test_report_of_a_tiny_run_loads_in_headless_chromium(
     reference, test = _tiny_run(tiny_musicldm, tmp_path, ["slow piano", EVIL])
     output = tmp_path / "report"
     output.mkdir()
-    write_outputs(evaluate_directories(reference, test), output)
+    write_outputs(evaluate_directories(reference, test, lpips_backbone=_NO_LPIPS), output)
     report = output / "report.html"
     screenshot = tmp_path / "report.png"
     with tempfile.TemporaryDirectory() as profile:
@@ -356,6 +358,12 @@ def test_report_of_a_tiny_run_loads_in_headless_chromium(
     assert [tag for tag, _ in parsed.elements].count("script") == 1 and EVIL in "".join(parsed.text)
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     load = re.search(r'data-load-ms="(\d+)"', root)
+    # the page's own sorting, asked for by the link: best log-mel L1 first reverses the default order
+    worst_first = re.findall(r'<section class="card" id="(pair-\d)"', dump.stdout)
+    with tempfile.TemporaryDirectory() as profile:
+        resorted = _headless(executable, profile, "--dump-dom", report.as_uri() + "#sort=log_mel_l1:best")
+    assert re.findall(r'<section class="card" id="(pair-\d)"', resorted.stdout) == worst_first[::-1]
+    assert "sorted by log_mel_l1, best first" in resorted.stdout
     timing = "" if load is None else f" (load event at {load.group(1)} ms)"
     with capsys.disabled():
         print(f"\nheadless Chromium: {report} loaded without console errors{timing}; screenshot: {screenshot}")

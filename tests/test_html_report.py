@@ -25,7 +25,8 @@ from PIL import Image
 from sada_audio.cli.main import main as cli
 from sada_audio.config import SADAConfig
 from sada_audio.evaluation import embeddings
-from sada_audio.evaluation.benchmark_html import method_anchor, representative_run, speed_fidelity_svg
+from sada_audio.evaluation.benchmark import summarise
+from sada_audio.evaluation.benchmark_html import benchmark_page, method_anchor, representative_run, speed_fidelity_svg
 from sada_audio.evaluation.evaluate import evaluate_directories
 from sada_audio.evaluation.html_report import (
     LEVELS,
@@ -283,6 +284,46 @@ def test_benchmark_plot_links_every_method_and_draws_the_front() -> None:
     assert all(re.fullmatch(r"#[A-Za-z0-9-]+", link) for link in links)
     assert "script" not in [tag for tag, _ in parsed.elements] and EVIL in "".join(parsed.text)
     assert "Not plotted (infinite value): Same" in svg and "<polyline" in svg
+
+
+def _benchmark_results(audio: dict[str, Path] | None) -> dict:
+    """A benchmark's results for one sampler, one prompt: the baseline and one method (labelled ``EVIL``)."""
+    common = {"scheduler": "ddim", "prompt": EVIL, "seed": 0}
+    runs = [
+        {**common, "method": "baseline", "setting": "", "label": "baseline", "wall_s": 2.0, "speedup": 1.0,
+         "step_kinds": ["full"] * 4},
+        {**common, "method": "SADA", "setting": EVIL, "label": EVIL, "wall_s": 1.0, "speedup": 2.0, "nfe": 2,
+         "step_kinds": ["full", "skipped", "skipped", "full"],
+         "metrics": {"mel_psnr": 30.0, "mel_ssim": 0.9, "log_mel_l1": 0.1, "mr_stft": 0.5, "si_sdr": 3.0}},
+    ]  # fmt: skip
+    for run in runs if audio else []:
+        run["audio"] = str(audio[run["method"]])
+    summary = summarise(runs)
+    environment = {"date": "2026-11-30", "cpu": "test cpu", "device": "cpu"}
+    return {"settings": {"steps": 4}, "environment": environment, "quality": {"runs": runs, "summary": summary}}
+
+
+@pytest.mark.parametrize("keep_clips", [True, False])
+def test_benchmark_page_pairs_each_method_with_its_baseline(tmp_path: Path, keep_clips: bool) -> None:
+    audio = None
+    if keep_clips:
+        audio = {"baseline": tmp_path / "clips" / "base.flac", "SADA": tmp_path / "clips" / "sada#1.flac"}
+        audio["baseline"].parent.mkdir()
+        for index, path in enumerate(audio.values()):
+            sf.write(path, _tone(300 + 100 * index), SR)
+    page_dir = tmp_path / "bench"
+    text = benchmark_page(_benchmark_results(audio), page_dir, f"sada-audio benchmark --prompts '{EVIL}'")
+    parsed = _parse(text)
+    assert [tag for tag, _ in parsed.elements].count("script") == 1 and EVIL in "".join(parsed.text)
+    sources = [attrs["src"] for tag, attrs in parsed.elements if tag == "audio"]
+    links = {attrs["href"] for tag, attrs in parsed.elements if tag == "a"}
+    assert f"#{method_anchor('ddim', EVIL)}" in links  # from the plot and the table
+    if keep_clips:
+        assert sources == ["../clips/base.flac", "../clips/sada%231.flac"]  # baseline, then the method
+        assert "../clips/sada%231.flac" in links  # the method's clip list
+        assert sum(tag == "img" for tag, _ in parsed.elements) == 3 + 2  # spectrograms, step modes
+    else:
+        assert sources == [] and "were not kept" in text
 
 
 def test_representative_run_is_the_median_by_log_mel_psnr() -> None:

@@ -38,6 +38,7 @@ from sada_audio.evaluation.html_report import (
     relative_url,
     sort_worst_first,
     sparsity_panels,
+    write_render_index,
 )
 from sada_audio.evaluation.report import write_outputs
 from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch
@@ -263,6 +264,28 @@ def test_report_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path)
     write_outputs(evaluate_directories(reference, test, lpips_backbone=_NO_LPIPS), output)
     assert victim.read_text() == "keep me"
     assert not (output / "report.html").is_symlink() and "<!DOCTYPE html>" in (output / "report.html").read_text()
+
+
+def test_render_index_lists_clips_lowest_speedup_first_and_the_rows_that_failed(tmp_path: Path) -> None:
+    out = tmp_path / "render"
+    out.mkdir()
+    entries = []
+    for name, speedup in (("fast one", 2.5), ("slow#one", 1.2)):
+        sf.write(out / f"{name}.wav", _tone(440), SR)
+        stats = {"step_modes": ["full", "skipped"], "sparsity_map": None}
+        (out / f"{name}.json").write_text(json.dumps({"sada_stats": stats}))
+        entry = {"name": name, "line": len(entries) + 1, "status": "rendered", "prompt": EVIL, "seed": 1}
+        entries.append({**entry, "steps": 2, "files": [f"{name}.wav"], "nfe": 1, "nfe_speedup": speedup})
+    entries.append({"name": "broken", "line": 3, "status": "failed", "files": [], "error": f"ValueError: {EVIL}"})
+    (out / "index.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries) + '{"trunc')
+    path = write_render_index(out)
+    text = path.read_text(encoding="utf-8")
+    parsed = _parse(text)
+    assert path == out / "index.html" and [tag for tag, _ in parsed.elements].count("script") == 1
+    sources = [attrs["src"] for tag, attrs in parsed.elements if tag == "audio"]
+    assert sources == ["slow%23one.wav", "fast%20one.wav"]
+    assert f"broken (failed): ValueError: {EVIL}" in "".join(parsed.text)
+    assert sum(tag == "img" for tag, _ in parsed.elements) == 2 * 3  # spectrogram, step modes, step x time
 
 
 # ---------------------------------------------------------------- benchmark page parts

@@ -181,6 +181,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
     lines = [
         "# sada-audio benchmark",
         "",
+        f"To listen: [{RESULT_FILES['html']}]({RESULT_FILES['html']}) (the plot with links to every method's clips).",
+        "",
         f"- Command: `{command}`",
         f"- Date: {env['date']}; machine: {env['cpu']}, {env['cores']} cores, {env['torch_threads']} torch threads, "
         f"device {env['device']}{' (' + env['gpu'] + ')' if 'gpu' in env else ''}",

@@ -42,16 +42,28 @@ from .sparsity_figure import MODE_COLOURS, step_time_grid
 from .tables import format_number
 
 __all__ = [
+    "COST_COLUMNS",
     "HTML_NAME",
+    "LEVELS",
+    "RENDER_COLUMNS",
+    "RENDER_INDEX_NAME",
     "Column",
     "Listing",
+    "audio_thumbnail",
     "escape",
-    "relative_url",
-    "palette_png",
-    "sort_worst_first",
-    "page",
+    "evaluation_page",
     "listing_section",
-    "write_html",
+    "listings_block",
+    "page",
+    "palette_png",
+    "read_json_object",
+    "relative_url",
+    "render_index_page",
+    "sort_worst_first",
+    "sparsity_panels",
+    "spectrogram_panels",
+    "write_evaluation_html",
+    "write_render_index",
 ]
 
 logger = logging.getLogger(__name__)
@@ -409,6 +421,18 @@ _JS = """
       }
     })(listings[l]);
   }
+  // A link can ask for an order: report.html#sort=KEY (worst first) or #sort=KEY:best.
+  var wanted = /^#sort=([^:]+)(:best)?$/.exec(window.location.hash);
+  if (wanted) {
+    for (var w = 0; w < listings.length; w++) {
+      var heads = listings[w].querySelectorAll("th button");
+      for (var k = 0; k < heads.length; k++) {
+        if (heads[k].dataset.key === decodeURIComponent(wanted[1])) {
+          sortListing(listings[w], heads[k], !wanted[2]);
+        }
+      }
+    }
+  }
   // Markers for tests and for measuring: the script ran to its end; milliseconds to the load event.
   document.documentElement.dataset.ready = "1";
   window.addEventListener("load", function () {
@@ -430,12 +454,6 @@ def page(title: str, body: str) -> str:
         '<div id="js-errors" hidden></div>'
         f"<h1>{escape(title)}</h1>{body}<script>{_JS}</script></body></html>\n"
     )
-
-
-def write_html(path: Path, text: str) -> Path:
-    """Write a page atomically (a symlink at ``path`` is replaced, never written through)."""
-    write_text(path, text)
-    return path
 
 
 # -- the three pages ---------------------------------------------------------------------------------------
@@ -519,8 +537,9 @@ def evaluation_page(evaluation: Evaluation, page_dir: Path) -> str:
 
 
 def write_evaluation_html(evaluation: Evaluation, output_dir: Path) -> Path:
-    """Write ``output_dir/report.html`` for an evaluation; return its path."""
-    return write_html(output_dir / HTML_NAME, evaluation_page(evaluation, output_dir))
+    """Write ``output_dir/report.html`` for an evaluation, atomically (a symlink there is replaced, never written
+    through); return its path."""
+    return write_text(output_dir / HTML_NAME, evaluation_page(evaluation, output_dir))
 
 
 #: The render folder's page (beside ``index.jsonl``).
@@ -586,4 +605,4 @@ def render_index_page(out_dir: Path) -> str:
 
 def write_render_index(out_dir: Path) -> Path:
     """Write ``out_dir/index.html`` for a render folder (replaced at every run, like ``index.jsonl``)."""
-    return write_html(out_dir / RENDER_INDEX_NAME, render_index_page(out_dir))
+    return write_text(out_dir / RENDER_INDEX_NAME, render_index_page(out_dir))

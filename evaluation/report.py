@@ -105,6 +105,8 @@ def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
         f"Reference clips: `{report['reference_dir']}`; test clips: `{report['test_dir']}`; "
         f"{report['pairs_evaluated']} pairs evaluated, {len(report['problems'])} problems.",
         "",
+        f"To listen: [{HTML_NAME}]({HTML_NAME}) (players, spectrograms and sparsity maps of every pair).",
+        "",
         f"LPIPS: {report['lpips']['status']}. Scaling convention: {report['conventions']['lpips_scaling']}.",
         "",
         f"Spectrograms: {report['conventions']['spectrogram']}. Alignment: {report['conventions']['alignment']}.",

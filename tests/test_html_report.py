@@ -25,7 +25,8 @@ from PIL import Image
 from sada_audio.cli.main import main as cli
 from sada_audio.config import SADAConfig
 from sada_audio.evaluation import embeddings
-from sada_audio.evaluation.benchmark_html import method_anchor, representative_run, speed_fidelity_svg
+from sada_audio.evaluation.benchmark import summarise
+from sada_audio.evaluation.benchmark_html import benchmark_page, method_anchor, representative_run, speed_fidelity_svg
 from sada_audio.evaluation.evaluate import evaluate_directories
 from sada_audio.evaluation.html_report import (
     LEVELS,
@@ -37,12 +38,15 @@ from sada_audio.evaluation.html_report import (
     relative_url,
     sort_worst_first,
     sparsity_panels,
+    write_render_index,
 )
 from sada_audio.evaluation.report import write_outputs
 from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch
 from sada_audio.method.sparsity_map import PROFILE_ROWS, SparsityMap
 
 SR = 16_000
+#: LPIPS off without a network call (its absence is reported in the page like any unavailable metric).
+_NO_LPIPS = "/nonexistent/alexnet.pth"
 EVIL = "<script>alert(1)</script> \"quoted\" 'single' ../../etc/passwd & more"
 
 
@@ -229,7 +233,7 @@ def _tone_pairs(root: Path, count: int) -> tuple[Path, Path]:
 def test_evaluate_writes_a_listening_report(tmp_path: Path) -> None:
     reference, test = _tone_pairs(tmp_path, 3)
     output = tmp_path / "eval"
-    args = ["evaluate", str(reference), str(test), "-o", str(output)]
+    args = ["evaluate", str(reference), str(test), "-o", str(output), "--lpips-backbone", _NO_LPIPS]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     text = (output / "report.html").read_text(encoding="utf-8")
@@ -257,9 +261,31 @@ def test_report_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path)
     output.mkdir()
     victim.write_text("keep me")
     (output / "report.html").symlink_to(victim)
-    write_outputs(evaluate_directories(reference, test), output)
+    write_outputs(evaluate_directories(reference, test, lpips_backbone=_NO_LPIPS), output)
     assert victim.read_text() == "keep me"
     assert not (output / "report.html").is_symlink() and "<!DOCTYPE html>" in (output / "report.html").read_text()
+
+
+def test_render_index_lists_clips_lowest_speedup_first_and_the_rows_that_failed(tmp_path: Path) -> None:
+    out = tmp_path / "render"
+    out.mkdir()
+    entries = []
+    for name, speedup in (("fast one", 2.5), ("slow#one", 1.2)):
+        sf.write(out / f"{name}.wav", _tone(440), SR)
+        stats = {"step_modes": ["full", "skipped"], "sparsity_map": None}
+        (out / f"{name}.json").write_text(json.dumps({"sada_stats": stats}))
+        entry = {"name": name, "line": len(entries) + 1, "status": "rendered", "prompt": EVIL, "seed": 1}
+        entries.append({**entry, "steps": 2, "files": [f"{name}.wav"], "nfe": 1, "nfe_speedup": speedup})
+    entries.append({"name": "broken", "line": 3, "status": "failed", "files": [], "error": f"ValueError: {EVIL}"})
+    (out / "index.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries) + '{"trunc')
+    path = write_render_index(out)
+    text = path.read_text(encoding="utf-8")
+    parsed = _parse(text)
+    assert path == out / "index.html" and [tag for tag, _ in parsed.elements].count("script") == 1
+    sources = [attrs["src"] for tag, attrs in parsed.elements if tag == "audio"]
+    assert sources == ["slow%23one.wav", "fast%20one.wav"]
+    assert f"broken (failed): ValueError: {EVIL}" in "".join(parsed.text)
+    assert sum(tag == "img" for tag, _ in parsed.elements) == 2 * 3  # spectrogram, step modes, step x time
 
 
 # ---------------------------------------------------------------- benchmark page parts
@@ -281,6 +307,46 @@ def test_benchmark_plot_links_every_method_and_draws_the_front() -> None:
     assert all(re.fullmatch(r"#[A-Za-z0-9-]+", link) for link in links)
     assert "script" not in [tag for tag, _ in parsed.elements] and EVIL in "".join(parsed.text)
     assert "Not plotted (infinite value): Same" in svg and "<polyline" in svg
+
+
+def _benchmark_results(audio: dict[str, Path] | None) -> dict:
+    """A benchmark's results for one sampler, one prompt: the baseline and one method (labelled ``EVIL``)."""
+    common = {"scheduler": "ddim", "prompt": EVIL, "seed": 0}
+    runs = [
+        {**common, "method": "baseline", "setting": "", "label": "baseline", "wall_s": 2.0, "speedup": 1.0,
+         "step_kinds": ["full"] * 4},
+        {**common, "method": "SADA", "setting": EVIL, "label": EVIL, "wall_s": 1.0, "speedup": 2.0, "nfe": 2,
+         "step_kinds": ["full", "skipped", "skipped", "full"],
+         "metrics": {"mel_psnr": 30.0, "mel_ssim": 0.9, "log_mel_l1": 0.1, "mr_stft": 0.5, "si_sdr": 3.0}},
+    ]  # fmt: skip
+    for run in runs if audio else []:
+        run["audio"] = str(audio[run["method"]])
+    summary = summarise(runs)
+    environment = {"date": "2026-11-30", "cpu": "test cpu", "device": "cpu"}
+    return {"settings": {"steps": 4}, "environment": environment, "quality": {"runs": runs, "summary": summary}}
+
+
+@pytest.mark.parametrize("keep_clips", [True, False])
+def test_benchmark_page_pairs_each_method_with_its_baseline(tmp_path: Path, keep_clips: bool) -> None:
+    audio = None
+    if keep_clips:
+        audio = {"baseline": tmp_path / "clips" / "base.flac", "SADA": tmp_path / "clips" / "sada#1.flac"}
+        audio["baseline"].parent.mkdir()
+        for index, path in enumerate(audio.values()):
+            sf.write(path, _tone(300 + 100 * index), SR)
+    page_dir = tmp_path / "bench"
+    text = benchmark_page(_benchmark_results(audio), page_dir, f"sada-audio benchmark --prompts '{EVIL}'")
+    parsed = _parse(text)
+    assert [tag for tag, _ in parsed.elements].count("script") == 1 and EVIL in "".join(parsed.text)
+    sources = [attrs["src"] for tag, attrs in parsed.elements if tag == "audio"]
+    links = {attrs["href"] for tag, attrs in parsed.elements if tag == "a"}
+    assert f"#{method_anchor('ddim', EVIL)}" in links  # from the plot and the table
+    if keep_clips:
+        assert sources == ["../clips/base.flac", "../clips/sada%231.flac"]  # baseline, then the method
+        assert "../clips/sada%231.flac" in links  # the method's clip list
+        assert sum(tag == "img" for tag, _ in parsed.elements) == 3 + 2  # spectrograms, step modes
+    else:
+        assert sources == [] and "were not kept" in text
 
 
 def test_representative_run_is_the_median_by_log_mel_psnr() -> None:
@@ -338,7 +404,7 @@ def test_report_of_a_tiny_run_loads_in_headless_chromium(
     reference, test = _tiny_run(tiny_musicldm, tmp_path, ["slow piano", EVIL])
     output = tmp_path / "report"
     output.mkdir()
-    write_outputs(evaluate_directories(reference, test), output)
+    write_outputs(evaluate_directories(reference, test, lpips_backbone=_NO_LPIPS), output)
     report = output / "report.html"
     screenshot = tmp_path / "report.png"
     with tempfile.TemporaryDirectory() as profile:
@@ -356,6 +422,12 @@ def test_report_of_a_tiny_run_loads_in_headless_chromium(
     assert [tag for tag, _ in parsed.elements].count("script") == 1 and EVIL in "".join(parsed.text)
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     load = re.search(r'data-load-ms="(\d+)"', root)
+    # the page's own sorting, asked for by the link: best log-mel L1 first reverses the default order
+    worst_first = re.findall(r'<section class="card" id="(pair-\d)"', dump.stdout)
+    with tempfile.TemporaryDirectory() as profile:
+        resorted = _headless(executable, profile, "--dump-dom", report.as_uri() + "#sort=log_mel_l1:best")
+    assert re.findall(r'<section class="card" id="(pair-\d)"', resorted.stdout) == worst_first[::-1]
+    assert "sorted by log_mel_l1, best first" in resorted.stdout
     timing = "" if load is None else f" (load event at {load.group(1)} ms)"
     with capsys.disabled():
         print(f"\nheadless Chromium: {report} loaded without console errors{timing}; screenshot: {screenshot}")

@@ -70,6 +70,13 @@ def check_prompt(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def seed_option(help_text: str) -> Callable[[_Command], _Command]:
+    """``--seed N``: a whole number in 0..2**63-1 (what ``torch.Generator.manual_seed`` takes without wrapping)."""
+    from sada_audio.config import MAX_SEED
+
+    return click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED), help=help_text)
+
+
 def _apply_options(command: _Command, options: list[Callable[[_Command], _Command]]) -> _Command:
     for option in reversed(options):
         command = option(command)

@@ -24,6 +24,7 @@ from .common import (
     prepare_clip_dir,
     progress_bar,
     sampling_options,
+    seed_option,
 )
 from .console import interruptible
 
@@ -95,13 +96,7 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
 )
 @model_options
 @sampling_options
-@click.option(
-    "--seed",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0, MAX_SEED),
-    help="Seed of the first prompt; +1 per line.",
-)
+@seed_option("Seed of the first prompt; +1 per line.")
 @click.pass_context
 def evaluate(
     ctx: click.Context,

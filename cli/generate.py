@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from sada_audio.audio import check_output_path, write_all_or_nothing, write_audio, write_json
-from sada_audio.config import MAX_SEED
 from sada_audio.evaluation.sparsity_figure import write_sparsity_png
 from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch, run_metadata
 from sada_audio.pipelines import resolve_model_id
@@ -22,6 +21,7 @@ from .common import (
     load_for_command,
     model_options,
     sampling_options,
+    seed_option,
 )
 from .console import interruptible
 
@@ -46,9 +46,7 @@ def _waveform_paths(output: Path, count: int) -> list[Path]:
 )
 @model_options
 @sampling_options
-@click.option(
-    "--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED), help="Seed of the initial noise."
-)
+@seed_option("Seed of the initial noise.")
 @click.option("--negative-prompt", help="What the clip should not sound like.")
 @click.option(
     "--num-waveforms",

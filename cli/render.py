@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from sada_audio.config import MAX_SEED
 from sada_audio.evaluation.html_report import write_render_index
 from sada_audio.pipelines import resolve_model_id
 from sada_audio.render import (
@@ -34,6 +33,7 @@ from .common import (
     load_for_command,
     model_options,
     sampling_options,
+    seed_option,
 )
 from .console import interruptible
 
@@ -60,9 +60,7 @@ def _progress_text(progress: RenderProgress | None) -> str | None:
 )
 @model_options
 @sampling_options
-@click.option(
-    "--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED), help="Seed of rows without one."
-)
+@seed_option("Seed of rows without one.")
 @click.option("--negative-prompt", help="Negative prompt of rows without one.")
 @click.option(
     "--format",

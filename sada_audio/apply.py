@@ -230,6 +230,7 @@ class SADAHandle:
     def _prepare_blocks(self, device: torch.device | str | None) -> None:
         """Set what every token block does in this call: the decisions a traced block must not make."""
         engine = self.engine
+        # Pipelines that call the denoiser twice per step (Flux's true CFG) get one cache per call of the step.
         slot = engine.call_in_step
         for hook in self._block_hooks:
             kept = engine.kept_tokens(hook.level, device)

@@ -196,7 +196,9 @@ def main() -> None:
         help="CPU only: 'process' times by this process's CPU time, robust to other processes on the machine",
     )
     parser.add_argument(
-        "--flops", action="store_true", help="also count the FLOPs of a full and a pruned call (token-wise SADA)"
+        "--flops",
+        action="store_true",
+        help="also count the FLOPs of a full and a pruned call (token-wise SADA; on the meta device, instantly)",
     )
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
@@ -215,13 +217,14 @@ def main() -> None:
     results = run_step_costs(benches, methods, summary)
     if args.flops:
         by_label = {method.label: method for method in methods}
-        for build, bench_result in zip(benches.values(), results.values(), strict=True):
-            bench = build()
+        # FLOPs depend on shapes only: counted on the meta device, without computing anything
+        unet = real_size_unet().to("meta")
+        for frames, bench_result in zip(args.frames, results.values(), strict=True):
+            bench = unet_bench(unet, frames, args.batch, steps, repeats=1)
             for entry in bench_result["entries"]:
                 method = by_label[entry["label"]]
                 if isinstance(method, SADA) and method.config.tokenwise:
                     entry["flops"] = pruned_call_flops(bench, method.config)
-            del bench
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else args.device
     schedulers = list(dict.fromkeys(s["scheduler"] for s in summary))
     for name, bench in results.items():

@@ -27,6 +27,7 @@ from .config import SADAConfig
 from .errors import SADAError
 from .hooks import register_hook, remove_hook
 from .method.engine import SADAEngine, SADAStats
+from .method.tokens import level_grid
 from .models import DenoiserLayout, ModelAdapter, TokenBlock, model_adapter_for
 from .solvers import check_scheduler, check_step_arguments, solver_adapter_for
 
@@ -104,6 +105,8 @@ class _TokenBlockHook(ModelHook):
         self.index = index
         self.action = _OFF
         self.kept: torch.Tensor | None = None
+        self.grid_tokens = 0
+        """Tokens of the grid the kept indices index (a block holding another number runs in full)."""
         self.cache_in: torch.Tensor | None = None
         self.cache_out: torch.Tensor | None = None
         self.computed = 0
@@ -126,6 +129,7 @@ class _TokenBlockHook(ModelHook):
             or kept is None
             or cache is None
             or cache.shape != tokens.shape
+            or num_tokens != self.grid_tokens
             or not layout.prunable(rest, kwargs)
         ):
             output = forward(*args, **kwargs)
@@ -230,12 +234,15 @@ class SADAHandle:
     def _prepare_blocks(self, device: torch.device | str | None) -> None:
         """Set what every token block does in this call: the decisions a traced block must not make."""
         engine = self.engine
+        # Pipelines that call the denoiser twice per step (Flux's true CFG) get one cache per call of the step.
         slot = engine.call_in_step
         for hook in self._block_hooks:
             kept = engine.kept_tokens(hook.level, device)
             cache = engine.block_caches.get((hook.index, slot))
             if kept is not None and cache is not None:
                 hook.action, hook.kept, hook.cache_in = _PRUNE, kept, cache
+                height, width = level_grid(engine.latent_hw, hook.level)
+                hook.grid_tokens = height * width
             else:
                 caches = hook.level <= engine.config.max_downsample
                 hook.action, hook.kept, hook.cache_in = (_FULL_STORE if caches else _FULL), None, None

@@ -105,7 +105,7 @@ class _TokenBlockHook(ModelHook):
         cache = engine.block_caches.get(key)
         if kept is None or cache is None or cache.shape != tokens.shape or not layout.prunable(rest, kwargs):
             output = forward(*args, **kwargs)
-            if engine.running and self.level <= engine.config.max_downsample:
+            if engine.running and engine.config.prunes_level(self.level, engine.latent_hw):
                 engine.block_caches[key] = layout.hidden_output(output)[:, prefix:] - tokens
             engine.count_tokens(num_tokens, num_tokens)
             return output

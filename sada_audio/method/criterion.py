@@ -103,7 +103,7 @@ def stability(
 
 def published_gradient(
     model_output: torch.Tensor,
-    state: torch.Tensor,
+    z: torch.Tensor,
     prediction_type: str,
     beta: float,
     num_steps: int,
@@ -112,15 +112,15 @@ def published_gradient(
 ) -> torch.Tensor:
     """The published code's ODE gradient ``f_n`` at one step, restated (not our ``y = dz/dt``).
 
-    With ``x = alpha * z`` the variance-preserving state, the training beta at the step's timestep and
-    ``N`` inference steps: ``f = N * beta / 2 * (eps / sigma - x)`` for noise-predicting models and
-    ``f = N * beta / 2 * alpha / sigma * v`` for v-predicting ones (the published v branch has no state
-    term). ``f`` is the VP probability-flow gradient in *training*-step units times ``N``.
+    With ``z`` the scaled state, ``x = alpha * z`` the variance-preserving one, ``beta`` the training beta
+    at the step's timestep and ``N`` inference steps: ``f = N * beta / 2 * (eps / sigma - x)`` for
+    noise-predicting models and ``f = N * beta / 2 * alpha / sigma * v`` for v-predicting ones (the
+    published v branch has no state term). ``f`` is the VP probability-flow gradient in *training*-step units times ``N``.
     """
     scale = 0.5 * beta * num_steps
     if prediction_type == "v_prediction":
         return (scale * alpha / sigma) * model_output
-    return (scale / sigma) * model_output - scale * (alpha * state)
+    return (scale / sigma) * model_output - scale * (alpha * z)
 
 
 #: Weights of the published three-step predictor ``xhat_{n+1} = x_n - delta (5/8 f_n + 3/4 f_{n-1} - 3/8 f_{n-2})``.

@@ -120,6 +120,9 @@ class SADAEngine:
         self.config = config
         self.stats = SADAStats()
         self._solver: ODECoordinates | None = None
+        self.forced_skips: frozenset[int] | None = None
+        """Research hook (the oracle study): skip exactly these steps (where three gradients are known and
+        the step lies in ``acc_range``) instead of asking the criterion; kept across runs."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -234,7 +237,7 @@ class SADAEngine:
                 # (the skipped call returned it) at the current state, not the reconstruction.
                 if mode is not StepMode.SKIPPED or self._last_called_output is None:
                     self._last_called_output = output
-                self._history.published.appendleft(self._published_gradient(self._last_called_output, state, n))
+                self._history.published.appendleft(self._published_gradient(self._last_called_output, z_now, n))
             self.step = n + 1
             if self.step >= solver.num_steps:
                 return
@@ -247,14 +250,14 @@ class SADAEngine:
                 self._token_momentum = verdict.token_momentum().cpu()
             self._plan_next(warm, verdict, next_state, a_next, t_next)
 
-    def _published_gradient(self, output: torch.Tensor, state: torch.Tensor, n: int) -> torch.Tensor:
+    def _published_gradient(self, output: torch.Tensor, z: torch.Tensor, n: int) -> torch.Tensor:
         solver = self._solver
         scheduler = solver.scheduler
         _, t = solver.ode_time(n)
         alpha = 1.0 / math.sqrt(1.0 + t * t)
         beta = float(scheduler.betas[int(scheduler.timesteps[n])])
         prediction_type = scheduler.config.prediction_type
-        return published_gradient(output, state, prediction_type, beta, solver.num_steps, alpha, t * alpha)
+        return published_gradient(output, z, prediction_type, beta, solver.num_steps, alpha, t * alpha)
 
     def _stability(self, z_next: torch.Tensor, z_now: torch.Tensor, a_next: float, t_next: float) -> Stability:
         """The configured criterion's verdict on the step just made (``z``: scaled states)."""
@@ -296,7 +299,10 @@ class SADAEngine:
         mode = StepMode.FULL
         if warm and self.bounds.accelerated(step):
             can_skip = config.stepwise and self._skip_streak < config.max_interval
-            if can_skip and self.bounds.in_lagrange_phase(step):
+            if self.forced_skips is not None:
+                if step in self.forced_skips:
+                    mode = StepMode.SKIPPED
+            elif can_skip and self.bounds.in_lagrange_phase(step):
                 if not self._is_anchor(step) and len(self._anchors) >= 2:
                     mode = StepMode.SKIPPED
             elif can_skip and verdict.stable:

@@ -115,7 +115,8 @@ def published_gradient(
     With ``z`` the scaled state, ``x = alpha * z`` the variance-preserving one, ``beta`` the training beta
     at the step's timestep and ``N`` inference steps: ``f = N * beta / 2 * (eps / sigma - x)`` for
     noise-predicting models and ``f = N * beta / 2 * alpha / sigma * v`` for v-predicting ones (the
-    published v branch has no state term). ``f`` is the VP probability-flow gradient in *training*-step units times ``N``.
+    published v branch has no state term). ``f`` is the VP probability-flow gradient in
+    *training*-step units, times ``N``.
     """
     scale = 0.5 * beta * num_steps
     if prediction_type == "v_prediction":

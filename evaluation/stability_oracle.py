@@ -224,11 +224,15 @@ def fixed_skips(steps: Sequence[int], count: int) -> frozenset[int]:
 
 
 def skip_sets(
-    scores: dict[str, dict[int, float]], costs: dict[int, float], count: int, signals: Sequence[str]
+    scores: dict[str, dict[int, float]],
+    costs: dict[int, float],
+    count: int,
+    signals: Sequence[str],
+    max_run: int = MAX_RUN,
 ) -> dict[str, frozenset[int]]:
     steps = list(range(*ACC_RANGE))
-    sets = {name: pick_skips(sorted(steps, key=lambda m, s=scores[name]: s[m]), count) for name in signals}
-    sets["oracle"] = pick_skips(sorted(steps, key=lambda m: costs[m]), count)
+    sets = {name: pick_skips(sorted(steps, key=lambda m, s=scores[name]: s[m]), count, max_run) for name in signals}
+    sets["oracle"] = pick_skips(sorted(steps, key=lambda m: costs[m]), count, max_run)
     sets["fixed"] = fixed_skips(steps, count)
     return sets
 
@@ -325,6 +329,7 @@ def study_clip(
     true_stride: int | None,
     preset: SADAConfig | None,
     signals: Sequence[str] = SCORES,
+    max_run: int = MAX_RUN,
 ) -> dict:
     """One clip: scores, costs and AUCs from its unaccelerated run; equal-NFE runs for ``signals`` (none: AUC only)."""
     started = time.perf_counter()
@@ -353,7 +358,7 @@ def study_clip(
     record["equal_nfe"] = {}
     if not signals:
         return record
-    for name, chosen in skip_sets(scores, oracle_cost, skips, signals).items():
+    for name, chosen in skip_sets(scores, oracle_cost, skips, signals, max_run).items():
         out = model.run(clip, forced=chosen)
         record["equal_nfe"][name] = {"error": model.error(reference, out), "calls": model.last_calls}
     if preset is not None:
@@ -413,8 +418,8 @@ def compare_configs(
                     "scheduler": scheduler_name,
                     "prompt": prompt,
                     "variant": label,
-                    "calls": batch.stats["model_calls"],
-                    "step_modes": "".join(mode[0] for mode in batch.stats["step_modes"]),
+                    "calls": batch.sada_stats["model_calls"],
+                    "step_modes": "".join(mode[0] for mode in batch.sada_stats["step_modes"]),
                     **{k: metrics[k] for k in ("mel_psnr", "mel_ssim", "mr_stft")},
                 }
             )
@@ -436,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prompt-set", choices=("tune", "report", "all"), default="all")
     parser.add_argument("--clips", type=int, default=None, help="use only the first N clips of the set")
     parser.add_argument("--skips", type=int, default=27, help="skipped steps per clip at equal NFE (27 = 23 calls)")
+    parser.add_argument("--max-run", type=int, default=MAX_RUN, help="longest run of skips in a chosen set")
     parser.add_argument("--true-oracle-clips", type=int, default=0, help="clips with single-skip runs (embedded)")
     parser.add_argument("--true-oracle-stride", type=int, default=3)
     parser.add_argument("--no-preset", action="store_true", help="skip the shipped preset's reference run")
@@ -485,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         preset = None if args.no_preset else SADAConfig.preset("musicldm")
         signals = [name for name in args.signals.split(",") if name]
         records = [
-            study_clip(model, clip, args.skips, stride if i < true_clips else None, preset, signals)
+            study_clip(model, clip, args.skips, stride if i < true_clips else None, preset, signals, args.max_run)
             for i, clip in enumerate(clips)
         ]
         results[scheduler_name] = {

@@ -98,3 +98,25 @@ def test_forced_skips_replace_the_criterion():
         run_sampler(denoiser, scheduler, NOISE, 50)
         # step 2 has too little history, step 49 lies outside acc_range (10, 47)
         assert handle.stats.skipped_steps == [12, 13, 30]
+
+
+def test_the_published_criterion_gives_two_prompts_different_schedules_on_the_embedded_model():
+    """Stability guidance decides per clip: on the trained model two prompts (same seed) get different
+    step_modes, where the fixed Lagrange schedule gives every clip the same one."""
+    from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
+    from sada_audio.pipelines import load_pipeline
+
+    pipe = load_pipeline("tiny-musicldm")
+    pipe.set_progress_bar_config(disable=True)
+    sampling = SamplingSettings(steps=20, duration=1.28, guidance=2.0)
+    adaptive = SADAConfig.preset("musicldm", criterion="published", lagrange_step=None)
+    schedules = {}
+    for config in (adaptive, SADAConfig.preset("musicldm")):
+        schedules[config] = [
+            generate_batch(pipe, [ClipRequest(prompt, 0)], sampling, sada_config=config).sada_stats["step_modes"]
+            for prompt in ("a calm piano playing broken chords", "drums only: a busy breakbeat")
+        ]
+    first, second = schedules[adaptive]
+    assert first != second and "skipped" in first and "skipped" in second
+    fixed_first, fixed_second = schedules[SADAConfig.preset("musicldm")]
+    assert fixed_first == fixed_second

@@ -488,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             true_clips, stride = args.true_oracle_clips, args.true_oracle_stride
         clips = clips[: args.clips] if args.clips else clips
-        preset = None if args.no_preset else SADAConfig.preset("musicldm")
+        # The reference row: the fixed Lagrange schedule the audio presets shipped before issue 13 (23 calls).
+        preset = None if args.no_preset else SADAConfig.preset("musicldm", lagrange_step=10)
         signals = [name for name in args.signals.split(",") if name]
         records = [
             study_clip(model, clip, args.skips, stride if i < true_clips else None, preset, signals, args.max_run)

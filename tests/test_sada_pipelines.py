@@ -60,7 +60,7 @@ def test_sada_accelerates_and_remove_restores(pipelines, family, scheduler):
     # full (one anchor cannot extrapolate); no token pruning
     assert stats.num_steps == 50 and stats.model_calls == 50 - len(stats.skipped_steps) and stats.fallbacks == 0
     assert [s for s in stats.skipped_steps if s >= 20] == [s for s in range(26, 49) if (s - 20) % 5]
-    assert all(10 <= s for s in stats.skipped_steps)
+    assert all(s >= 10 for s in stats.skipped_steps)
     assert not stats.pruned_steps and stats.tokens_total == 0
     assert (generate(pipe) == baseline).all(), "remove() must restore bit-identical output"
 

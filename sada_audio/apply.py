@@ -244,7 +244,7 @@ class SADAHandle:
                 height, width = level_grid(engine.latent_hw, hook.level)
                 hook.grid_tokens = height * width
             else:
-                caches = hook.level <= engine.config.max_downsample
+                caches = engine.config.prunes_level(hook.level, engine.latent_hw)
                 hook.action, hook.kept, hook.cache_in = (_FULL_STORE if caches else _FULL), None, None
         self._slot = slot
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -12,6 +13,8 @@ from .errors import ConfigError
 
 Reconstruction = Literal["extrapolate", "reuse", "predicted_state"]
 RECONSTRUCTIONS: tuple[str, ...] = ("extrapolate", "reuse", "predicted_state")
+Criterion = Literal["consistent", "published", "data_change"]
+CRITERIA: tuple[str, ...] = ("consistent", "published", "data_change")
 MAX_SEED = 2**63 - 1
 """Largest seed accepted anywhere (``torch.Generator.manual_seed`` takes 64-bit values; beyond this, seeds wrap)."""
 
@@ -87,7 +90,9 @@ class SADAConfig:
     sy: int = 3
     """Token window size along the second latent axis (frequency, for spectrogram latents)."""
     max_downsample: int = 1
-    """Token pruning applies to transformer blocks at resolution levels <= this (0 = latent grid)."""
+    """Token pruning applies to transformer blocks downsampled by at most this factor, as published:
+    a block with ``N`` tokens on a latent of ``N0`` is pruned when ``ceil(sqrt(N0 // N)) <= max_downsample``
+    (1 = the latent grid only, 2 = also the 2x-downsampled level, 4 = also 4x); see :meth:`prunes_level`."""
     max_fix: int = 5120
     """At most this many unstable tokens (counted on the latent grid) are forced to be recomputed."""
     stepwise: bool = True
@@ -97,8 +102,17 @@ class SADAConfig:
     reconstruction: Reconstruction = "extrapolate"
     """How a skipped step's model output is rebuilt before the late (Lagrange) phase:
     ``extrapolate`` (ODE gradient extrapolated linearly in the solver's time), ``reuse`` (last
-    gradient), ``predicted_state`` (the published rule: last output at the multistep-predicted
-    state)."""
+    gradient), ``predicted_state`` (last output at the criterion's predicted state: the published
+    reconstruction with ``criterion="published"``, a corrected one with ``"consistent"``, whose
+    predictor is consistent)."""
+    criterion: Criterion = "consistent"
+    """The step-wise stability criterion (README, "Where we depart"): ``consistent`` (residual of a
+    consistent Adams-Bashforth predictor in the solver's time times the gradient's curvature, stable when
+    its mean is <= 0), ``published`` (the authors' formula: predictor with weights (5/8, 3/4, -3/8) and
+    step 1/N on the training-beta gradient, same sign rule), ``data_change`` (relative change of the data
+    prediction between the last two steps, stable when <= ``change_threshold``)."""
+    change_threshold: float = 0.05
+    """Threshold of the ``data_change`` criterion."""
     reference_steps: int | None = 50
     """Number of steps the indices above are given for; ``None`` = absolute indices."""
     seed: int = 0
@@ -133,6 +147,11 @@ class SADAConfig:
                 self.reconstruction in RECONSTRUCTIONS,
                 f"reconstruction must be one of {', '.join(RECONSTRUCTIONS)}, got {self.reconstruction!r}",
             ),
+            (
+                self.criterion in CRITERIA,
+                f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}",
+            ),
+            (self.change_threshold > 0, f"change_threshold must be > 0, got {self.change_threshold}"),
             (
                 self.reference_steps is None or self.reference_steps >= 4,
                 f"reference_steps must be None or >= 4, got {self.reference_steps}",
@@ -199,6 +218,24 @@ class SADAConfig:
             values["acc_range"] = tuple(values["acc_range"])
         return cls(**values)
 
+    def prunes_level(self, level: int, latent_hw: tuple[int, int] | None = None) -> bool:
+        """Whether token pruning applies to a transformer block at resolution ``level`` (0 = latent grid).
+
+        The published rule reads ``max_downsample`` as a downsampling factor: with ``N0`` latent tokens and
+        ``N`` tokens at the block, the block is pruned when ``ceil(sqrt(N0 // N)) <= max_downsample``.
+        ``latent_hw`` gives the exact token counts (stride-2 levels round odd sizes up); without it the
+        level is taken as an exact halving (factor ``2 ** level``).
+        """
+        if latent_hw is None:
+            factor = 2**level
+        else:
+            height, width = latent_hw
+            level_h, level_w = height, width
+            for _ in range(level):
+                level_h, level_w = math.ceil(level_h / 2), math.ceil(level_w / 2)
+            factor = math.ceil(math.sqrt((height * width) // (level_h * level_w)))
+        return factor <= self.max_downsample
+
     def bounds(self, num_steps: int) -> StepBounds:
         """Scale the step indices to a run of ``num_steps`` steps."""
         scale = 1.0 if self.reference_steps is None else num_steps / self.reference_steps
@@ -208,39 +245,44 @@ class SADAConfig:
         return StepBounds(num_steps=num_steps, acc_start=start, acc_end=end, lagrange_step=lagrange)
 
 
-# Tuned on the embedded trained MusicLDM (BENCHMARKS.md, "Tuning the audio preset"): the late phase
-# starts at step 10 with an anchor every 5th step and may skip up to step 48, 23 of 50 model calls. An
-# earlier start (6-8) lost 10 dB on some prompts, where the data prediction still moves too fast for the
-# polynomial; token pruning is off because on that model it cost 3-6 dB log-mel PSNR for at most ~4%
-# speed at real size (with anchors always computed in full, only the steps before the second anchor
-# prune). When switched on (tokenwise=True): windows narrow along frequency, since the latent has only
-# 16 frequency rows and the first attention level 8; attention starts at level 1 of these UNets.
+# Tuned on the embedded trained MusicLDM (BENCHMARKS.md, "Tuning the audio preset" and "The adaptive
+# audio preset"): steps 10-19 are skipped where the published stability criterion says so (it decides
+# per clip: 1-3 skips there on the tuning prompts), then the Lagrange phase from step 20 with an anchor
+# every 5th step skips on a fixed rhythm up to step 48: 24-26 of 50 model calls. Against the fixed
+# schedule it replaces (Lagrange from step 10, 23 calls) it spends 1-3 more calls and gained 2.0 dB
+# log-mel PSNR on the tuning prompts (DDIM), 3 dB on the hardest one; our consistent criterion never
+# fires on this model. An earlier Lagrange start (6-8) lost 10 dB on some prompts. Token pruning is off:
+# on this model it cost 3-6 dB for at most ~4% speed at real size. When switched on (tokenwise=True):
+# windows narrow along frequency, since the latent has only 16 frequency rows and the first attention
+# level 8; attention starts at level 1 of these UNets.
 _AUDIO_UNET = SADAConfig(
     acc_range=(10, 49),
     max_interval=4,
-    lagrange_step=10,
+    criterion="published",
+    lagrange_step=20,
     lagrange_int=5,
     lagrange_term=4,
     sx=3,
     sy=2,
-    max_downsample=2,
+    max_downsample=4,  # a factor: the latent grid and the 2x and 4x levels (attention starts at 2x)
     max_fix=1024,
     tokenwise=False,
 )
 
-# The published image presets (50 steps). SADAConfig's defaults are SD-2's values: its UNet has
-# attention from the latent grid on, so level 1 (half resolution) is the coarsest pruned; SDXL's first
-# level has no attention, hence 2.
+# The published image presets (50 steps). SADAConfig's defaults are SD-2's values. max_downsample is
+# the published downsampling factor: SD-2's 1 prunes the full-resolution level only, SDXL's 2 the
+# full-resolution and 2x levels, of which only the 2x level has attention in SDXL.
 _SD2 = SADAConfig()
 _SDXL = _SD2.replace(max_downsample=2, max_fix=10240)
-# Flux was published without token pruning and with a later Lagrange phase through fewer anchors;
-# tokenwise=True turns pruning on with SD-2's windows on the packed-token grid.
-_FLUX = _SD2.replace(lagrange_step=20, lagrange_term=3, max_downsample=0, max_fix=0, tokenwise=False)
+# Flux was published without token pruning (max_downsample 0, max_fix 0) and with a later Lagrange
+# phase through fewer anchors. Ours keeps pruning off by tokenwise=False instead, with max_downsample 1
+# so that tokenwise=True prunes the packed-token grid (SD-2's windows) rather than nothing.
+_FLUX = _SD2.replace(lagrange_step=20, lagrange_term=3, max_downsample=1, max_fix=0, tokenwise=False)
 # Stable Audio Open has no published values: the step schedule of the other presets, and no token
 # pruning by default, as for Flux (the other rotary-position transformer). Its token grid is
 # (time, 1): windows of 4 latent frames when pruning is switched on, at most a quarter of the
 # 1024 frames of a full-length clip forced.
-_STABLE_AUDIO = _SD2.replace(sx=4, sy=1, max_downsample=0, max_fix=256, tokenwise=False)
+_STABLE_AUDIO = _SD2.replace(sx=4, sy=1, max_downsample=1, max_fix=256, tokenwise=False)
 
 PRESETS: dict[str, SADAConfig] = {
     "musicldm": _AUDIO_UNET,

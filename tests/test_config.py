@@ -19,6 +19,8 @@ from sada_audio import PRESETS, ConfigError, SADAConfig
         ({"max_fix": -5}, "max_fix must be >= 0"),
         ({"reconstruction": "cache"}, "reconstruction must be one of extrapolate, reuse, predicted_state"),
         ({"reference_steps": 2}, "reference_steps must be None or >= 4"),
+        ({"criterion": "momentum"}, "criterion must be one of consistent, published, data_change, got 'momentum'"),
+        ({"change_threshold": 0.0}, "change_threshold must be > 0"),
         ({"lagrange_step": 5}, "lagrange_step must be >= acc_range start"),
     ],
 )
@@ -117,3 +119,24 @@ def test_overrides_name_the_type_that_was_given():
             config.with_overrides(text)
         assert str(raised.value).startswith(f"SADA overrides {text!r}: ")
     assert config.with_overrides("acc_range=[8, 49]; seed=9223372036854775807").seed == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("max_downsample", "latent_hw", "pruned_levels"),
+    [
+        # the published factor: SD-2's 1 = the full-resolution level only, SDXL's 2 = also the 2x level
+        (1, (64, 64), [0]),
+        (2, (128, 128), [0, 1]),
+        (0, (64, 64), []),
+        # the audio presets' 4 on a 128 x 16 spectrogram latent: levels 0-2 (factors 1, 2, 4), not 3 (8)
+        (4, (128, 16), [0, 1, 2]),
+        # odd sizes round up per level: 7 x 5 -> 4 x 3 (35 // 12 = 2, factor 2) -> 2 x 2 (35 // 4 = 8, factor 3)
+        (2, (7, 5), [0, 1]),
+        (3, (7, 5), [0, 1, 2]),
+        # without the latent size a level is an exact halving
+        (2, None, [0, 1]),
+    ],
+)
+def test_max_downsample_is_the_published_downsampling_factor(max_downsample, latent_hw, pruned_levels):
+    config = SADAConfig(max_downsample=max_downsample)
+    assert [level for level in range(5) if config.prunes_level(level, latent_hw)] == pruned_levels

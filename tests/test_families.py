@@ -203,7 +203,7 @@ def test_flux_pruned_block_uses_the_kept_tokens_rotary_rows(pipes, stream):
     with torch.no_grad():
         full = block(**kwargs)
         for max_fix, kept_all in ((1000, True), (0, False)):
-            config = SADAConfig(tokenwise=True, max_downsample=0, sx=2, sy=2, max_fix=max_fix)
+            config = SADAConfig(tokenwise=True, max_downsample=1, sx=2, sy=2, max_fix=max_fix)
             with SADAHandle(torch.nn.Identity(), scheduler, config, blocks=blocks) as handle:
                 handle._start(scheduler)
                 pruned, kept = _pruned_block_output(handle, block, kwargs, grid, kept_all)

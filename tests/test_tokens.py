@@ -61,7 +61,7 @@ def _block_and_handle(config):
 
 
 def test_pruned_block_computes_kept_tokens_and_fills_the_rest_from_the_cached_residual():
-    config = SADAConfig(max_downsample=1, sx=2, sy=2, max_fix=0)
+    config = SADAConfig(max_downsample=2, sx=2, sy=2, max_fix=0)
     block, handle = _block_and_handle(config)
     engine = handle.engine
     latent_hw, grid = (10, 6), level_grid((10, 6), 1)

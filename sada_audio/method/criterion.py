@@ -65,10 +65,14 @@ class Stability:
     """Multistep prediction ``zhat_{n+1}`` of the next scaled state from gradients alone."""
     momentum: torch.Tensor
     """Elementwise ``residual * curvature``; same shape as the latent."""
+    decided: bool | None = None
+    """The step-wise verdict of a criterion that does not read the momentum's sign (``data_change``)."""
 
     @property
     def stable(self) -> bool:
         """Step-wise verdict: the next model call may be skipped."""
+        if self.decided is not None:
+            return self.decided
         return bool(self.momentum.mean() <= 0)
 
     def token_momentum(self) -> torch.Tensor:
@@ -95,6 +99,68 @@ def stability(
     residual = z_next - predicted
     curvature = second_difference(ys, times)
     return Stability(predicted_state=predicted, momentum=residual * curvature)
+
+
+def published_gradient(
+    model_output: torch.Tensor,
+    z: torch.Tensor,
+    prediction_type: str,
+    beta: float,
+    num_steps: int,
+    alpha: float,
+    sigma: float,
+) -> torch.Tensor:
+    """The published code's ODE gradient ``f_n`` at one step, restated (not our ``y = dz/dt``).
+
+    With ``z`` the scaled state, ``x = alpha * z`` the variance-preserving one, ``beta`` the training beta
+    at the step's timestep and ``N`` inference steps: ``f = N * beta / 2 * (eps / sigma - x)`` for
+    noise-predicting models and ``f = N * beta / 2 * alpha / sigma * v`` for v-predicting ones (the
+    published v branch has no state term). ``f`` is the VP probability-flow gradient in
+    *training*-step units, times ``N``.
+    """
+    scale = 0.5 * beta * num_steps
+    if prediction_type == "v_prediction":
+        return (scale * alpha / sigma) * model_output
+    return (scale / sigma) * model_output - scale * (alpha * z)
+
+
+#: Weights of the published three-step predictor ``xhat_{n+1} = x_n - delta (5/8 f_n + 3/4 f_{n-1} - 3/8 f_{n-2})``.
+PUBLISHED_PREDICTOR_WEIGHTS: tuple[float, float, float] = (0.625, 0.75, -0.375)
+
+
+def published_stability(
+    z_next: torch.Tensor,
+    z_now: torch.Tensor,
+    fs: Sequence[torch.Tensor],
+    num_steps: int,
+    alpha_now: float,
+    alpha_next: float,
+    scale_next: float,
+) -> Stability:
+    """The published criterion, exactly: scaling, weights and signs of the authors' code.
+
+    ``fs`` are the last three :func:`published_gradient` values, newest first; ``z`` are scaled states
+    (``x / a`` in ``sada_audio.solvers``' coordinates), ``alpha_*`` the VP ``alpha`` of the two states and
+    ``scale_next`` the sampler's own state scale ``a_{n+1}``. The predictor steps the VP state by
+    ``delta = 1 / N``; the residual is taken in the sampler's own state (VP state for DDIM / DPM++,
+    sigma-scaled state for Euler), so mean and token map equal the published ones bit for bit in exact
+    arithmetic. The curvature is the plain second difference ``f_n - 2 f_{n-1} + f_{n-2}``.
+    ``predicted_state`` is the prediction in ``z`` coordinates, so the ``predicted_state`` reconstruction
+    with this criterion is the published reconstruction (last output at the predicted state).
+    """
+    f0, f1, f2 = fs
+    w0, w1, w2 = PUBLISHED_PREDICTOR_WEIGHTS
+    delta = 1.0 / num_steps
+    predicted_vp = alpha_now * z_now - delta * (w0 * f0 + w1 * f1 + w2 * f2)
+    predicted = predicted_vp / alpha_next
+    residual = scale_next * (z_next - predicted)
+    curvature = f0 - 2.0 * f1 + f2
+    return Stability(predicted_state=predicted, momentum=residual * curvature)
+
+
+def relative_change(newer: torch.Tensor, older: torch.Tensor) -> float:
+    """``|newer - older| / |newer|`` over the whole tensor (a step-to-step change of a model quantity)."""
+    return float((newer - older).norm() / newer.norm().clamp_min(1e-12))
 
 
 def extrapolate_gradient(ys: Sequence[torch.Tensor], times: Sequence[float], t_next: float) -> torch.Tensor:

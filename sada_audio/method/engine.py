@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,7 +18,16 @@ from typing import Any, Protocol
 import torch
 
 from ..config import SADAConfig, StepBounds
-from .criterion import Stability, extrapolate_gradient, lagrange_data_prediction, stability
+from ..errors import UnsupportedSchedulerError
+from .criterion import (
+    Stability,
+    extrapolate_gradient,
+    lagrange_data_prediction,
+    published_gradient,
+    published_stability,
+    relative_change,
+    stability,
+)
 from .sparsity_map import SparsityMap
 from .tokens import kept_token_indices, level_grid
 
@@ -94,10 +104,14 @@ class _History:
 
     times: deque = field(default_factory=lambda: deque(maxlen=3))
     gradients: deque = field(default_factory=lambda: deque(maxlen=3))
+    published: deque = field(default_factory=lambda: deque(maxlen=3))
+    """The published criterion's gradients ``f`` (only with ``criterion="published"``)."""
+    data_predictions: deque = field(default_factory=lambda: deque(maxlen=2))
 
-    def push(self, t: float, y: torch.Tensor) -> None:
+    def push(self, t: float, y: torch.Tensor, x0: torch.Tensor) -> None:
         self.times.appendleft(t)
         self.gradients.appendleft(y)
+        self.data_predictions.appendleft(x0)
 
     def __len__(self) -> int:
         return len(self.times)
@@ -110,11 +124,16 @@ class SADAEngine:
         self.config = config
         self.stats = SADAStats()
         self._solver: ODECoordinates | None = None
+        self.forced_skips: frozenset[int] | None = None
+        """Research hook (the oracle study): skip exactly these steps (where three gradients are known and
+        the step lies in ``acc_range``) instead of asking the criterion; kept across runs."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self, solver: ODECoordinates) -> None:
         """Forget everything from earlier calls; a new run of ``solver.num_steps`` steps begins."""
+        if self.config.criterion == "published":
+            _check_published_criterion(solver)
         self._solver = solver
         self.bounds: StepBounds = self.config.bounds(solver.num_steps)
         self.step = 0
@@ -125,6 +144,7 @@ class SADAEngine:
         self._anchor_times: deque = deque(maxlen=self.config.lagrange_term)
         self._anchors: deque = deque(maxlen=self.config.lagrange_term)
         self._skip_streak = 0
+        self._last_called_output: torch.Tensor | None = None
         self._pruned_since_refresh = 0
         self._token_momentum: torch.Tensor | None = None
         self._kept: dict[int, torch.Tensor] = {}
@@ -184,7 +204,7 @@ class SADAEngine:
         config = self.config
         if (
             self.mode() is not StepMode.PRUNED
-            or level > config.max_downsample
+            or not config.prunes_level(level, self.latent_hw)
             or self._token_momentum is None
             or self.latent_hw is None
         ):
@@ -221,12 +241,20 @@ class SADAEngine:
             # One float32 copy of each state: fp16 / bf16 pipelines keep full-precision ODE bookkeeping.
             state, next_state = sample.float(), next_sample.float()
             a_now, t_now = solver.ode_time(n)
-            gradient = solver.to_gradient(model_output.float(), state, n)
+            output = model_output.float()
+            gradient = solver.to_gradient(output, state, n)
             z_now = state / a_now
+            x0_now = z_now - t_now * gradient
             if mode is not StepMode.SKIPPED and self.bounds.in_lagrange_phase(n) and self._is_anchor(n):
                 self._anchor_times.append(t_now)
-                self._anchors.append(z_now - t_now * gradient)
-            self._history.push(t_now, gradient)
+                self._anchors.append(x0_now)
+            self._history.push(t_now, gradient, x0_now)
+            if self.config.criterion == "published":
+                # As published, a skipped step's gradient reads the last model output actually computed
+                # (the skipped call returned it) at the current state, not the reconstruction.
+                if mode is not StepMode.SKIPPED or self._last_called_output is None:
+                    self._last_called_output = output
+                self._history.published.appendleft(self._published_gradient(self._last_called_output, z_now, n))
             self.step = n + 1
             if self.step >= solver.num_steps:
                 return
@@ -234,16 +262,39 @@ class SADAEngine:
             warm = len(self._history) == 3
             verdict = None
             if warm and self._reads_stability(self.step):
-                verdict = stability(
-                    next_state / a_next,
-                    z_now,
-                    list(self._history.gradients),
-                    list(self._history.times),
-                    t_next,
-                )
+                verdict = self._stability(next_state / a_next, z_now, a_next, t_next)
                 # Token maps are tiny (H x W); selection runs on the CPU whatever the model's device.
                 self._token_momentum = verdict.token_momentum().cpu()
             self._plan_next(warm, verdict, next_state, a_next, t_next)
+
+    def _published_gradient(self, output: torch.Tensor, z: torch.Tensor, n: int) -> torch.Tensor:
+        solver = self._solver
+        scheduler = solver.scheduler
+        _, t = solver.ode_time(n)
+        alpha = 1.0 / math.sqrt(1.0 + t * t)
+        beta = float(scheduler.betas[int(scheduler.timesteps[n])])
+        prediction_type = scheduler.config.prediction_type
+        return published_gradient(output, z, prediction_type, beta, solver.num_steps, alpha, t * alpha)
+
+    def _stability(self, z_next: torch.Tensor, z_now: torch.Tensor, a_next: float, t_next: float) -> Stability:
+        """The configured criterion's verdict on the step just made (``z``: scaled states)."""
+        history, criterion = self._history, self.config.criterion
+        if criterion == "published":
+            _, t_now = self._solver.ode_time(self.step - 1)
+            return published_stability(
+                z_next,
+                z_now,
+                list(history.published),
+                self._solver.num_steps,
+                alpha_now=1.0 / math.sqrt(1.0 + t_now * t_now),
+                alpha_next=1.0 / math.sqrt(1.0 + t_next * t_next),
+                scale_next=a_next,
+            )
+        verdict = stability(z_next, z_now, list(history.gradients), list(history.times), t_next)
+        if criterion == "data_change":
+            newest, previous = history.data_predictions
+            verdict.decided = relative_change(newest, previous) <= self.config.change_threshold
+        return verdict
 
     def _is_anchor(self, step: int) -> bool:
         return (step - self.bounds.lagrange_step) % self.config.lagrange_int == 0
@@ -265,7 +316,10 @@ class SADAEngine:
         mode = StepMode.FULL
         if warm and self.bounds.accelerated(step):
             can_skip = config.stepwise and self._skip_streak < config.max_interval
-            if can_skip and self.bounds.in_lagrange_phase(step):
+            if self.forced_skips is not None:
+                if step in self.forced_skips:
+                    mode = StepMode.SKIPPED
+            elif can_skip and self.bounds.in_lagrange_phase(step):
                 if not self._is_anchor(step) and len(self._anchors) >= 2:
                     mode = StepMode.SKIPPED
             elif can_skip and verdict.stable:
@@ -305,3 +359,14 @@ class SADAEngine:
         if reconstruction == "reuse":
             return z_next - t_next * ys[0]
         return z_next - t_next * extrapolate_gradient(ys, times, t_next)
+
+
+def _check_published_criterion(solver: ODECoordinates) -> None:
+    """The published formula needs the training betas and a noise or v prediction."""
+    scheduler = getattr(solver, "scheduler", None)
+    prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type", None)
+    if getattr(scheduler, "betas", None) is None or prediction_type not in ("epsilon", "v_prediction"):
+        raise UnsupportedSchedulerError(
+            f"criterion='published' needs a scheduler with training betas and an epsilon or v model "
+            f"({type(scheduler).__name__}, {prediction_type}); use criterion='consistent'"
+        )

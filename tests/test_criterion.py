@@ -1,0 +1,122 @@
+"""The stability criteria: the published formula on hand-computed numbers, and each criterion's decisions."""
+
+import pytest
+import torch
+
+from sada_audio import SADAConfig, SADAHandle
+from sada_audio.analytic import (
+    AnalyticDenoiser,
+    GaussianMixtureData,
+    latent_noise,
+    relative_error,
+    run_sampler,
+    scheduler_zoo,
+)
+from sada_audio.errors import UnsupportedSchedulerError
+from sada_audio.method.criterion import published_gradient, published_stability, relative_change
+
+NOISE = latent_noise((2, 4, 24, 12))
+
+
+def test_published_gradient_by_hand():
+    # N beta / 2 = 50 * 0.01 / 2 = 0.25; alpha 0.6, sigma 0.8, scaled state z = 1, output 0.5
+    output, z = torch.tensor([0.5]), torch.tensor([1.0])
+    eps = published_gradient(output, z, "epsilon", beta=0.01, num_steps=50, alpha=0.6, sigma=0.8)
+    v = published_gradient(output, z, "v_prediction", beta=0.01, num_steps=50, alpha=0.6, sigma=0.8)
+    # eps: 0.25 / 0.8 * 0.5 - 0.25 * (0.6 * 1) = 0.15625 - 0.15; v: 0.25 * 0.6 / 0.8 * 0.5 (no state term)
+    torch.testing.assert_close(eps, torch.tensor([0.00625]))
+    torch.testing.assert_close(v, torch.tensor([0.09375]))
+
+
+def test_published_stability_by_hand():
+    """Predictor x_n - (1/N)(5/8 f_n + 3/4 f_{n-1} - 3/8 f_{n-2}) on the VP state, residual in the sampler's
+    state, times the plain second difference of f."""
+    fs = [torch.tensor([1.0, 0.0]), torch.tensor([2.0, 1.0]), torch.tensor([4.0, -1.0])]
+    z_now, z_next = torch.tensor([1.0, 2.0]), torch.tensor([0.9, 1.7])
+    verdict = published_stability(z_next, z_now, fs, num_steps=10, alpha_now=0.8, alpha_next=0.9, scale_next=0.9)
+    # weighted f: (0.625, 1.125) / 10; VP prediction (0.8, 1.6) - (0.0625, 0.1125) = (0.7375, 1.4875)
+    torch.testing.assert_close(verdict.predicted_state, torch.tensor([0.7375, 1.4875]) / 0.9)
+    # residual (0.81, 1.53) - (0.7375, 1.4875) = (0.0725, 0.0425); curvature (1, -3)
+    torch.testing.assert_close(verdict.momentum, torch.tensor([0.0725, -0.1275]))
+    assert verdict.stable  # mean -0.0275 <= 0
+    flipped = published_stability(-z_next, z_now, fs, num_steps=10, alpha_now=0.8, alpha_next=0.9, scale_next=0.9)
+    assert not flipped.stable
+
+
+def test_relative_change():
+    assert relative_change(torch.tensor([3.0, 4.0]), torch.tensor([3.0, 3.0])) == pytest.approx(0.2)
+
+
+# Decisions on the analytic model, DDIM, 50 steps, no Lagrange phase (pinned; see README "Where we depart").
+DECISIONS = {
+    # The published criterion alternates: the step after a skip reads the stale output and turns unstable.
+    "published": list(range(10, 47, 2)),
+    # The consistent predictor's residual is the solver's own tiny local error: it never says "stable".
+    "consistent": [],
+    # The data prediction changes by <= 5% per step only late in the run.
+    "data_change": [26, 27, 28, 29, 32, 33, 34, 35, 38, 39, 40, 41, 44, 45, 46],
+}
+
+
+@pytest.mark.parametrize("criterion", sorted(DECISIONS))
+def test_each_criterion_decides_on_the_analytic_model(criterion):
+    scheduler = scheduler_zoo()["ddim"]
+    denoiser = AnalyticDenoiser(GaussianMixtureData(), scheduler)
+    baseline, _ = run_sampler(denoiser, scheduler, NOISE, 50)
+    config = SADAConfig(tokenwise=False, lagrange_step=None, criterion=criterion)
+    with SADAHandle(denoiser, scheduler, config) as handle:
+        accelerated, _ = run_sampler(denoiser, scheduler, NOISE, 50)
+        stats = handle.stats
+    assert stats.skipped_steps == DECISIONS[criterion]
+    assert stats.model_calls == 50 - len(DECISIONS[criterion])
+    assert relative_error(accelerated, baseline) < 0.02
+
+
+def test_published_criterion_on_dpm_solver_makes_the_same_decisions_as_on_ddim():
+    scheduler = scheduler_zoo()["dpm++"]
+    denoiser = AnalyticDenoiser(GaussianMixtureData(), scheduler)
+    config = SADAConfig(tokenwise=False, lagrange_step=None, criterion="published")
+    with SADAHandle(denoiser, scheduler, config) as handle:
+        run_sampler(denoiser, scheduler, NOISE, 50)
+        assert handle.stats.skipped_steps == DECISIONS["published"]
+
+
+def test_published_criterion_needs_training_betas():
+    scheduler = scheduler_zoo()["flow"]
+    denoiser = AnalyticDenoiser(GaussianMixtureData(), scheduler)
+    config = SADAConfig(tokenwise=False, criterion="published")
+    with SADAHandle(denoiser, scheduler, config), pytest.raises(UnsupportedSchedulerError, match="training betas"):
+        run_sampler(denoiser, scheduler, NOISE, 10)
+
+
+def test_forced_skips_replace_the_criterion():
+    scheduler = scheduler_zoo()["ddim"]
+    denoiser = AnalyticDenoiser(GaussianMixtureData(), scheduler)
+    config = SADAConfig(tokenwise=False, lagrange_step=None)
+    with SADAHandle(denoiser, scheduler, config) as handle:
+        handle.engine.forced_skips = frozenset({2, 12, 13, 30, 49})
+        run_sampler(denoiser, scheduler, NOISE, 50)
+        # step 2 has too little history, step 49 lies outside acc_range (10, 47)
+        assert handle.stats.skipped_steps == [12, 13, 30]
+
+
+def test_the_published_criterion_gives_two_prompts_different_schedules_on_the_embedded_model():
+    """Stability guidance decides per clip: on the trained model two prompts (same seed) get different
+    step_modes, where the fixed Lagrange schedule gives every clip the same one."""
+    from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
+    from sada_audio.pipelines import load_pipeline
+
+    pipe = load_pipeline("tiny-musicldm")
+    pipe.set_progress_bar_config(disable=True)
+    sampling = SamplingSettings(steps=20, duration=1.28, guidance=2.0)
+    adaptive = SADAConfig.preset("musicldm", criterion="published", lagrange_step=None)
+    schedules = {}
+    for config in (adaptive, SADAConfig.preset("musicldm")):
+        schedules[config] = [
+            generate_batch(pipe, [ClipRequest(prompt, 0)], sampling, sada_config=config).sada_stats["step_modes"]
+            for prompt in ("a calm piano playing broken chords", "drums only: a busy breakbeat")
+        ]
+    first, second = schedules[adaptive]
+    assert first != second and "skipped" in first and "skipped" in second
+    fixed_first, fixed_second = schedules[SADAConfig.preset("musicldm")]
+    assert fixed_first == fixed_second

@@ -100,23 +100,24 @@ def test_forced_skips_replace_the_criterion():
         assert handle.stats.skipped_steps == [12, 13, 30]
 
 
-def test_the_published_criterion_gives_two_prompts_different_schedules_on_the_embedded_model():
-    """Stability guidance decides per clip: on the trained model two prompts (same seed) get different
-    step_modes, where the fixed Lagrange schedule gives every clip the same one."""
+def test_the_audio_preset_gives_two_prompts_different_schedules_on_the_embedded_model():
+    """Stability guidance decides per clip: under the audio preset two prompts (same seed) get different
+    step_modes on the trained model, where the fixed Lagrange schedule it replaced gives both the same."""
     from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
     from sada_audio.pipelines import load_pipeline
 
     pipe = load_pipeline("tiny-musicldm")
     pipe.set_progress_bar_config(disable=True)
-    sampling = SamplingSettings(steps=20, duration=1.28, guidance=2.0)
-    adaptive = SADAConfig.preset("musicldm", criterion="published", lagrange_step=None)
+    sampling = SamplingSettings(steps=30, duration=2.56, guidance=2.0)
+    adaptive = SADAConfig.preset("musicldm")
+    fixed = SADAConfig.preset("musicldm", lagrange_step=10, criterion="consistent")
     schedules = {}
-    for config in (adaptive, SADAConfig.preset("musicldm")):
+    for config in (adaptive, fixed):
         schedules[config] = [
             generate_batch(pipe, [ClipRequest(prompt, 0)], sampling, sada_config=config).sada_stats["step_modes"]
             for prompt in ("a calm piano playing broken chords", "drums only: a busy breakbeat")
         ]
     first, second = schedules[adaptive]
     assert first != second and "skipped" in first and "skipped" in second
-    fixed_first, fixed_second = schedules[SADAConfig.preset("musicldm")]
+    fixed_first, fixed_second = schedules[fixed]
     assert fixed_first == fixed_second

@@ -12,7 +12,6 @@ from sada_audio.analytic import (
     run_sampler,
     scheduler_zoo,
 )
-from sada_audio.errors import UnsupportedSchedulerError
 from sada_audio.method.criterion import published_gradient, published_stability, relative_change
 
 NOISE = latent_noise((2, 4, 24, 12))
@@ -81,12 +80,16 @@ def test_published_criterion_on_dpm_solver_makes_the_same_decisions_as_on_ddim()
         assert handle.stats.skipped_steps == DECISIONS["published"]
 
 
-def test_published_criterion_needs_training_betas():
+def test_published_criterion_falls_back_to_ours_without_training_betas(caplog: pytest.LogCaptureFixture):
     scheduler = scheduler_zoo()["flow"]
     denoiser = AnalyticDenoiser(GaussianMixtureData(), scheduler)
-    config = SADAConfig(tokenwise=False, criterion="published")
-    with SADAHandle(denoiser, scheduler, config), pytest.raises(UnsupportedSchedulerError, match="training betas"):
-        run_sampler(denoiser, scheduler, NOISE, 10)
+    config = SADAConfig(tokenwise=False, lagrange_step=None, criterion="published")
+    with caplog.at_level("WARNING", logger="sada_audio"), SADAHandle(denoiser, scheduler, config) as handle:
+        published_run = run_sampler(denoiser, scheduler, NOISE, 50)
+        assert handle.engine.criterion == "consistent"
+    assert "needs a scheduler with training betas" in caplog.text and "uses criterion 'consistent'" in caplog.text
+    with SADAHandle(denoiser, scheduler, config.replace(criterion="consistent")):
+        torch.testing.assert_close(run_sampler(denoiser, scheduler, NOISE, 50), published_run, rtol=0, atol=0)
 
 
 def test_forced_skips_replace_the_criterion():

@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import torch
 
 from ..config import SADAConfig, StepBounds
-from ..errors import UnsupportedSchedulerError
 from .criterion import (
     Stability,
     extrapolate_gradient,
@@ -132,8 +131,16 @@ class SADAEngine:
 
     def start(self, solver: ODECoordinates) -> None:
         """Forget everything from earlier calls; a new run of ``solver.num_steps`` steps begins."""
-        if self.config.criterion == "published":
-            _check_published_criterion(solver)
+        self.criterion = self.config.criterion
+        if self.criterion == "published" and not _supports_published_criterion(solver):
+            # The audio presets use the published criterion; on a scheduler it cannot read (no training betas,
+            # e.g. EDM or flow matching) the run keeps going with ours rather than failing half-way.
+            logger.warning(
+                "SADA: criterion 'published' needs a scheduler with training betas and an epsilon or v model; "
+                "%s has none, so this run uses criterion 'consistent'",
+                type(getattr(solver, "scheduler", None)).__name__,
+            )
+            self.criterion = "consistent"
         self._solver = solver
         self.bounds: StepBounds = self.config.bounds(solver.num_steps)
         self.step = 0
@@ -249,7 +256,7 @@ class SADAEngine:
                 self._anchor_times.append(t_now)
                 self._anchors.append(x0_now)
             self._history.push(t_now, gradient, x0_now)
-            if self.config.criterion == "published":
+            if self.criterion == "published":
                 # As published, a skipped step's gradient reads the last model output actually computed
                 # (the skipped call returned it) at the current state, not the reconstruction.
                 if mode is not StepMode.SKIPPED or self._last_called_output is None:
@@ -278,7 +285,7 @@ class SADAEngine:
 
     def _stability(self, z_next: torch.Tensor, z_now: torch.Tensor, a_next: float, t_next: float) -> Stability:
         """The configured criterion's verdict on the step just made (``z``: scaled states)."""
-        history, criterion = self._history, self.config.criterion
+        history, criterion = self._history, self.criterion
         if criterion == "published":
             _, t_now = self._solver.ode_time(self.step - 1)
             return published_stability(
@@ -361,12 +368,8 @@ class SADAEngine:
         return z_next - t_next * extrapolate_gradient(ys, times, t_next)
 
 
-def _check_published_criterion(solver: ODECoordinates) -> None:
+def _supports_published_criterion(solver: ODECoordinates) -> bool:
     """The published formula needs the training betas and a noise or v prediction."""
     scheduler = getattr(solver, "scheduler", None)
     prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type", None)
-    if getattr(scheduler, "betas", None) is None or prediction_type not in ("epsilon", "v_prediction"):
-        raise UnsupportedSchedulerError(
-            f"criterion='published' needs a scheduler with training betas and an epsilon or v model "
-            f"({type(scheduler).__name__}, {prediction_type}); use criterion='consistent'"
-        )
+    return getattr(scheduler, "betas", None) is not None and prediction_type in ("epsilon", "v_prediction")

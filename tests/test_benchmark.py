@@ -86,6 +86,30 @@ def test_bad_seeds_are_a_one_line_error(tmp_path):
     assert "comma-separated list of integers" in result.output
 
 
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("seed=1.5", "seed must be a whole number, got float 1.5"),
+        ("acc_range=[10,49,3]", "acc_range must be 2 whole numbers"),
+        ('tokenwise="no"', "tokenwise must be true or false"),
+    ],
+)
+def test_bad_sada_variants_are_refused_before_loading(tmp_path, monkeypatch, variant, message):
+    from sada_audio.cli import common
+
+    monkeypatch.setattr(common, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded the model"))
+    result = CliRunner().invoke(main, ["benchmark", "-o", str(tmp_path / "out"), "--sada-variant", variant])
+    assert result.exit_code == 2
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"Error: SADA overrides {variant!r}: ") and message in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_seeds_outside_64_bits_are_refused(tmp_path):
+    result = CliRunner().invoke(main, ["benchmark", "-o", str(tmp_path / "out"), "--seeds", "0,-1"])
+    assert result.exit_code == 2 and "seeds must be in 0..9223372036854775807" in result.output
+
+
 def test_unknown_method_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     result = CliRunner().invoke(main, ["benchmark", "-o", str(tmp_path / "out"), "--quick", "--methods", "tome2"])

@@ -11,19 +11,9 @@ from typing import Any, TypeVar
 
 import click
 
-from sada_audio.pipelines import (
-    COMPILE_MODES,
-    MODEL_ALIASES,
-    SCHEDULER_CHOICES,
-    check_compile_mode,
-    check_steps,
-    compile_denoiser,
-    load_pipeline,
-    local_scheduler,
-    parse_device,
-    resolve_dtype,
-    set_scheduler,
-)
+from sada_audio.choices import COMPILE_MODES, MODEL_ALIASES, SCHEDULER_CHOICES
+
+from .console import quiet_libraries
 
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 DTYPE_HELP = (
@@ -150,6 +140,8 @@ def compile_option(command: _Command) -> _Command:
 
 def dtype_name(dtype: str, device: str, model: str) -> str:
     """``--dtype`` as the run uses it (``auto`` resolved for ``device`` and ``model``), e.g. ``"float16"``."""
+    from sada_audio.pipelines import parse_device, resolve_dtype
+
     return str(resolve_dtype(dtype, parse_device(device), model)).removeprefix("torch.")
 
 
@@ -184,9 +176,19 @@ def sampling_options(command: _Command) -> _Command:
     )
 
 
+def load_pipeline(*args: Any, **kwargs: Any) -> Any:
+    """:func:`sada_audio.pipelines.load_pipeline`, imported when a command loads its model: the command line
+    builds its options and reports argument errors without torch."""
+    from sada_audio.pipelines import load_pipeline as load
+
+    return load(*args, **kwargs)
+
+
 def check_steps_before_loading(model: str, scheduler: str | None, steps: int) -> None:
     """Reject a step count the model's scheduler cannot run, before any weights load (where its config is on
     disk: local directories and the embedded model; Hub models are checked once loaded)."""
+    from sada_audio.pipelines import check_steps, local_scheduler
+
     local = local_scheduler(model, scheduler)
     if local is not None:
         check_steps(local, steps)
@@ -200,6 +202,9 @@ def load_for_command(
 
     A missing directory or an unknown name fails at once, before any weights are read.
     """
+    from sada_audio.pipelines import check_compile_mode, compile_denoiser, parse_device, resolve_dtype, set_scheduler
+
+    quiet_libraries()
     torch_device = parse_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device, model)
     check_compile_mode(compile_mode, torch_device)

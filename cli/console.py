@@ -127,17 +127,14 @@ class _EchoHandler(logging.Handler):
             self.handleError(record)
 
 
-def configure_logging(verbosity: int) -> None:
-    """Route sada_audio's log records to stderr; below -v, silence the loading bars and warnings of
-    diffusers and transformers, so that the command's own progress bar is the only one on the terminal."""
-    # imported here, not at the top: --help, --version and argument errors must not wait for torch
-    import diffusers.utils.logging
-    import transformers.utils.logging
+# -v as given to the group; applied to diffusers and transformers by quiet_libraries when a command needs them
+_VERBOSITY = {"level": 0}
 
-    quiet = verbosity == 0
-    for library in (diffusers.utils.logging, transformers.utils.logging):
-        library.set_verbosity(logging.ERROR if quiet else logging.WARNING)
-        (library.disable_progress_bar if quiet else library.enable_progress_bar)()
+
+def configure_logging(verbosity: int) -> None:
+    """Route sada_audio's log records to stderr at the level ``verbosity`` asks for, and remember it for
+    :func:`quiet_libraries` (the libraries are not imported here: argument errors must not wait for torch)."""
+    _VERBOSITY["level"] = verbosity
     package_logger = logging.getLogger("sada_audio")
     for handler in [h for h in package_logger.handlers if isinstance(h, _EchoHandler)]:
         package_logger.removeHandler(handler)
@@ -145,6 +142,18 @@ def configure_logging(verbosity: int) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     package_logger.addHandler(handler)
     package_logger.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+
+
+def quiet_libraries() -> None:
+    """Below -v, silence the loading bars and warnings of diffusers and transformers, so that the command's own
+    progress bar is the only one on the terminal. Commands call it before they load models."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    quiet = _VERBOSITY["level"] == 0
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.set_verbosity(logging.ERROR if quiet else logging.WARNING)
+        (library.disable_progress_bar if quiet else library.enable_progress_bar)()
 
 
 class LazyGroup(Group):

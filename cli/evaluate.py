@@ -26,7 +26,7 @@ from .common import (
     sampling_options,
     seed_option,
 )
-from .console import interruptible
+from .console import interruptible, quiet_libraries
 
 # Options that only make sense when the command generates the clips itself.
 _GENERATION_OPTIONS = ("model", "scheduler", "accelerate", "device", "dtype", "steps", "duration", "guidance", "seed")
@@ -161,6 +161,7 @@ def evaluate(
                 progress=progress_bar,
             )
     assert reference_dir is not None and test_dir is not None  # checked by _check_arguments
+    quiet_libraries()  # CLAP and LPIPS come from transformers and torch hub
     evaluation = evaluate_directories(
         reference_dir,
         test_dir,

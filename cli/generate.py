@@ -8,11 +8,6 @@ from pathlib import Path
 
 import click
 
-from sada_audio.audio import check_output_path, write_all_or_nothing, write_audio, write_json
-from sada_audio.evaluation.sparsity_figure import write_sparsity_png
-from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch, run_metadata
-from sada_audio.pipelines import resolve_model_id
-
 from .common import (
     check_prompt,
     check_steps_before_loading,
@@ -90,6 +85,12 @@ def generate(
     Example:
       sada-audio generate "slow piano arpeggio in A minor" -o clip.wav
     """
+    # The library is imported here, not at the top: argument errors are reported without loading torch.
+    from sada_audio.audio import check_output_path, write_all_or_nothing, write_audio, write_json
+    from sada_audio.evaluation.sparsity_figure import write_sparsity_png
+    from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch, run_metadata
+    from sada_audio.pipelines import resolve_model_id
+
     # Everything that can be checked is checked before the (slow) model load.
     audio_paths = [check_output_path(path, overwrite) for path in _waveform_paths(output, num_waveforms)]
     sidecar = check_output_path(output.with_suffix(".json"), overwrite, extensions=(".json",))

@@ -37,9 +37,9 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 
+from sada_audio.choices import COMPILE_MODES, MODEL_ALIASES, SCHEDULER_CHOICES
 from sada_audio.errors import ConfigError, ModelNotFoundError
 from sada_audio.models import model_adapter_for
-from sada_audio.tiny import TINY_MUSICLDM_PATH
 
 __all__ = [
     "MODEL_ALIASES",
@@ -63,15 +63,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MODEL_ALIASES: dict[str, str] = {
-    "musicldm": "ucsd-reach/musicldm",
-    "audioldm": "cvssp/audioldm-s-full-v2",
-    "audioldm2": "cvssp/audioldm2",
-    # shipped inside the package: works offline, no download
-    "tiny-musicldm": str(TINY_MUSICLDM_PATH),
-}
-
-SCHEDULER_CHOICES: tuple[str, ...] = ("ddim", "euler", "edm", "dpm++")
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -164,9 +155,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device, model: s
     if torch.device(device).type != "cuda":
         return torch.float32
     return torch.float16 if pipeline_class_name(model) in FLOAT16_SAFE_PIPELINES else torch.bfloat16
-
-
-COMPILE_MODES: tuple[str, ...] = ("none", "default", "max-autotune", "reduce-overhead")
 
 
 def compile_denoiser(pipe: Any, mode: str) -> None:

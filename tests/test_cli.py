@@ -18,8 +18,9 @@ from click.testing import CliRunner, Result
 
 import sada_audio
 from sada_audio import SADAConfig
+from sada_audio import audio as audio_module
+from sada_audio import generation as generation_module
 from sada_audio.cli import common as cli_common
-from sada_audio.cli import generate as cli_generate
 from sada_audio.cli import main as cli
 from sada_audio.pipelines import SCHEDULER_CHOICES, load_pipeline, set_scheduler
 from sada_audio.testing import SAMPLE_RATE
@@ -292,7 +293,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_audio_without_its_sidecar(
     def disk_full(path: Path, obj: object) -> Path:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(cli_generate, "write_json", disk_full)
+    monkeypatch.setattr(audio_module, "write_json", disk_full)
     result = _generate(tiny_musicldm_dir, tmp_path / "x.wav", "--num-waveforms", "2")
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if "Error" in line]
@@ -310,7 +311,7 @@ def test_out_of_memory_is_one_line_with_a_hint(
     def out_of_memory(*args: object, **kwargs: object) -> None:
         raise torch.OutOfMemoryError("CPU out of memory: tried to allocate 80.00 GiB")
 
-    monkeypatch.setattr(cli_generate, "generate_batch", out_of_memory)
+    monkeypatch.setattr(generation_module, "generate_batch", out_of_memory)
     result = _generate(tiny_musicldm_dir, tmp_path / "x.wav", "--num-waveforms", "100000")
     assert result.exit_code == 1
     (line,) = [line for line in result.stderr.splitlines() if "Error" in line]
@@ -322,7 +323,7 @@ def test_ctrl_c_is_exit_130(tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_generate, "generate_batch", interrupted)
+    monkeypatch.setattr(generation_module, "generate_batch", interrupted)
     result = _generate(tiny_musicldm_dir, tmp_path / "x.wav")
     assert result.exit_code == 130 and "Interrupted." in result.stderr and "Aborted" not in result.output
     assert list(tmp_path.iterdir()) == []
@@ -337,15 +338,17 @@ def test_the_sidecar_tells_euler_from_edm(tiny_musicldm_dir: Path, tmp_path: Pat
     assert not np.array_equal(_read(tmp_path / "euler.wav"), _read(tmp_path / "edm.wav"))
 
 
-def test_help_version_and_unknown_commands_do_not_import_torch() -> None:
-    # the CLI answers these at once: the commands' modules (torch, diffusers) load only when a command runs
+def test_help_version_and_argument_errors_do_not_import_torch() -> None:
+    # the CLI answers these at once: torch, diffusers and transformers load only when a command runs
     script = (
         "import sys\n"
         "from click.testing import CliRunner\n"
         "from sada_audio.cli.main import main\n"
-        "codes = [CliRunner().invoke(main, args).exit_code for args in (['--version'], ['--help'], ['nosuch'])]\n"
-        "heavy = sorted(name for name in ('torch', 'diffusers', 'transformers', 'numpy') if name in sys.modules)\n"
+        "calls = (['--version'], ['--help'], ['nosuch'], ['generate', '--help'], ['generate', 'x', '-o', 'a.wav',"
+        " '--steps', '0'], ['generate', 'x', '-o', 'a.wav', '--seed', '-1'])\n"
+        "codes = [CliRunner().invoke(main, args).exit_code for args in calls]\n"
+        "heavy = sorted(name for name in ('torch', 'diffusers', 'transformers') if name in sys.modules)\n"
         "print(codes, heavy)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[0, 0, 2] []"
+    assert result.stdout.strip() == "[0, 0, 2, 0, 2, 2] []"

@@ -1,0 +1,21 @@
+"""The names a user chooses from (model aliases, samplers, compile modes): plain data, importable without torch,
+so that the command line can build its options and answer --help at once."""
+
+from __future__ import annotations
+
+from sada_audio.tiny import TINY_MUSICLDM_PATH
+
+#: Short model names and the Hub ids (or the embedded model's folder) they stand for.
+MODEL_ALIASES: dict[str, str] = {
+    "musicldm": "ucsd-reach/musicldm",
+    "audioldm": "cvssp/audioldm-s-full-v2",
+    "audioldm2": "cvssp/audioldm2",
+    # shipped inside the package: works offline, no download
+    "tiny-musicldm": str(TINY_MUSICLDM_PATH),
+}
+
+#: ``--scheduler`` choices (see :func:`sada_audio.pipelines.set_scheduler`).
+SCHEDULER_CHOICES: tuple[str, ...] = ("ddim", "euler", "edm", "dpm++")
+
+#: ``--compile`` choices (see :func:`sada_audio.pipelines.compile_denoiser`).
+COMPILE_MODES: tuple[str, ...] = ("none", "default", "max-autotune", "reduce-overhead")

@@ -8,13 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from sada_audio.audio import check_output_path
 from sada_audio.config import MAX_SEED
-from sada_audio.evaluation.evaluate import AUDIO_EXTENSIONS, evaluate_directories
-from sada_audio.evaluation.generate import generate_pair_folders, read_prompts
-from sada_audio.evaluation.report import FIGURE_NAMES, FIGURES_DIR, HTML_NAME, REPORT_NAME, write_outputs
-from sada_audio.generation import SamplingSettings, run_metadata
-from sada_audio.pipelines import resolve_model_id
 
 from .common import (
     check_steps_before_loading,
@@ -46,6 +40,9 @@ def _check_arguments(ctx: click.Context, reference_dir: Path | None, test_dir: P
 
 def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
     """Create the output folder; refuse to replace an earlier report unless ``overwrite``."""
+    from sada_audio.audio import check_output_path
+    from sada_audio.evaluation.report import FIGURE_NAMES, FIGURES_DIR, HTML_NAME, REPORT_NAME
+
     if output_dir.exists() and not output_dir.is_dir():
         raise click.BadParameter(f"'{output_dir}' is a file, not a folder", param_hint="-o/--output-dir")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +129,14 @@ def evaluate(
       sada-audio evaluate baseline/ accelerated/ -o eval --json eval/report.json
       sada-audio evaluate --generate samples/prompts.txt --steps 50 -o eval
     """
+    # The library is imported here, not at the top: argument errors are reported without loading torch.
+    from sada_audio.audio import check_output_path
+    from sada_audio.evaluation.evaluate import AUDIO_EXTENSIONS, evaluate_directories
+    from sada_audio.evaluation.generate import generate_pair_folders, read_prompts
+    from sada_audio.evaluation.report import write_outputs
+    from sada_audio.generation import SamplingSettings, run_metadata
+    from sada_audio.pipelines import resolve_model_id
+
     _check_arguments(ctx, reference_dir, test_dir, prompts_file is not None)
     prompts = read_prompts(prompts_file) if prompts_file is not None else None
     if prompts is not None:  # checked before any folder is made, so that a refusal leaves nothing behind
@@ -175,6 +180,8 @@ def evaluate(
 
 
 def _echo_summary(report: dict[str, Any], report_path: Path, json_path: Path | None) -> None:
+    from sada_audio.evaluation.report import HTML_NAME
+
     headline = [f"{report['pairs_evaluated']} pairs evaluated, {len(report['problems'])} problems"]
     for metric in ("lpips", "log_mel_l1", "si_sdr"):
         stats = report["summary"].get(metric)

@@ -5,26 +5,11 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from sada_audio.evaluation.html_report import write_render_index
-from sada_audio.pipelines import resolve_model_id
-from sada_audio.render import (
-    FAILED,
-    FORMATS,
-    INVALID,
-    MISSING,
-    RENDERED,
-    SKIPPED,
-    RenderDefaults,
-    RenderJob,
-    RenderProgress,
-    RenderRun,
-    process_device,
-    process_state,
-    read_manifest,
-)
+from sada_audio.choices import CLIP_FORMATS
 
 from .common import (
     check_duration,
@@ -36,6 +21,9 @@ from .common import (
     seed_option,
 )
 from .console import interruptible
+
+if TYPE_CHECKING:
+    from sada_audio.render import RenderProgress
 
 
 def _progress_text(progress: RenderProgress | None) -> str | None:
@@ -65,7 +53,7 @@ def _progress_text(progress: RenderProgress | None) -> str | None:
 @click.option(
     "--format",
     "audio_format",
-    type=click.Choice(FORMATS),
+    type=click.Choice(CLIP_FORMATS),
     default="wav",
     show_default=True,
     help="Format of rows without one.",
@@ -119,6 +107,23 @@ def render(
       accelerate launch --num_processes 4 --no_python sada-audio render cues.jsonl -o out --device cuda
     On CPUs use 'accelerate launch --multi_gpu --num_processes N' ('--cpu' starts a single process).
     """
+    # The library is imported here, not at the top: argument errors are reported without loading torch.
+    from sada_audio.evaluation.html_report import write_render_index
+    from sada_audio.pipelines import resolve_model_id
+    from sada_audio.render import (
+        FAILED,
+        INVALID,
+        MISSING,
+        RENDERED,
+        SKIPPED,
+        RenderDefaults,
+        RenderJob,
+        RenderRun,
+        process_device,
+        process_state,
+        read_manifest,
+    )
+
     with interruptible("run the same command again to render the rest"):
         cues = read_manifest(manifest, RenderDefaults(seed, duration, steps, guidance, audio_format, negative_prompt))
         cues.check(skip_invalid)

@@ -19,3 +19,6 @@ SCHEDULER_CHOICES: tuple[str, ...] = ("ddim", "euler", "edm", "dpm++")
 
 #: ``--compile`` choices (see :func:`sada_audio.pipelines.compile_denoiser`).
 COMPILE_MODES: tuple[str, ...] = ("none", "default", "max-autotune", "reduce-overhead")
+
+#: Audio formats of rendered clips (a manifest row's ``format``).
+CLIP_FORMATS: tuple[str, ...] = ("wav", "flac")

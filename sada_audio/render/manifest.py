@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sada_audio.choices import CLIP_FORMATS
 from sada_audio.config import MAX_SEED
 from sada_audio.errors import SADAError
 from sada_audio.generation import ClipRequest, SamplingSettings
@@ -21,7 +22,7 @@ from sada_audio.generation import ClipRequest, SamplingSettings
 logger = logging.getLogger(__name__)
 
 FIELDS = ("name", "prompt", "negative_prompt", "seed", "duration", "steps", "guidance", "format")
-FORMATS = ("wav", "flac")
+FORMATS = CLIP_FORMATS
 _MAX_NAME_LENGTH = 200
 # the first problems an error names; the others are counted
 _SHOWN_PROBLEMS = 10

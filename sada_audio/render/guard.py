@@ -22,6 +22,7 @@ from typing import Any
 from sada_audio.errors import SADAError
 
 from .manifest import FORMATS, RenderRow
+from .plan import read_sidecar
 
 INDEX_NAME = "index.jsonl"
 INDEX_PAGE_NAME = "index.html"
@@ -50,13 +51,6 @@ def _lstat(path: Path) -> os.stat_result | None:
     try:
         return path.lstat()
     except FileNotFoundError:
-        return None
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
         return None
 
 
@@ -100,7 +94,7 @@ def _row_problems(out_dir: Path, row: RenderRow) -> list[str]:
     problems = []
     meta = None
     if sidecar_stat is not None:
-        meta = _read_json(sidecar_path) if stat.S_ISREG(sidecar_stat.st_mode) else None
+        meta = read_sidecar(out_dir, row) if stat.S_ISREG(sidecar_stat.st_mode) else None
         if not is_render_sidecar(meta):
             problems.append(row.sidecar_name)
             meta = None

@@ -9,17 +9,14 @@ from pathlib import Path
 
 import click
 
-from sada_audio.audio import check_output_path
+from sada_audio.choices import BENCHMARK_CLIPS_DIR, BENCHMARK_RESULT_FILES, SCHEDULER_CHOICES
 from sada_audio.config import MAX_SEED, SADAConfig
-from sada_audio.evaluation.benchmark import BenchmarkSettings, run_benchmark
-from sada_audio.evaluation.benchmark_report import CLIPS_DIR, RESULT_FILES, target_checks, write_benchmark_outputs
-from sada_audio.evaluation.generate import read_prompts
-from sada_audio.pipelines import SCHEDULER_CHOICES
 
 from .common import (
     DEFAULT_MODEL,
     DTYPE_CHOICES,
     DTYPE_HELP,
+    compile_option,
     load_for_command,
     prepare_clip_dir,
     progress_bar,
@@ -53,7 +50,7 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     "--output-dir",
     type=click.Path(path_type=Path, file_okay=False),
     required=True,
-    help=f"Folder for {', '.join(RESULT_FILES.values())}.",
+    help=f"Folder for {', '.join(BENCHMARK_RESULT_FILES.values())}.",
 )
 @click.option(
     "-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Hub id, local pipeline folder or short name."
@@ -108,9 +105,11 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     "keep_clips",
     default=True,
     show_default=True,
-    help=f"Keep every clip of the quality workload as FLAC in OUTPUT_DIR/{CLIPS_DIR}/ for report.html's players.",
+    help=f"Keep every clip of the quality workload as FLAC in OUTPUT_DIR/{BENCHMARK_CLIPS_DIR}/ for report.html's "
+    "players.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in the output folder.")
+@compile_option
 def benchmark(
     output_dir: Path,
     model: str,
@@ -129,6 +128,7 @@ def benchmark(
     quick: bool,
     keep_clips: bool,
     overwrite: bool,
+    compile_mode: str,
 ) -> None:
     """Benchmark SADA against DeepCache, ToMe, PAB, AdaptiveDiffusion (and, on transformers, First Block Cache,
     TaylorSeer, cache-dit) on the same prompts and seeds, in interleaved order.
@@ -142,19 +142,31 @@ def benchmark(
       sada-audio benchmark -o bench
       sada-audio benchmark -o bench-quick --quick
       sada-audio benchmark -o bench --methods SADA,DeepCache --scheduler ddim --frames 256
+      sada-audio benchmark -o bench-gpu --device cuda --compile reduce-overhead
+
+    With --compile the quality workload runs method by method (each compiled once, its first call timed
+    apart) instead of interleaved clip by clip; the real-size step costs are measured without compiling.
     """
     # overrides are checked before the model loads (against the default model's family unless --preset names one)
     base = SADAConfig.preset(preset or "musicldm")
     for variant in sada_variants:
         base.with_overrides(variant)
+    # The library is imported here, not at the top: argument errors are reported without loading torch.
+    from sada_audio.audio import check_output_path
+    from sada_audio.evaluation.benchmark import BenchmarkSettings, run_benchmark
+    from sada_audio.evaluation.benchmark_report import target_checks, write_benchmark_outputs
+    from sada_audio.evaluation.generate import read_prompts
+    from sada_audio.pipelines import check_compile_mode, parse_device
+
     if output_dir.exists() and not output_dir.is_dir():
         raise click.BadParameter(f"'{output_dir}' is a file, not a folder", param_hint="-o/--output-dir")
+    check_compile_mode(compile_mode, parse_device(device))
     output_dir.mkdir(parents=True, exist_ok=True)
-    for name in RESULT_FILES.values():
+    for name in BENCHMARK_RESULT_FILES.values():
         check_output_path(output_dir / name, overwrite, extensions=(Path(name).suffix,))
     clip_dir = None
     if keep_clips:
-        clip_dir = prepare_clip_dir(output_dir / CLIPS_DIR, overwrite, (".flac", ".json"), recursive=True)
+        clip_dir = prepare_clip_dir(output_dir / BENCHMARK_CLIPS_DIR, overwrite, (".flac", ".json"), recursive=True)
     prompts = tuple(read_prompts(prompts_file)) if prompts_file is not None else BenchmarkSettings.prompts
     settings = BenchmarkSettings(
         schedulers=schedulers or BenchmarkSettings.schedulers,
@@ -167,11 +179,12 @@ def benchmark(
         preset=preset,
         sada_variants=sada_variants,
         latent_frames=latent_frames or BenchmarkSettings.latent_frames,
+        compile_mode=compile_mode,
     )
     if quick:
         settings = dataclasses.replace(settings, **QUICK, prompts=prompts[:QUICK_PROMPTS], seeds=seeds[:1])
     with interruptible():
-        pipe, _ = load_for_command(model, None, device, dtype)
+        pipe, _ = load_for_command(model, None, device, dtype, compile_mode)
         pipe.set_progress_bar_config(disable=True)  # one bar: ours
         results = run_benchmark(pipe, settings, progress=progress_bar, clip_dir=clip_dir)
     command = shlex.join(["sada-audio", "benchmark", *sys.argv[2:]]) if sys.argv[1:2] == ["benchmark"] else ""

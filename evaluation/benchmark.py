@@ -22,7 +22,7 @@ import platform
 import re
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from importlib.metadata import PackageNotFoundError, version
@@ -38,7 +38,7 @@ from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
 from sada_audio.models import model_adapter_for
 from sada_audio.pipelines import set_scheduler
 
-from .accelerators import SADA, Accelerator, Baseline, sada_accelerators
+from .accelerators import SADA, Accelerator, Attachment, Baseline, sada_accelerators
 from .evaluate import Progress, no_progress, pair_metrics
 from .peers import peer_accelerators
 from .step_costs import real_size_benches, run_step_costs
@@ -115,6 +115,9 @@ class BenchmarkSettings:
     cost_batch: int = 2
     cost_repeats: int = 3
     warm_up_steps: int = 3
+    compile_mode: str = "none"
+    """How the pipeline's denoiser was compiled (``--compile``; :func:`sada_audio.pipelines.compile_denoiser`).
+    Compiled, the quality workload runs method by method instead of interleaved (see :func:`run_quality`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,15 +144,63 @@ def accelerators_for(pipe: Any, settings: BenchmarkSettings) -> tuple[list[Accel
     return methods, preset
 
 
+def _generate_attached(
+    pipe: Any, attachment: Attachment, clip: ClipRequest, sampling: SamplingSettings
+) -> dict[str, Any]:
+    batch = generate_batch(pipe, [clip], sampling, accelerate=False)
+    return {
+        "waveform": batch.waveforms[0, 0],
+        "wall_s": batch.wall_time_s,
+        "step_kinds": attachment.step_kinds(),
+        **attachment.stats(),
+    }
+
+
 def _generate(pipe: Any, method: Accelerator, clip: ClipRequest, sampling: SamplingSettings) -> dict[str, Any]:
     attachment = method.attach(pipe)
     try:
-        batch = generate_batch(pipe, [clip], sampling, accelerate=False)
-        kinds = attachment.step_kinds()
-        stats = attachment.stats()
+        return _generate_attached(pipe, attachment, clip, sampling)
     finally:
         attachment.remove()
-    return {"waveform": batch.waveforms[0, 0], "wall_s": batch.wall_time_s, "step_kinds": kinds, **stats}
+
+
+def _interleaved(
+    pipe: Any,
+    methods: Sequence[Accelerator],
+    clips: Sequence[ClipRequest],
+    sampling: SamplingSettings,
+    warm_up: SamplingSettings,
+) -> Iterator[tuple[Accelerator, int, dict[str, Any]]]:
+    """Every method on every clip, clip by clip (baseline, A, B, ..., baseline, A, B, ...): slow drifts of the
+    machine's speed hit every method alike. Each method is attached for one call at a time."""
+    for method in methods:
+        _generate(pipe, method, clips[0], warm_up)
+    for index, clip in enumerate(clips):
+        for method in methods:
+            yield method, index, _generate(pipe, method, clip, sampling)
+
+
+def _method_by_method(
+    pipe: Any,
+    methods: Sequence[Accelerator],
+    clips: Sequence[ClipRequest],
+    sampling: SamplingSettings,
+    first_calls: dict[str, float],
+) -> Iterator[tuple[Accelerator, int, dict[str, Any]]]:
+    """Every method on every clip, method by method, for a compiled denoiser: attaching a method changes what
+    the compiler traced (hook objects it guards on), so attaching per clip would recompile on every clip and,
+    past dynamo's recompile limit, silently fall back to eager. Each method is attached once, its compiled code
+    starts from scratch (``torch._dynamo.reset``), and one untimed full-length call compiles every graph its
+    schedule uses; that call's seconds are kept in ``first_calls`` (compile time included)."""
+    for method in methods:
+        torch._dynamo.reset()
+        attachment = method.attach(pipe)
+        try:
+            first_calls[method.label] = _generate_attached(pipe, attachment, clips[0], sampling)["wall_s"]
+            for index, clip in enumerate(clips):
+                yield method, index, _generate_attached(pipe, attachment, clip, sampling)
+        finally:
+            attachment.remove()
 
 
 def clip_path(clip_dir: Path, scheduler: str, label: str, prompt_index: int, seed: int) -> Path:
@@ -186,43 +237,48 @@ def run_quality(
     clips = [ClipRequest(prompt, seed) for seed in settings.seeds for prompt in settings.prompts]
     prompt_index = {prompt: index for index, prompt in reversed(list(enumerate(settings.prompts)))}
     runs: list[dict[str, Any]] = []
+    first_calls: dict[str, dict[str, float]] = {}
+    compiled = settings.compile_mode != "none"
     for scheduler in settings.schedulers:
         set_scheduler(pipe, scheduler)
-        warm_up = dataclasses.replace(sampling, steps=min(settings.warm_up_steps, settings.steps))
-        for method in runnable:
-            _generate(pipe, method, clips[0], warm_up)
-        with progress(clips, f"{scheduler}: {len(runnable)} methods") as items:
-            for clip in items:
-                reference: dict[str, Any] | None = None
-                for method in runnable:
-                    result = _generate(pipe, method, clip, sampling)
-                    waveform = result.pop("waveform")
-                    # SADA's full statistics (sparsity map) go to the clip's sidecar, not into results.json
-                    sada_stats = result.pop("sada_stats", None)
-                    if reference is None:
-                        reference = {"waveform": waveform, "wall_s": result["wall_s"]}
-                    record = {
-                        "scheduler": scheduler,
-                        "method": method.name,
-                        "setting": method.setting,
-                        "label": method.label,
-                        "prompt": clip.prompt,
-                        "seed": clip.seed,
-                        **result,
-                        "speedup": reference["wall_s"] / result["wall_s"],
-                    }
-                    if method is not runnable[0]:
-                        record["metrics"] = pair_metrics(reference["waveform"], waveform, sample_rate, None)
-                    if clip_dir is not None:
-                        path = clip_path(clip_dir, scheduler, method.label, prompt_index[clip.prompt], clip.seed)
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        record["audio"] = str(write_audio(path, waveform, sample_rate))
-                        sidecar = {"prompt": clip.prompt, "seed": clip.seed, "scheduler": scheduler}
-                        write_json(
-                            path.with_suffix(".json"), {**sidecar, "label": method.label, "sada_stats": sada_stats}
-                        )
-                    runs.append(record)
-    return {"skipped": skipped, "runs": runs, "summary": summarise(runs)}
+        if compiled:
+            first_calls[scheduler] = {}
+            results = _method_by_method(pipe, runnable, clips, sampling, first_calls[scheduler])
+        else:
+            warm_up = dataclasses.replace(sampling, steps=min(settings.warm_up_steps, settings.steps))
+            results = _interleaved(pipe, runnable, clips, sampling, warm_up)
+        # The baseline (first method) runs every clip before any other method touches it, in either order.
+        references: dict[int, dict[str, Any]] = {}
+        with progress(range(len(clips) * len(runnable)), f"{scheduler}: {len(runnable)} methods") as ticks:
+            for _, (method, index, result) in zip(ticks, results, strict=True):
+                clip = clips[index]
+                waveform = result.pop("waveform")
+                # SADA's full statistics (sparsity map) go to the clip's sidecar, not into results.json
+                sada_stats = result.pop("sada_stats", None)
+                reference = references.setdefault(index, {"waveform": waveform, "wall_s": result["wall_s"]})
+                record = {
+                    "scheduler": scheduler,
+                    "method": method.name,
+                    "setting": method.setting,
+                    "label": method.label,
+                    "prompt": clip.prompt,
+                    "seed": clip.seed,
+                    **result,
+                    "speedup": reference["wall_s"] / result["wall_s"],
+                }
+                if method is not runnable[0]:
+                    record["metrics"] = pair_metrics(reference["waveform"], waveform, sample_rate, None)
+                if clip_dir is not None:
+                    path = clip_path(clip_dir, scheduler, method.label, prompt_index[clip.prompt], clip.seed)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    record["audio"] = str(write_audio(path, waveform, sample_rate))
+                    sidecar = {"prompt": clip.prompt, "seed": clip.seed, "scheduler": scheduler}
+                    write_json(path.with_suffix(".json"), {**sidecar, "label": method.label, "sada_stats": sada_stats})
+                runs.append(record)
+    quality: dict[str, Any] = {"skipped": skipped, "runs": runs, "summary": summarise(runs)}
+    if compiled:
+        quality["first_call_s"] = first_calls
+    return quality
 
 
 def _mean_kind_counts(kind_lists: list[list[str]]) -> dict[str, float]:

@@ -13,29 +13,19 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from sada_audio.audio import write_atomically, write_json, write_text
+from sada_audio.choices import BENCHMARK_RESULT_FILES
 
 from .benchmark_html import benchmark_page
 from .report import json_ready
 from .tables import markdown_table
 
 __all__ = [
-    "RESULT_FILES",
-    "CLIPS_DIR",
     "target_checks",
     "markdown",
     "speedup_fidelity_figure",
     "write_benchmark_outputs",
 ]
 
-#: Name of each output inside the output folder.
-RESULT_FILES = {
-    "json": "results.json",
-    "markdown": "results.md",
-    "plot": "speedup_fidelity.png",
-    "html": "report.html",
-}
-#: Folder of the quality workload's clips inside the output folder.
-CLIPS_DIR = "clips"
 
 #: The SADA speedup the paper reports for MusicLDM, the target of the quality workload.
 TARGET_SPEEDUP = 1.8
@@ -174,14 +164,30 @@ def _cost_lines(bench: dict[str, Any], schedulers: list[str]) -> list[str]:
     return markdown_table(header, rows)
 
 
+def _order(results: dict[str, Any]) -> str:
+    """How the quality workload ordered its calls, in words (and the compiled runs' first calls)."""
+    mode = results["settings"].get("compile_mode", "none")
+    if mode == "none":
+        return "interleaved order after a warm-up"
+    first_calls = "; ".join(
+        f"{scheduler}: " + ", ".join(f"{label} {seconds:.1f} s" for label, seconds in calls.items())
+        for scheduler, calls in results["quality"].get("first_call_s", {}).items()
+    )
+    return (
+        f"denoiser compiled (`--compile {mode}`), so method by method, each after one untimed full call that "
+        f"compiles it (first call, compile included: {first_calls}); real-size step costs not compiled"
+    )
+
+
 def markdown(results: dict[str, Any], command: str) -> str:
     """The Markdown report of one benchmark run."""
     env, settings = results["environment"], results["settings"]
+    page = BENCHMARK_RESULT_FILES["html"]
     versions = ", ".join(f"{name} {v}" for name, v in env["versions"].items() if v is not None)
     lines = [
         "# sada-audio benchmark",
         "",
-        f"To listen: [{RESULT_FILES['html']}]({RESULT_FILES['html']}) (the plot with links to every method's clips).",
+        f"To listen: [{page}]({page}) (the plot with links to every method's clips).",
         "",
         f"- Command: `{command}`",
         f"- Date: {env['date']}; machine: {env['cpu']}, {env['cores']} cores, {env['torch_threads']} torch threads, "
@@ -191,7 +197,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"{settings['steps']} steps, {settings['duration']} s, guidance {settings['guidance']}; "
         f"SADA preset `{results['sada_preset']}`: `{results['sada_config']}`",
         "- Speedup: median over clips of the baseline's wall time over the method's, same prompt and seed, "
-        "interleaved order after a warm-up; fidelity: mean over clips against the baseline clip.",
+        f"{_order(results)}; fidelity: mean over clips against the baseline clip.",
         "",
         "## Quality workload",
         "",
@@ -262,7 +268,7 @@ def speedup_fidelity_figure(results: dict[str, Any], path: Path) -> None:
 def write_benchmark_outputs(results: dict[str, Any], output_dir: Path, command: str) -> dict[str, Path]:
     """Write the four outputs into ``output_dir`` (created if missing); return their paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {kind: output_dir / name for kind, name in RESULT_FILES.items()}
+    paths = {kind: output_dir / name for kind, name in BENCHMARK_RESULT_FILES.items()}
     write_json(paths["json"], json_ready({**results, "command": command, "targets": target_checks(results)}))
     write_text(paths["markdown"], markdown(results, command))
     speedup_fidelity_figure(results, paths["plot"])

@@ -1,5 +1,6 @@
-"""The names a user chooses from (model aliases, samplers, compile modes): plain data, importable without torch,
-so that the command line can build its options and answer --help at once."""
+"""The names a user chooses from (model aliases, samplers, compile modes) and the names of what the commands
+write: plain data, importable without torch, so that the command line can build its options and answer --help
+and argument errors at once."""
 
 from __future__ import annotations
 
@@ -22,3 +23,13 @@ COMPILE_MODES: tuple[str, ...] = ("none", "default", "max-autotune", "reduce-ove
 
 #: Audio formats of rendered clips (a manifest row's ``format``).
 CLIP_FORMATS: tuple[str, ...] = ("wav", "flac")
+
+#: What ``sada-audio benchmark`` writes inside its output folder, by kind.
+BENCHMARK_RESULT_FILES: dict[str, str] = {
+    "json": "results.json",
+    "markdown": "results.md",
+    "plot": "speedup_fidelity.png",
+    "html": "report.html",
+}
+#: Folder of the benchmark's quality-workload clips inside its output folder.
+BENCHMARK_CLIPS_DIR = "clips"

@@ -110,6 +110,18 @@ def test_bad_seeds_outside_64_bits_are_refused(tmp_path):
     assert result.exit_code == 2 and "seeds must be in 0..9223372036854775807" in result.output
 
 
+def test_cuda_graphs_off_cuda_are_refused_before_loading(tmp_path, monkeypatch):
+    from sada_audio.cli import common
+
+    monkeypatch.setattr(common, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded the model"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["benchmark", "-o", str(out), "--compile", "reduce-overhead"])
+    assert result.exit_code == 2
+    (line,) = result.output.splitlines()
+    assert "reduce-overhead replays CUDA graphs and needs a CUDA device" in line
+    assert not out.exists()
+
+
 def test_unknown_method_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     result = CliRunner().invoke(main, ["benchmark", "-o", str(tmp_path / "out"), "--quick", "--methods", "tome2"])

@@ -346,10 +346,11 @@ def test_help_version_and_argument_errors_do_not_import_torch() -> None:
         "from sada_audio.cli.main import main\n"
         "calls = (['--version'], ['--help'], ['nosuch'], ['generate', '--help'], ['generate', 'x', '-o', 'a.wav',"
         " '--steps', '0'], ['generate', 'x', '-o', 'a.wav', '--seed', '-1'], ['render', 'm.jsonl', '-o', 'o',"
-        " '--steps', '0'], ['evaluate', 'a', 'b', '--duration', '-1'])\n"
+        " '--steps', '0'], ['evaluate', 'a', 'b', '--duration', '-1'], ['benchmark', '--help'],"
+        " ['benchmark', '-o', 'b', '--seeds', 'x'], ['benchmark', '-o', 'b', '--sada-variant', 'seed=1.5'])\n"
         "codes = [CliRunner().invoke(main, args).exit_code for args in calls]\n"
         "heavy = sorted(name for name in ('torch', 'diffusers', 'transformers') if name in sys.modules)\n"
         "print(codes, heavy)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[0, 0, 2, 0, 2, 2, 2, 2] []"
+    assert result.stdout.strip() == "[0, 0, 2, 0, 2, 2, 2, 2, 0, 2, 2] []"

@@ -7,6 +7,7 @@ tiny pipeline: compiling changes a module for good.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Callable
@@ -157,6 +158,54 @@ def test_generate_batch_uses_the_attached_sada_so_a_compiled_denoiser_compiles_o
         assert pipe.unet._sada_handle is handle  # still attached: the batch did not remove it
     assert counter.frame_count == graphs == 1
     assert first.sada_stats["model_calls"] == second.sada_stats["model_calls"] < 12
+
+
+def test_compiled_benchmark_runs_method_by_method_without_recompiling_and_matches_eager():
+    """Attaching a method changes what dynamo traced (SADA's token-block hooks, the peers' wrappers), so under
+    --compile the benchmark attaches each method once and compiles it in an untimed first call: no timed clip
+    recompiles, and every method's clips equal the interleaved eager run's."""
+    from contextlib import contextmanager
+
+    from sada_audio.evaluation.accelerators import SADA, Baseline
+    from sada_audio.evaluation.adaptive_diffusion import AdaptiveDiffusion
+    from sada_audio.evaluation.benchmark import BenchmarkSettings, run_quality
+    from sada_audio.evaluation.peers import DeepCache
+
+    settings = BenchmarkSettings(schedulers=("ddim",), steps=10, prompts=("piano", "drums"), seeds=(0,), duration=0.64)
+    pipe = build("musicldm")
+    pruning = SADAConfig.preset("musicldm", **PRUNING["musicldm"])
+    methods = [Baseline(), SADA(pruning, "pruning"), DeepCache(3), AdaptiveDiffusion(0.01)]
+    eager = run_quality(pipe, methods, settings)
+    counter = CompileCounterWithBackend("eager")
+    pipe.unet.compile(backend=counter)
+    graphs_at_tick: list[int] = []
+
+    @contextmanager
+    def count_graphs(items, label):
+        def ticks():
+            for item in items:
+                graphs_at_tick.append(counter.frame_count)
+                yield item
+
+        yield ticks()
+
+    compiled = run_quality(pipe, methods, dataclasses.replace(settings, compile_mode="default"), count_graphs)
+
+    # graphs[k]: compiled before the k-th timed clip (clips run method by method), then after the last one
+    graphs = [*graphs_at_tick, counter.frame_count]
+    clips = len(settings.prompts)
+    for index in range(len(methods)):
+        # from the end of a method's first timed clip (its first call compiled it) to the end of its last: nothing
+        assert graphs[index * clips + 1] == graphs[(index + 1) * clips], methods[index].label
+    assert set(compiled["first_call_s"]["ddim"]) == {method.label for method in methods}
+    assert counter.frame_count >= len(methods)  # every method was really compiled, after each reset
+    by_clip = {(run["label"], run["prompt"]): run for run in eager["runs"]}
+    assert len(compiled["runs"]) == len(eager["runs"]) == clips * len(methods)
+    for run in compiled["runs"]:
+        reference = by_clip[(run["label"], run["prompt"])]
+        assert run["step_kinds"] == reference["step_kinds"]
+        if "metrics" in run:
+            assert run["metrics"]["mel_psnr"] == pytest.approx(reference["metrics"]["mel_psnr"], rel=1e-3)
 
 
 @pytest.mark.slow

@@ -126,6 +126,16 @@ def _check_duration_option(ctx: click.Context, param: click.Parameter, value: fl
     return value
 
 
+def warn_if_memory_heavy(waveforms: int, duration: float | None, dtype: str, device: str, hint: str) -> None:
+    """Warn on stderr, before the model loads, when one pipeline call of ``waveforms`` waveforms of ``duration``
+    seconds will not fit in the memory free on ``device``; ``hint`` says which option lowers it."""
+    from sada_audio.memory import memory_warning
+
+    warning = memory_warning(waveforms, duration, dtype, device)
+    if warning is not None:
+        click.echo(f"Warning: {warning}; {hint}.", err=True)
+
+
 def compile_option(command: _Command) -> _Command:
     """``--compile``: how the denoiser is compiled (``generate``, ``render``, ``benchmark``)."""
     return click.option(

@@ -17,6 +17,7 @@ from .common import (
     model_options,
     sampling_options,
     seed_option,
+    warn_if_memory_heavy,
 )
 from .console import interruptible
 
@@ -100,6 +101,7 @@ def generate(
         check_output_path(sparsity_map, overwrite, extensions=(".png",))
     check_steps_before_loading(model, scheduler, steps)
     dtype = dtype_name(dtype, device, model)
+    warn_if_memory_heavy(num_waveforms, duration, dtype, device, "generate fewer with --num-waveforms")
     with interruptible():
         pipe, load_time = load_for_command(model, scheduler, device, dtype, compile_mode)
         pipe.set_progress_bar_config(desc="Denoising", unit="step")

@@ -19,6 +19,7 @@ from .common import (
     model_options,
     sampling_options,
     seed_option,
+    warn_if_memory_heavy,
 )
 from .console import interruptible
 
@@ -109,6 +110,7 @@ def render(
     """
     # The library is imported here, not at the top: argument errors are reported without loading torch.
     from sada_audio.evaluation.html_report import write_render_index
+    from sada_audio.memory import DEFAULT_DURATION_S
     from sada_audio.pipelines import resolve_model_id
     from sada_audio.render import (
         FAILED,
@@ -132,6 +134,12 @@ def render(
         state = process_state(device)
         device = process_device(device, state)
         dtype = dtype_name(dtype, device, model)
+        if cues.rows:
+            longest = max(
+                DEFAULT_DURATION_S if row.settings.duration is None else row.settings.duration for row in cues.rows
+            )
+            batch = min(batch_size, len(cues.rows))
+            warn_if_memory_heavy(batch, longest, dtype, device, "put fewer clips in a call with --batch-size")
         run = RenderRun(model, resolve_model_id(model), scheduler, accelerate == "sada", device, dtype, compile_mode)
         started = time.perf_counter()
         with RenderJob(cues, out_dir, run, batch_size=batch_size, state=state, overwrite=overwrite) as job:

@@ -257,6 +257,19 @@ def test_unavailable_device_is_refused_before_loading(
     assert "CUDA is not available" in result.stderr
 
 
+def test_a_request_too_big_for_memory_is_warned_before_loading(
+    tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    result = _generate(tiny_musicldm_dir, tmp_path / "out.wav", "--num-waveforms", "100000")
+    warning = result.stderr.splitlines()[0]
+    assert warning.startswith("Warning: 100000 waveform(s) of 1.28 s in one pipeline call need about 1,750.0 GB")
+    assert warning.endswith("expect an out-of-memory error; generate fewer with --num-waveforms.")
+    # a request that fits is not warned about
+    result = _generate(tiny_musicldm_dir, tmp_path / "out.wav", "--num-waveforms", "2")
+    assert "Warning" not in result.stderr
+
+
 def test_unwritable_output_dir(tiny_musicldm_dir: Path, read_only_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
     result = _generate(tiny_musicldm_dir, read_only_dir / "out.wav")

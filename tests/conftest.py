@@ -17,7 +17,7 @@ import pytest
 import torch
 from diffusers import AudioLDM2Pipeline, AudioLDMPipeline, DiffusionPipeline, MusicLDMPipeline
 
-from sada_audio.testing import tiny_audioldm2_pipeline, tiny_audioldm_pipeline, tiny_musicldm_pipeline
+from tests.support.tiny_pipelines import tiny_audioldm2_pipeline, tiny_audioldm_pipeline, tiny_musicldm_pipeline
 
 TINY_FAMILIES = ("musicldm", "audioldm", "audioldm2")
 

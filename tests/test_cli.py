@@ -23,7 +23,7 @@ from sada_audio import generation as generation_module
 from sada_audio.cli import common as cli_common
 from sada_audio.cli import main as cli
 from sada_audio.pipelines import SCHEDULER_CHOICES, load_pipeline, set_scheduler
-from sada_audio.testing import SAMPLE_RATE
+from tests.support.tiny_pipelines import SAMPLE_RATE
 
 PROMPT = "slow piano arpeggio in A minor"
 STEPS = "12"

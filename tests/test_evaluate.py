@@ -28,8 +28,8 @@ from sada_audio.evaluation.evaluate import (
 from sada_audio.evaluation.generate import clip_names, read_prompts
 from sada_audio.evaluation.lpips import AlexNetFeatures
 from sada_audio.evaluation.metrics import MetricUnavailableError
-from sada_audio.testing import _clap_config, _clap_feature_extractor, _roberta_tokenizer
 from sada_audio.tiny import TINY_MUSICLDM_PATH
+from tests.support.tiny_pipelines import _clap_config, _clap_feature_extractor, _roberta_tokenizer
 
 SR = 16_000
 

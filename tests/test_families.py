@@ -15,7 +15,7 @@ from diffusers import EDMDPMSolverMultistepScheduler, FlowMatchEulerDiscreteSche
 
 from sada_audio import SADAConfig, SADAHandle, UnsupportedModelError, UnsupportedSchedulerError, apply_sada
 from sada_audio.models import model_adapter_for
-from sada_audio.testing import (
+from tests.support.tiny_pipelines import (
     IMAGE_SIZE,
     STABLE_AUDIO_FRAMES,
     stable_audio_open_scheduler,

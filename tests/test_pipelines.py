@@ -35,7 +35,7 @@ from sada_audio.pipelines import (
     resolve_model_id,
     set_scheduler,
 )
-from sada_audio.testing import (
+from tests.support.tiny_pipelines import (
     LATENT_CHANNELS,
     SAMPLE_RATE,
     real_size_audioldm_unet_config,
@@ -155,11 +155,13 @@ def test_builders_are_deterministic_and_keep_global_rng(family: str) -> None:
 
 
 # Digests of the trained tokenizer models (not of the whole backend: calling a tokenizer changes its
-# padding / truncation state). Run in this process and in a fresh one.
+# padding / truncation state). Run in this process and in a fresh one, started in the repository root (where
+# tests.support is importable).
+ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_DIGESTS = """
 import hashlib, json, warnings
 warnings.simplefilter("ignore")
-from sada_audio.testing import _roberta_tokenizer, _t5_tokenizer
+from tests.support.tiny_pipelines import _roberta_tokenizer, _t5_tokenizer
 DIGESTS = [
     hashlib.sha256(json.dumps(json.loads(t.backend_tokenizer.to_str())["model"]).encode()).hexdigest()
     for t in (_roberta_tokenizer(), _t5_tokenizer())
@@ -171,7 +173,7 @@ print(*DIGESTS)
 def test_tokenizers_are_identical_in_a_fresh_process(capsys: pytest.CaptureFixture[str]) -> None:
     # tokenizers' UnigramTrainer gave different scores in every process; the T5 vocabulary is counted instead
     out = subprocess.run(
-        [sys.executable, "-c", TOKENIZER_DIGESTS], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", TOKENIZER_DIGESTS], capture_output=True, text=True, check=True, timeout=120, cwd=ROOT
     )
     exec(TOKENIZER_DIGESTS, {})
     assert out.stdout.split() == capsys.readouterr().out.split()

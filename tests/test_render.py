@@ -30,7 +30,7 @@ from sada_audio.render import (
     shard,
 )
 from sada_audio.render import job as render_job
-from sada_audio.testing import SAMPLE_RATE
+from tests.support.tiny_pipelines import SAMPLE_RATE
 
 STEPS = "8"
 DURATION = "0.64"

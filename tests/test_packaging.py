@@ -1,6 +1,7 @@
 """What gets installed: every module of the package's source folders, the embedded model, and nothing else
 (no trainer, no test fixtures, no research scripts)."""
 
+import importlib.metadata
 import shutil
 import subprocess
 import sys
@@ -78,3 +79,10 @@ def test_the_wheel_holds_the_library_and_the_embedded_model_only(tmp_path: Path)
     assert {name.split("/")[0] for name in entries} == {"sada_audio", dist_info}
     code = sum(size for name, size in entries.items() if name.endswith(".py"))
     assert code < CODE_BUDGET_BYTES
+
+
+def test_the_version_is_written_once() -> None:
+    import sada_audio
+
+    assert "version" not in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert importlib.metadata.version("sada-audio") == sada_audio.__version__

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sada_audio._compat import clap_embedding
 from sada_audio.audio_ldm_parts import HOP_LENGTH, SAMPLE_RATE
 from sada_audio.errors import SADAError
 from sada_audio.tiny import TINY_MUSICLDM_PATH
@@ -403,7 +404,7 @@ def train_clap_text(cfg: TrainConfig, probe_weight: float = 1.0) -> None:
     with torch.no_grad():
         audio = torch.cat(
             [
-                _embedding(
+                clap_embedding(
                     clap.get_audio_features(
                         input_features=_batch(data.clap_features, np.arange(i, min(len(data.captions), i + 64)), "cpu"),
                         is_longer=torch.zeros(min(64, len(data.captions) - i), 1, dtype=torch.bool),
@@ -420,7 +421,7 @@ def train_clap_text(cfg: TrainConfig, probe_weight: float = 1.0) -> None:
 
     def loss_fn(rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         idx = np.sort(rng.choice(len(data.captions), size=cfg.batch, replace=False))
-        text = _embedding(
+        text = clap_embedding(
             clap.get_text_features(
                 input_ids=tokens["input_ids"][idx].to(cfg.device),
                 attention_mask=tokens["attention_mask"][idx].to(cfg.device),
@@ -496,11 +497,6 @@ def _load_clap(workdir: Path, stage: str | None = None) -> tuple[torch.nn.Module
     return clap.eval(), tokenizer
 
 
-def _embedding(features: Any) -> torch.Tensor:
-    """The embedding tensor of a CLAP ``get_*_features`` result (an output object in transformers 5)."""
-    return getattr(features, "pooler_output", features)
-
-
 @torch.no_grad()
 def text_embeddings(clap: Any, tokenizer: Any, captions: list[str], device: torch.device) -> torch.Tensor:
     """Projected, normalised CLAP text embeddings, as MusicLDMPipeline computes them for its prompts."""
@@ -511,7 +507,7 @@ def text_embeddings(clap: Any, tokenizer: Any, captions: list[str], device: torc
         features = clap.get_text_features(
             input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
         )
-        out.append(_embedding(features))
+        out.append(clap_embedding(features))
     return torch.cat(out)
 
 

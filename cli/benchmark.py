@@ -14,15 +14,16 @@ from sada_audio.config import MAX_SEED, SADAConfig
 from sada_audio.evaluation.benchmark import BenchmarkSettings, run_benchmark
 from sada_audio.evaluation.benchmark_report import CLIPS_DIR, RESULT_FILES, target_checks, write_benchmark_outputs
 from sada_audio.evaluation.generate import read_prompts
-from sada_audio.pipelines import SCHEDULER_CHOICES
 
 from .common import (
     DEFAULT_MODEL,
     DTYPE_CHOICES,
     DTYPE_HELP,
+    SCHEDULER_OPTION_CHOICES,
     load_for_command,
     prepare_clip_dir,
     progress_bar,
+    resolve_scheduler_option,
 )
 from .console import interruptible
 
@@ -62,7 +63,8 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     "--scheduler",
     "schedulers",
     multiple=True,
-    type=click.Choice(list(SCHEDULER_CHOICES)),
+    type=click.Choice(SCHEDULER_OPTION_CHOICES),
+    callback=resolve_scheduler_option,
     help="Sampler to compare on (repeatable).  [default: ddim and dpm++]",
 )
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(min=4), help="Denoising steps.")

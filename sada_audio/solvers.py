@@ -199,9 +199,7 @@ class FlowMatchEulerAdapter(SolverAdapter):
     gradient extrapolated linearly in ``t``. Reading the sampler instead as Euler in ``t = s`` with
     ``a = 1`` (gradient = velocity, so extrapolation is the published ``2 v_n - v_{n-1}`` rule for
     uneven steps) describes the same sampler, but the criterion and the reconstructions are less
-    accurate there: on the analytic flow model (shift 3, Flux preset, 50 steps) SADA's deviation from
-    the unaccelerated run was 0.037 in those coordinates and 0.025 in these
-    (``python -m tools.family_nfe --analytic``).
+    accurate there (measured on the analytic flow model: BENCHMARKS.md, "Measurements the code refers to").
     """
 
     scheduler_classes = ("FlowMatchEulerDiscreteScheduler",)

@@ -21,6 +21,9 @@ from torch._dynamo.utils import counters
 from sada_audio import SADAConfig, apply_sada
 from tests.support.tiny_pipelines import IMAGE_SIZE, tiny_flux_pipeline, tiny_musicldm_pipeline, tiny_sd2_pipeline
 
+# integration tier: every test builds and compiles its own pipeline
+pytestmark = pytest.mark.integration
+
 BUILDERS: dict[str, Callable[[], Any]] = {
     "musicldm": tiny_musicldm_pipeline,
     "sd2": tiny_sd2_pipeline,

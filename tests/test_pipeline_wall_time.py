@@ -7,6 +7,9 @@ import torch
 
 from tools.pipeline_wall_time import audio_pipeline, measure, parse_plan, table
 
+# integration tier: whole-pipeline runs of a research script (tools/)
+pytestmark = pytest.mark.integration
+
 
 def _quiet(build):
     with warnings.catch_warnings():

@@ -19,6 +19,9 @@ from tests.support.tiny_pipelines import SAMPLE_RATE
 from tools.tiny.music import CLIP_SECONDS, HELDOUT_SEED_START, NOTE_NAMES, caption, make_clip, sample_spec
 from tools.tiny.train import load_checkpoint, main
 
+# integration tier: trains and runs the embedded model (the trainer is in tools/)
+pytestmark = pytest.mark.integration
+
 
 def test_clips_and_captions_are_deterministic_per_seed():
     wave, text, spec = make_clip(7)

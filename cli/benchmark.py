@@ -9,17 +9,19 @@ from pathlib import Path
 
 import click
 
-from sada_audio.choices import BENCHMARK_CLIPS_DIR, BENCHMARK_RESULT_FILES, SCHEDULER_CHOICES
+from sada_audio.choices import BENCHMARK_CLIPS_DIR, BENCHMARK_RESULT_FILES
 from sada_audio.config import MAX_SEED, SADAConfig
 
 from .common import (
     DEFAULT_MODEL,
     DTYPE_CHOICES,
     DTYPE_HELP,
+    SCHEDULER_OPTION_CHOICES,
     compile_option,
     load_for_command,
     prepare_clip_dir,
     progress_bar,
+    resolve_scheduler_option,
 )
 from .console import interruptible
 
@@ -59,7 +61,8 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     "--scheduler",
     "schedulers",
     multiple=True,
-    type=click.Choice(list(SCHEDULER_CHOICES)),
+    type=click.Choice(SCHEDULER_OPTION_CHOICES),
+    callback=resolve_scheduler_option,
     help="Sampler to compare on (repeatable).  [default: ddim and dpm++]",
 )
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(min=4), help="Denoising steps.")

@@ -11,7 +11,13 @@ from typing import Any, TypeVar
 
 import click
 
-from sada_audio.choices import COMPILE_MODES, MODEL_ALIASES, SCHEDULER_CHOICES
+from sada_audio.choices import (
+    COMPILE_MODES,
+    MODEL_ALIASES,
+    SCHEDULER_ALIASES,
+    SCHEDULER_CHOICES,
+    resolve_scheduler_name,
+)
 
 from .console import quiet_libraries
 
@@ -27,6 +33,20 @@ COMPILE_HELP = (
 DEFAULT_MODEL = "tiny-musicldm"
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+#: What ``--scheduler`` accepts: the samplers' names and their aliases.
+SCHEDULER_OPTION_CHOICES = [*SCHEDULER_CHOICES, *SCHEDULER_ALIASES]
+
+
+def resolve_scheduler_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """``--scheduler``'s value (or values) with aliases resolved, so that sidecars and results name the sampler
+    one way (``edm`` becomes ``euler-karras``)."""
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return tuple(resolve_scheduler_name(name) for name in value)
+    return resolve_scheduler_name(value)
 
 
 @contextlib.contextmanager
@@ -88,7 +108,8 @@ def model_options(command: _Command) -> _Command:
             ),
             click.option(
                 "--scheduler",
-                type=click.Choice(list(SCHEDULER_CHOICES)),
+                type=click.Choice(SCHEDULER_OPTION_CHOICES),
+                callback=resolve_scheduler_option,
                 help="Sampler to use instead of the model's own.  [default: the model's own]",
             ),
             click.option(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 
@@ -87,7 +86,7 @@ def generate(
       sada-audio generate "slow piano arpeggio in A minor" -o clip.wav
     """
     # The library is imported here, not at the top: argument errors are reported without loading torch.
-    from sada_audio.audio import check_output_path, write_all_or_nothing, write_audio, write_json
+    from sada_audio.audio import check_output_path, write_clip
     from sada_audio.evaluation.sparsity_figure import write_sparsity_png
     from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch, run_metadata
     from sada_audio.pipelines import resolve_model_id
@@ -113,11 +112,7 @@ def generate(
         metadata = clip_metadata(clip, settings, batch, [path.name for path in audio_paths])
         run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype, compile_mode)
         metadata.update(run_info, load_time_s=load_time)
-        writes = [
-            functools.partial(write_audio, path, waveform, batch.sample_rate)
-            for path, waveform in zip(audio_paths, batch.waveforms[0], strict=True)
-        ]
-        write_all_or_nothing([*writes, functools.partial(write_json, sidecar, metadata)])
+        write_clip(list(zip(audio_paths, batch.waveforms[0], strict=True)), batch.sample_rate, sidecar, metadata)
         if sparsity_map is not None and batch.sada_stats is not None:
             write_sparsity_png(sparsity_map, batch.sada_stats, title=prompt)
     seconds = batch.waveforms.shape[-1] / batch.sample_rate

@@ -20,6 +20,7 @@ import torch
 from scipy import linalg
 from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
+from sada_audio._compat import clap_embedding
 from sada_audio.pipelines import hub_offline, looks_like_path, probe_hub
 from sada_audio.tiny import TINY_MUSICLDM_PATH
 
@@ -49,11 +50,6 @@ class AudioEmbedding(Protocol):
     name: str
 
     def embed_audio(self, waveforms: Sequence[np.ndarray], sample_rate: int) -> np.ndarray: ...
-
-
-def _pooled(result: Any) -> torch.Tensor:
-    # transformers 5 returns an output object (features in ``pooler_output``), older versions a tensor
-    return result if isinstance(result, torch.Tensor) else result.pooler_output
 
 
 def _unit_rows(features: torch.Tensor) -> np.ndarray:
@@ -87,7 +83,7 @@ class ClapEmbedding:
                 clips[start : start + _BATCH], sampling_rate=rate, truncation="rand_trunc", return_tensors="pt"
             )
             with torch.no_grad():
-                rows.append(_unit_rows(_pooled(self.model.get_audio_features(**inputs))))
+                rows.append(_unit_rows(clap_embedding(self.model.get_audio_features(**inputs))))
         return np.concatenate(rows)
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -98,7 +94,7 @@ class ClapEmbedding:
                 list(texts[start : start + _BATCH]), padding=True, truncation=True, return_tensors="pt"
             )
             with torch.no_grad():
-                rows.append(_unit_rows(_pooled(self.model.get_text_features(**inputs))))
+                rows.append(_unit_rows(clap_embedding(self.model.get_text_features(**inputs))))
         return np.concatenate(rows)
 
 

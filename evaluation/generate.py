@@ -9,12 +9,11 @@ the speedup.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from pathlib import Path
 from typing import Any
 
-from sada_audio.audio import write_all_or_nothing, write_audio, write_json
+from sada_audio.audio import write_clip
 from sada_audio.errors import SADAError
 from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch
 
@@ -83,10 +82,5 @@ def generate_pair_folders(
                 batch = generate_batch(pipe, [clip], settings, accelerate=with_sada)
                 path = directory / f"{name}.wav"
                 meta = {**clip_metadata(clip, settings, batch, [path.name]), **(run_info or {})}
-                write_all_or_nothing(
-                    [
-                        functools.partial(write_audio, path, batch.waveforms[0, 0], batch.sample_rate),
-                        functools.partial(write_json, path.with_suffix(".json"), meta),
-                    ]
-                )
+                write_clip([(path, batch.waveforms[0, 0])], batch.sample_rate, path.with_suffix(".json"), meta)
     return names

@@ -11,7 +11,7 @@ again exactly (``remove()`` leaves no hook, wrapper or attribute behind):
 - AdaptiveDiffusion: our re-implementation of the published rule, in :mod:`.adaptive_diffusion`.
 
 Step kinds are observed, not assumed: a diffusers ``ModelHook`` on the denoiser (outermost of ours) groups
-its calls into sampling steps (:class:`~.adaptive_diffusion.StepClock`) and asks the method what each call
+its calls into sampling steps (:class:`~.step_watch.StepClock`) and asks the method what each call
 did (a DeepCache call that ran the UNet's middle block is ``"full"``, one answered from its cache
 ``"cached"``...). The optional packages are imported only when used.
 """
@@ -27,15 +27,23 @@ import torch
 from diffusers.hooks import ModelHook
 from torch import nn
 
+from sada_audio._compat import (
+    HOOK_REGISTRY_ATTRIBUTE,
+    attention_classes,
+    current_cache_context,
+    has_block_metadata,
+    hook_registry,
+    is_stateful,
+    new_cache_context,
+    registered_hook,
+    tome_arguments,
+    transformer_block_lists,
+)
 from sada_audio.hooks import drop_empty_registry, pop_bound_forward, register_hook, remove_hook
 
 from .accelerators import Accelerator, Attachment, DenoiserBench
-from .adaptive_diffusion import (
-    StepClock,
-    StepKinds,
-    adaptive_diffusion_accelerators,
-    denoiser_of,
-)
+from .adaptive_diffusion import adaptive_diffusion_accelerators
+from .step_watch import StepClock, StepKinds, denoiser_of
 
 __all__ = [
     "CacheDiT",
@@ -116,7 +124,7 @@ class _WatchedAttachment(Attachment):
     def _invalidate_registry_cache(self) -> None:
         # diffusers caches which submodules carry hook registries (to set cache contexts); hooks added or
         # removed below the denoiser make that list stale.
-        registry = getattr(self.denoiser, "_diffusers_hook", None)
+        registry = hook_registry(self.denoiser)
         if registry is not None and hasattr(registry, "invalidate_child_registries_cache"):
             registry.invalidate_child_registries_cache()
 
@@ -252,7 +260,7 @@ class _ToMeAttachment(_WatchedAttachment):
         # a seeded generator per run makes each run's random destination tokens reproducible.
         sample = args[0] if args else kwargs["sample"]
         generator = torch.Generator(device=sample.device).manual_seed(self._seed)
-        self.denoiser._tome_info["args"]["generator"] = generator
+        tome_arguments(self.denoiser)["generator"] = generator
 
     def call(self, forward: Callable[[], Any]) -> tuple[Any, str]:
         return forward(), "merged"
@@ -319,14 +327,14 @@ class _PABAttachment(_WatchedAttachment):
 
         super().__init__(pipe)
         self._registries_before = {
-            id(module) for module in self.denoiser.modules() if hasattr(module, "_diffusers_hook")
+            id(module) for module in self.denoiser.modules() if hook_registry(module) is not None
         }
         config = PyramidAttentionBroadcastConfig(**config_kwargs, current_timestep_callback=self.timestep)
         apply_pyramid_attention_broadcast(self.denoiser, config)
         self.hooked = [
-            (module, module._diffusers_hook.get_hook(_PAB_HOOK))
+            (module, hook)
             for module in self.denoiser.modules()
-            if hasattr(module, "_diffusers_hook") and module._diffusers_hook.get_hook(_PAB_HOOK) is not None
+            if (hook := registered_hook(module, _PAB_HOOK)) is not None
         ]
         self.watch()
 
@@ -384,15 +392,15 @@ class PyramidAttentionBroadcast(Accelerator):
     def unavailable_reason(self, pipe: Any) -> str | None:
         try:
             from diffusers import PyramidAttentionBroadcastConfig
-            from diffusers.hooks._common import _ATTENTION_CLASSES
         except ImportError:
             return "pip install -U diffusers (this one lacks Pyramid Attention Broadcast)"
         config = PyramidAttentionBroadcastConfig()
         identifiers = (*config.spatial_attention_block_identifiers, *config.cross_attention_block_identifiers)
         import re
 
+        attention = attention_classes()
         for name, module in denoiser_of(pipe).named_modules():
-            if isinstance(module, _ATTENTION_CLASSES) and any(re.search(key, name) for key in identifiers):
+            if isinstance(module, attention) and any(re.search(key, name) for key in identifiers):
                 return None
         return "no attention module that diffusers' PAB recognises (block identifiers)"
 
@@ -433,15 +441,10 @@ class _ContextAttachment(_WatchedAttachment):
     state_managers: list[Any]
 
     def call(self, forward: Callable[[], Any]) -> tuple[Any, str]:
-        if getattr(self.state_managers[0], "_context", None) is not None:
+        if current_cache_context(self.state_managers[0]) is not None:
             output = forward()
             return output, self.kind()
-        try:
-            from diffusers.hooks.hooks import CacheContext
-
-            context: Any = CacheContext(_CONTEXT_NAME)
-        except ImportError:  # diffusers before CacheContext: the context is its name
-            context = _CONTEXT_NAME
+        context = new_cache_context(_CONTEXT_NAME)
         for manager in self.state_managers:
             manager.set_context(context)
         try:
@@ -460,11 +463,11 @@ class _ContextAttachment(_WatchedAttachment):
     def on_run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         # Neither audio pipeline resets stateful hooks between runs; resetting drops the cache context the
         # pipeline may have set for this call, so it is put back.
-        contexts = [getattr(manager, "_context", None) for manager in self.state_managers]
+        contexts = [current_cache_context(manager) for manager in self.state_managers]
         for module in self.hooked:
             for name in self.hook_names:
-                hook = module._diffusers_hook.get_hook(name)
-                if hook is not None and hook._is_stateful:
+                hook = registered_hook(module, name)
+                if hook is not None and is_stateful(hook):
                     hook.reset_state(module)
         for manager, context in zip(self.state_managers, contexts, strict=True):
             manager.set_context(context)
@@ -473,9 +476,11 @@ class _ContextAttachment(_WatchedAttachment):
         """Remove the method's hooks, then the hook registries it created (and their forward attributes)."""
         for module in self.hooked:
             for name in self.hook_names:
-                module._diffusers_hook.remove_hook(name, recurse=False)
+                registry = hook_registry(module)
+                if registry is not None:
+                    registry.remove_hook(name, recurse=False)
         for module in self.denoiser.modules():
-            if module is self.denoiser or "_diffusers_hook" in self._attributes[id(module)]:
+            if module is self.denoiser or HOOK_REGISTRY_ATTRIBUTE in self._attributes[id(module)]:
                 continue
             drop_empty_registry(module)
 
@@ -496,10 +501,10 @@ class _FBCAttachment(_ContextAttachment):
         self.hooked = [
             module
             for module in self.denoiser.modules()
-            if hasattr(module, "_diffusers_hook") and set(module._diffusers_hook.hooks) & set(_FBC_HOOKS)
+            if any(registered_hook(module, name) is not None for name in _FBC_HOOKS)
         ]
-        head = next(m for m in self.hooked if m._diffusers_hook.get_hook(_FBC_HOOKS[0]) is not None)
-        self.state_manager = head._diffusers_hook.get_hook(_FBC_HOOKS[0]).state_manager
+        leader = next(hook for m in self.hooked if (hook := registered_hook(m, _FBC_HOOKS[0])) is not None)
+        self.state_manager = leader.state_manager
         self.state_managers = [self.state_manager]
         self.watch()
 
@@ -527,26 +532,22 @@ class FirstBlockCache(Accelerator):
     def unavailable_reason(self, pipe: Any) -> str | None:
         try:
             from diffusers.hooks import apply_first_block_cache  # noqa: F401
-            from diffusers.hooks._helpers import TransformerBlockRegistry
         except ImportError:
             return "pip install -U diffusers (this one lacks First Block Cache)"
         reason = _transformer_reason(pipe)
         if reason:
             return reason
-        from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
-
+        block_lists = transformer_block_lists()
         blocks = [
             block
             for name, child in denoiser_of(pipe).named_children()
-            if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, nn.ModuleList)
+            if name in block_lists and isinstance(child, nn.ModuleList)
             for block in child
         ]
         if len(blocks) < 2:
             return "needs at least two transformer blocks"
         for block in blocks:
-            try:
-                TransformerBlockRegistry.get(type(block))
-            except ValueError:
+            if not has_block_metadata(type(block)):
                 return f"diffusers' First Block Cache has no block metadata for {type(block).__name__}"
         return None
 
@@ -587,13 +588,11 @@ class _TaylorSeerAttachment(_ContextAttachment):
         self._attributes = _instance_attributes(self.denoiser)
         apply_taylorseer_cache(self.denoiser, TaylorSeerCacheConfig(**config_kwargs))
         self.hooked = [
-            module
-            for module in self.denoiser.modules()
-            if hasattr(module, "_diffusers_hook") and module._diffusers_hook.get_hook(_TAYLORSEER_HOOK) is not None
+            module for module in self.denoiser.modules() if registered_hook(module, _TAYLORSEER_HOOK) is not None
         ]
         if not self.hooked:
             raise ValueError("TaylorSeer hooked no module of this denoiser")
-        self.state_managers = [m._diffusers_hook.get_hook(_TAYLORSEER_HOOK).state_manager for m in self.hooked]
+        self.state_managers = [registered_hook(m, _TAYLORSEER_HOOK).state_manager for m in self.hooked]
         self.state_manager = self.state_managers[0]
         self.watch()
 

@@ -19,7 +19,7 @@ Equal-NFE runs are real runs of the pipeline with SADA's engine forced to skip t
 errors are log-mel PSNR of the VAE-decoded spectrogram against the unaccelerated one (no vocoder).
 
 Tuning and reporting prompts are separate, written for this study in other wording than the
-training captions (``sada_audio.tiny.music.caption``) and the benchmark prompts. Run::
+training captions (``tools.tiny.music.caption``) and the benchmark prompts. Run::
 
     python -m sada_audio.evaluation.stability_oracle --model analytic
     python -m sada_audio.evaluation.stability_oracle --model embedded --prompt-set tune --scheduler ddim

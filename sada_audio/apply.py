@@ -1,6 +1,6 @@
 """Attach SADA to a diffusers pipeline, and remove it again, without modifying diffusers objects.
 
-Three attachments, all undone by :meth:`SADAHandle.remove`:
+Four attachments, all undone by :meth:`SADAHandle.remove`:
 - a diffusers ``ModelHook`` on the denoiser: runs the model, or answers a skipped step with the
   reconstructed output;
 - a ``ModelHook`` on every transformer block: on pruned steps it computes only the selected tokens

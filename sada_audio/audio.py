@@ -8,13 +8,14 @@ file or the complete new one, never a partial file, and an exception leaves noth
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import secrets
 import signal
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -216,6 +217,26 @@ def write_all_or_nothing(writes: Collection[Callable[[], Path]]) -> list[Path]:
             path.unlink(missing_ok=True)
         raise
     return written
+
+
+def write_clip(
+    audio: Sequence[tuple[str | os.PathLike[str], np.ndarray]],
+    sample_rate: int,
+    sidecar: str | os.PathLike[str],
+    meta: Any,
+    *,
+    first: Sequence[Callable[[], Path]] = (),
+) -> list[Path]:
+    """Write a clip: its audio files (``(path, waveform)`` pairs, :func:`write_audio`), then its JSON sidecar
+    (:func:`write_json`), all or nothing (:func:`write_all_or_nothing`), so that no audio stands without the
+    sidecar that describes it. ``first``: writes to run before them (render's claim on the clip). Returns the
+    paths written."""
+    writes = [
+        *first,
+        *(functools.partial(write_audio, path, waveform, sample_rate) for path, waveform in audio),
+        functools.partial(write_json, sidecar, meta),
+    ]
+    return write_all_or_nothing(writes)
 
 
 def _fsync_directory(directory: Path) -> None:

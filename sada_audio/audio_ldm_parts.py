@@ -1,10 +1,10 @@
 """Shared geometry and config builders of small audio latent-diffusion components.
 
-The random test pipelines in :mod:`sada_audio.testing` and the embedded tiny MusicLDM in :mod:`sada_audio.tiny`
-are both built from it: the audio geometry of AudioLDM / MusicLDM (16 kHz, 64 mel bins, hop 160, a x4 VAE with
-8 latent channels, a four-level UNet with attention in the three lower levels), the RoBERTa tokenizer and the
-CLAP model and front end that condition them, and the DDIM settings the released checkpoints ship. Sizes that
-differ between the two (widths, vocabulary, text length) are parameters.
+The random test pipelines (``tests/support/tiny_pipelines.py``) and the embedded tiny MusicLDM
+(:mod:`sada_audio.tiny`) are both built from it: the audio geometry of AudioLDM / MusicLDM (16 kHz, 64 mel
+bins, hop 160, a x4 VAE with 8 latent channels, a four-level UNet with attention in the three lower levels),
+the RoBERTa tokenizer and the CLAP model and front end that condition them, and the DDIM settings the released
+checkpoints ship. Sizes that differ between the two (widths, vocabulary, text length) are parameters.
 """
 
 from __future__ import annotations

@@ -15,8 +15,20 @@ MODEL_ALIASES: dict[str, str] = {
     "tiny-musicldm": str(TINY_MUSICLDM_PATH),
 }
 
-#: ``--scheduler`` choices (see :func:`sada_audio.pipelines.set_scheduler`).
-SCHEDULER_CHOICES: tuple[str, ...] = ("ddim", "euler", "edm", "dpm++")
+#: ``--scheduler`` choices (see :func:`sada_audio.pipelines.scheduler_from_config`).
+SCHEDULER_CHOICES: tuple[str, ...] = ("ddim", "euler", "euler-karras", "dpm++")
+
+#: Other names accepted for a sampler: ``edm`` was the first name of Euler on Karras sigmas (it is not diffusers'
+#: ``EDMEulerScheduler``, which expects EDM-trained models).
+SCHEDULER_ALIASES: dict[str, str] = {"edm": "euler-karras"}
+
+
+def resolve_scheduler_name(name: str) -> str:
+    """The ``--scheduler`` choice ``name`` stands for (case and surrounding spaces ignored; an alias resolved);
+    an unknown name comes back as it is, for the caller to refuse."""
+    key = name.strip().lower()
+    return SCHEDULER_ALIASES.get(key, key)
+
 
 #: ``--compile`` choices (see :func:`sada_audio.pipelines.compile_denoiser`).
 COMPILE_MODES: tuple[str, ...] = ("none", "default", "max-autotune", "reduce-overhead")

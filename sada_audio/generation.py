@@ -10,8 +10,8 @@ the noise the clips would get alone. With several waveforms per prompt a single 
 waveforms from one generator, as the pipelines do for a plain ``generator=``.
 
 One upstream exception: AudioLDM 2's GPT-2 generates its conditioning after the *padded* prompt, so a
-prompt batched with a longer one is conditioned differently (measured on the tiny pipeline: 0.0024 on a
-0.019 peak). Its prompts batch exactly only when they have the same token length.
+prompt batched with a longer one is conditioned differently (BENCHMARKS.md, "Measurements the code refers
+to"). Its prompts batch exactly only when they have the same token length.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from diffusers import AudioLDMPipeline, MusicLDMPipeline
 
+from sada_audio._compat import encode_prompt_alone, execution_device
 from sada_audio.apply import apply_sada
 from sada_audio.audio import pipeline_sample_rate
 from sada_audio.config import MAX_SEED, SADAConfig
@@ -104,11 +105,6 @@ def _generators(
     return [torch.Generator(device=device).manual_seed(clip.seed) for clip in clips]
 
 
-def _execution_device(pipe: Any) -> torch.device:
-    """Where the pipeline runs its models (with CPU offloading that is not ``pipe.device``)."""
-    return getattr(pipe, "_execution_device", None) or pipe.device
-
-
 def _negative_prompts(clips: Sequence[ClipRequest]) -> str | list[str] | None:
     if len(clips) == 1:
         return clips[0].negative_prompt
@@ -144,10 +140,10 @@ class PromptEmbeddingCache:
     def embedding(self, text: str) -> torch.Tensor:
         """The embedding of ``text``, shape ``(1, dim)``, encoded on first use."""
         if text not in self._embeddings:
-            device = _execution_device(self._pipe)
+            device = execution_device(self._pipe)
             with torch.no_grad():
                 # do_classifier_free_guidance=False: only the text's own embedding, no negative one
-                self._embeddings[text] = self._pipe._encode_prompt(text, device, 1, False)
+                self._embeddings[text] = encode_prompt_alone(self._pipe, text, device)
         return self._embeddings[text]
 
     def pipeline_inputs(self, clips: Sequence[ClipRequest], guidance: float) -> dict[str, torch.Tensor | None]:
@@ -193,7 +189,7 @@ def generate_batch(
     if not clips:
         raise SADAError("no clips to generate")
     check_steps(pipe.scheduler, settings.steps)
-    device = _execution_device(pipe)
+    device = execution_device(pipe)
     generator = _generators(clips, settings.num_waveforms, device)
     if prompt_cache is not None and settings.num_waveforms == 1:
         text_inputs: dict[str, Any] = prompt_cache.pipeline_inputs(clips, settings.guidance)

@@ -10,13 +10,15 @@ from __future__ import annotations
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
+from sada_audio._compat import delete_hook_registry, hook_registry
+
 __all__ = ["drop_empty_registry", "pop_bound_forward", "register_hook", "remove_hook"]
 
 
 def register_hook(module: nn.Module, hook: ModelHook, name: str) -> bool:
     """Register ``hook`` as ``name`` in ``module``'s hook registry (created if missing); return whether the
     registry was created here (pass it to :func:`remove_hook`)."""
-    created = not hasattr(module, "_diffusers_hook")
+    created = hook_registry(module) is None
     HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
     return created
 
@@ -24,7 +26,10 @@ def register_hook(module: nn.Module, hook: ModelHook, name: str) -> bool:
 def remove_hook(module: nn.Module, name: str, created_registry: bool) -> None:
     """Remove hook ``name`` from ``module``; a registry created for it (``created_registry``) goes too once
     empty, and so does the bound ``forward`` it leaves."""
-    module._diffusers_hook.remove_hook(name, recurse=False)
+    registry = hook_registry(module)
+    if registry is None:
+        raise ValueError(f"{type(module).__name__} has no hook registry, so no hook {name!r} to remove")
+    registry.remove_hook(name, recurse=False)
     if created_registry:
         drop_empty_registry(module)
     else:
@@ -33,9 +38,9 @@ def remove_hook(module: nn.Module, name: str, created_registry: bool) -> None:
 
 def drop_empty_registry(module: nn.Module) -> None:
     """Delete ``module``'s hook registry if it holds no hook, and the bound ``forward`` left behind."""
-    registry = getattr(module, "_diffusers_hook", None)
+    registry = hook_registry(module)
     if registry is not None and not registry.hooks:
-        del module._diffusers_hook
+        delete_hook_registry(module)
     pop_bound_forward(module)
 
 

@@ -5,7 +5,8 @@ local directory written by ``save_pretrained``. It never hangs without network: 
 short timeout; when the Hub cannot be reached (or ``HF_HUB_OFFLINE=1``) only the local cache is used, and a
 model that is not there fails at once with a one-line :class:`~sada_audio.errors.ModelNotFoundError`.
 
-``repair_pipeline`` patches, on the instances only, what transformers 5 broke in diffusers' audio pipelines:
+``repair_pipeline`` patches, on the instances only, what transformers 5 broke in diffusers' audio pipelines (the
+repairs live in :mod:`sada_audio._compat`, with the other uses of upstream internals):
 
 * ``ClapModel.get_text_features`` / ``get_audio_features`` return an output object instead of the projected,
   L2-normalised embedding tensor; ``MusicLDMPipeline`` calls ``.to()`` on it and crashes. The wrapped methods
@@ -23,8 +24,6 @@ import importlib
 import json
 import logging
 import os
-import types
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,8 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 
-from sada_audio.choices import COMPILE_MODES, MODEL_ALIASES, SCHEDULER_CHOICES
+from sada_audio._compat import repair_clap, repair_language_model
+from sada_audio.choices import COMPILE_MODES, MODEL_ALIASES, SCHEDULER_CHOICES, resolve_scheduler_name
 from sada_audio.errors import ConfigError, ModelNotFoundError
 from sada_audio.models import model_adapter_for
 
@@ -77,10 +77,6 @@ _DTYPES: dict[str, torch.dtype] = {
 
 # Seconds to wait for the Hub before falling back to the local cache.
 _HUB_PROBE_TIMEOUT_S = 10.0
-# Marks methods this module installed, so that repair_pipeline is idempotent.
-_REPAIRED = "__sada_repaired__"
-# Number of GPT-2 states AudioLDM 2 generates (the released checkpoints' ``max_new_tokens``).
-_AUDIOLDM2_MAX_NEW_TOKENS = 8
 
 
 def _one_line(text: object, limit: int = 200) -> str:
@@ -387,70 +383,6 @@ def load_pipeline(
     return repair_pipeline(pipe)
 
 
-def _embedding_tensor(result: Any) -> Any:
-    """The projected, normalised embedding from a CLAP ``get_*_features`` result of any transformers version."""
-    if isinstance(result, torch.Tensor):
-        return result
-    pooled = getattr(result, "pooler_output", None)
-    return pooled if isinstance(pooled, torch.Tensor) else result
-
-
-def _tensor_returning(method_name: str) -> Callable[..., Any]:
-    def method(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        # call the class's method, so that a deep copy of the module calls itself, not the original
-        return _embedding_tensor(getattr(type(self), method_name)(self, *args, **kwargs))
-
-    method.__name__ = method.__qualname__ = method_name
-    method.__doc__ = f"``{method_name}`` returning the embedding tensor (repaired by sada_audio)."
-    setattr(method, _REPAIRED, True)
-    return method
-
-
-def _repair_clap(module: torch.nn.Module) -> bool:
-    changed = False
-    for method_name in ("get_text_features", "get_audio_features"):
-        current = getattr(module, method_name, None)
-        if current is None or getattr(current, _REPAIRED, False):
-            continue
-        if not callable(getattr(type(module), method_name, None)):
-            continue  # an instance-only attribute we do not understand: leave it alone
-        setattr(module, method_name, types.MethodType(_tensor_returning(method_name), module))
-        changed = True
-    return changed
-
-
-def _update_kwargs_for_next_state(
-    self: torch.nn.Module, outputs: Any, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any
-) -> dict[str, Any]:
-    """Bookkeeping after one GPT-2 step in ``generate_language_model``: keep the cache, grow the mask."""
-    cache = getattr(outputs, "cache", None)
-    if cache is None:
-        cache = getattr(outputs, "past_key_values", None)
-    # The pipeline's own input preparation reads the cache under the old name ``past_key_values``;
-    # transformers 5.24 maps that keyword onto ``cache`` (deprecated until 5.40).
-    model_kwargs["past_key_values"] = cache
-    mask = model_kwargs.get("attention_mask")
-    if mask is not None:
-        model_kwargs["attention_mask"] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-    return model_kwargs
-
-
-setattr(_update_kwargs_for_next_state, _REPAIRED, True)
-
-
-def _repair_language_model(module: torch.nn.Module) -> bool:
-    changed = False
-    if not hasattr(module, "_update_model_kwargs_for_generation"):
-        module._update_model_kwargs_for_generation = types.MethodType(_update_kwargs_for_next_state, module)
-        changed = True
-    config = getattr(module, "config", None)
-    if config is not None and getattr(config, "max_new_tokens", None) is None:
-        # the pipeline reads its default number of generated states from the model config
-        config.max_new_tokens = _AUDIOLDM2_MAX_NEW_TOKENS
-        changed = True
-    return changed
-
-
 def repair_pipeline(pipe: DiffusionPipeline) -> DiffusionPipeline:
     """Patch, in place and idempotently, what current transformers broke in the audio pipelines.
 
@@ -459,9 +391,9 @@ def repair_pipeline(pipe: DiffusionPipeline) -> DiffusionPipeline:
     for name, component in pipe.components.items():
         if not isinstance(component, torch.nn.Module):
             continue
-        if hasattr(type(component), "get_text_features") and _repair_clap(component):
+        if hasattr(type(component), "get_text_features") and repair_clap(component):
             logger.debug("repaired CLAP feature methods of %s", name)
-        if name == "language_model" and _repair_language_model(component):
+        if name == "language_model" and repair_language_model(component):
             logger.debug("repaired generation bookkeeping of %s", name)
     return pipe
 
@@ -475,26 +407,26 @@ def set_scheduler(pipe: DiffusionPipeline, name: str) -> None:
 def scheduler_from_config(config: Any, name: str) -> Any:
     """The named sampler, built from a scheduler's config.
 
-    ``ddim``: DDIM. ``euler``: Euler. ``edm``: Euler on the EDM (Karras) sigma schedule -- the EDM-style
-    sampler for VP-trained models such as MusicLDM (diffusers' ``EDMEulerScheduler`` expects EDM-trained
-    models and is not offered). ``dpm++``: 2nd-order multistep DPM-Solver++.
+    ``ddim``: DDIM. ``euler``: Euler. ``euler-karras`` (alias ``edm``): Euler on the EDM (Karras) sigma schedule
+    -- the EDM-style sampler for VP-trained models such as MusicLDM (diffusers' ``EDMEulerScheduler`` expects
+    EDM-trained models and is not offered). ``dpm++``: 2nd-order multistep DPM-Solver++.
 
     The training schedule (betas), ``prediction_type`` and other explicitly configured values are kept;
     values the current config only has as defaults (e.g. DDIM's "leading" ``timestep_spacing`` in the
     released configs) become the new scheduler's own defaults, as diffusers' ``from_config`` does.
 
     Raises:
-        ConfigError: ``name`` is not one of :data:`SCHEDULER_CHOICES` (the message lists them).
+        ConfigError: ``name`` is not one of :data:`SCHEDULER_CHOICES` or their aliases (the message lists them).
     """
-    key = name.strip().lower()
-    # The sigma-schedule flags are set explicitly for every choice, so that switching from "edm" back to
+    key = resolve_scheduler_name(name)
+    # The sigma-schedule flags are set explicitly for every choice, so that switching from "euler-karras" back to
     # "euler" (whose config then carries use_karras_sigmas=True) really gives plain Euler.
     plain_sigmas = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
     if key == "ddim":
         scheduler = DDIMScheduler.from_config(config)
     elif key == "euler":
         scheduler = EulerDiscreteScheduler.from_config(config, **plain_sigmas)
-    elif key == "edm":
+    elif key == "euler-karras":
         scheduler = EulerDiscreteScheduler.from_config(config, **{**plain_sigmas, "use_karras_sigmas": True})
     elif key == "dpm++":
         scheduler = DPMSolverMultistepScheduler.from_config(

@@ -161,7 +161,7 @@ class EDMAdapter(SolverAdapter):
     drives it rather than refusing it. A skipped step never touches the noise: the unmodified
     scheduler still draws its Brownian increment and gets a reconstructed data prediction, rebuilt
     from the multistep-predicted state (noise-free) instead of extrapolated noisy gradients. Measured
-    on the analytic model (``evaluation/family_nfe.py --analytic``): the step-wise criterion never
+    on the analytic model (``tools/family_nfe.py --analytic``): the step-wise criterion never
     fires on the noisy states, all skips come from the Lagrange phase, and they cost about twice the
     deviation of simply running as few steps: on an SDE, a skipped step leaves that step's injected
     noise undenoised.
@@ -199,9 +199,7 @@ class FlowMatchEulerAdapter(SolverAdapter):
     gradient extrapolated linearly in ``t``. Reading the sampler instead as Euler in ``t = s`` with
     ``a = 1`` (gradient = velocity, so extrapolation is the published ``2 v_n - v_{n-1}`` rule for
     uneven steps) describes the same sampler, but the criterion and the reconstructions are less
-    accurate there: on the analytic flow model (shift 3, Flux preset, 50 steps) SADA's deviation from
-    the unaccelerated run was 0.037 in those coordinates and 0.025 in these
-    (``python -m sada_audio.evaluation.family_nfe --analytic``).
+    accurate there (measured on the analytic flow model: BENCHMARKS.md, "Measurements the code refers to").
     """
 
     scheduler_classes = ("FlowMatchEulerDiscreteScheduler",)

@@ -1,8 +1,8 @@
 """Shared pytest fixtures.
 
-The tiny pipelines are built once per session (about 0.1 s each, but many tests use them) and are SHARED:
-a test that changes one (scheduler, hooks, attributes) must undo it -- or use ``tiny_pipeline``, which
-restores the scheduler after each test.
+The tiny pipelines are built once per session (about 0.1 s each, but many tests use them) and lent to each test
+(:class:`SharedPipelines`): the scheduler a test swapped in is put back after it, and a pipeline a test left a
+hook, wrapper or SADA handle on is discarded -- that test fails, and the next one gets a freshly built pipeline.
 """
 
 from __future__ import annotations
@@ -17,9 +17,17 @@ import pytest
 import torch
 from diffusers import AudioLDM2Pipeline, AudioLDMPipeline, DiffusionPipeline, MusicLDMPipeline
 
-from sada_audio.testing import tiny_audioldm2_pipeline, tiny_audioldm_pipeline, tiny_musicldm_pipeline
+from sada_audio._compat import HOOK_REGISTRY_ATTRIBUTE
+from tests.support.tiny_pipelines import tiny_audioldm2_pipeline, tiny_audioldm_pipeline, tiny_musicldm_pipeline
 
 TINY_FAMILIES = ("musicldm", "audioldm", "audioldm2")
+_BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
+    "musicldm": tiny_musicldm_pipeline,
+    "audioldm": tiny_audioldm_pipeline,
+    "audioldm2": tiny_audioldm2_pipeline,
+}
+# What attaching a hook leaves on a module: diffusers' hook registry and the bound forward it wraps, a SADA handle.
+_ATTACHMENT_ATTRIBUTES = (HOOK_REGISTRY_ATTRIBUTE, "_sada_handle", "forward")
 
 
 def _build(builder: Callable[[], DiffusionPipeline]) -> DiffusionPipeline:
@@ -27,6 +35,43 @@ def _build(builder: Callable[[], DiffusionPipeline]) -> DiffusionPipeline:
         # diffusers warns on every construction of its deprecated MusicLDM / AudioLDM pipelines
         warnings.simplefilter("ignore", FutureWarning)
         return builder()
+
+
+def _attachments(pipe: DiffusionPipeline) -> set[tuple[str, str]]:
+    """(module name, attribute) of every hook-like instance attribute on the pipeline's modules."""
+    found = set()
+    for component_name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for name, module in component.named_modules(prefix=component_name):
+            found.update((name, attribute) for attribute in _ATTACHMENT_ATTRIBUTES if attribute in vars(module))
+    return found
+
+
+class SharedPipelines:
+    """The session's tiny pipelines, built on first use and lent to one test at a time."""
+
+    def __init__(self) -> None:
+        self._pipes: dict[str, DiffusionPipeline] = {}
+
+    def lend(self, family: str) -> Iterator[DiffusionPipeline]:
+        """Yield the shared pipeline; afterwards restore its scheduler, and discard it if the test left an
+        attachment on it (then fail the test, which is where the leak happened)."""
+        if family not in self._pipes:
+            self._pipes[family] = _build(_BUILDERS[family])
+        pipe = self._pipes[family]
+        scheduler, before = pipe.scheduler, _attachments(pipe)
+        yield pipe
+        pipe.scheduler = scheduler
+        left = _attachments(pipe) - before
+        if left:
+            del self._pipes[family]
+            pytest.fail(f"the test left {sorted(left)} on the shared tiny {family} pipeline (discarded)")
+
+
+@pytest.fixture(scope="session")
+def shared_pipelines() -> SharedPipelines:
+    return SharedPipelines()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,39 +84,36 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def tiny_musicldm() -> MusicLDMPipeline:
-    """Tiny random MusicLDM pipeline, repaired for transformers 5 (shared: restore what you change)."""
-    return _build(tiny_musicldm_pipeline)
+@pytest.fixture
+def tiny_musicldm(shared_pipelines: SharedPipelines) -> Iterator[MusicLDMPipeline]:
+    """Tiny random MusicLDM pipeline, repaired for transformers 5 (shared; see :class:`SharedPipelines`)."""
+    yield from shared_pipelines.lend("musicldm")
+
+
+@pytest.fixture
+def tiny_audioldm(shared_pipelines: SharedPipelines) -> Iterator[AudioLDMPipeline]:
+    """Tiny random AudioLDM pipeline (shared; see :class:`SharedPipelines`)."""
+    yield from shared_pipelines.lend("audioldm")
+
+
+@pytest.fixture
+def tiny_audioldm2(shared_pipelines: SharedPipelines) -> Iterator[AudioLDM2Pipeline]:
+    """Tiny random AudioLDM 2 pipeline, repaired for transformers 5 (shared; see :class:`SharedPipelines`)."""
+    yield from shared_pipelines.lend("audioldm2")
 
 
 @pytest.fixture(scope="session")
-def tiny_audioldm() -> AudioLDMPipeline:
-    """Tiny random AudioLDM pipeline (shared: restore what you change)."""
-    return _build(tiny_audioldm_pipeline)
-
-
-@pytest.fixture(scope="session")
-def tiny_audioldm2() -> AudioLDM2Pipeline:
-    """Tiny random AudioLDM 2 pipeline, repaired for transformers 5 (shared: restore what you change)."""
-    return _build(tiny_audioldm2_pipeline)
-
-
-@pytest.fixture(scope="session")
-def tiny_musicldm_dir(tmp_path_factory: pytest.TempPathFactory, tiny_musicldm: MusicLDMPipeline) -> Path:
-    """The tiny MusicLDM pipeline, saved once per session like a downloaded checkpoint (a ``--model PATH``)."""
+def tiny_musicldm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MusicLDM pipeline, saved once per session like a downloaded checkpoint (a ``--model PATH``)."""
     path = tmp_path_factory.mktemp("tiny-musicldm")
-    tiny_musicldm.save_pretrained(path)
+    _build(tiny_musicldm_pipeline).save_pretrained(path)
     return path
 
 
 @pytest.fixture(params=TINY_FAMILIES)
-def tiny_pipeline(request: pytest.FixtureRequest) -> Iterator[DiffusionPipeline]:
-    """Each tiny pipeline in turn; its scheduler is put back after the test."""
-    pipe = request.getfixturevalue(f"tiny_{request.param}")
-    scheduler = pipe.scheduler
-    yield pipe
-    pipe.scheduler = scheduler
+def tiny_pipeline(request: pytest.FixtureRequest) -> DiffusionPipeline:
+    """Each tiny pipeline in turn (shared; see :class:`SharedPipelines`)."""
+    return request.getfixturevalue(f"tiny_{request.param}")
 
 
 @pytest.fixture

@@ -282,7 +282,7 @@ def test_sde_sampler_gets_noise_free_reconstructions(monkeypatch):
     steps must not extrapolate the noisy gradients (measured: 24x the deviation of predicted_state)."""
     pytest.importorskip("torchsde")
     from sada_audio.method import criterion
-    from sada_audio.testing import stable_audio_open_scheduler
+    from tests.support.tiny_pipelines import stable_audio_open_scheduler
 
     monkeypatch.setattr(criterion.Stability, "stable", property(lambda self: True))
     scheduler = stable_audio_open_scheduler()

@@ -19,6 +19,7 @@ from sada_audio.audio import (
     check_output_path,
     pipeline_sample_rate,
     write_audio,
+    write_clip,
     write_json,
 )
 from sada_audio.errors import SADAError, UnsupportedModelError
@@ -213,8 +214,26 @@ def test_signals_wait_for_the_end_of_an_atomic_write(tmp_path: Path) -> None:
         os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the write
         file.write(b"complete")
 
-    with pytest.raises(KeyboardInterrupt):
-        write_atomically(tmp_path / "out.bin", write)
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal (a background job starts with SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_atomically(tmp_path / "out.bin", write)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     # the interrupt landed after the write: the file is complete, no temporary file is left
     assert [path.name for path in tmp_path.iterdir()] == ["out.bin"]
     assert (tmp_path / "out.bin").read_bytes() == b"complete"
+
+
+def test_write_clip_writes_audio_then_sidecar_or_nothing(tmp_path: Path) -> None:
+    audio = [(tmp_path / "a.wav", _tone()), (tmp_path / "b.flac", _tone())]
+    assert write_clip(audio, SR, tmp_path / "a.json", {"files": ["a.wav", "b.flac"]}) == [
+        tmp_path / "a.wav",
+        tmp_path / "b.flac",
+        tmp_path / "a.json",
+    ]
+    assert json.loads((tmp_path / "a.json").read_text(encoding="utf-8")) == {"files": ["a.wav", "b.flac"]}
+    with pytest.raises(TypeError):  # a sidecar that cannot be written takes the clip's audio with it
+        write_clip([(tmp_path / "c.wav", _tone())], SR, tmp_path / "c.json", {"bad": object()})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.json", "a.wav", "b.flac"]

@@ -137,6 +137,7 @@ def quick_run(tmp_path_factory):
     return output, result
 
 
+@pytest.mark.integration  # a whole benchmark run through the command line
 def test_quick_mode_writes_results_table_and_plot(quick_run):
     output, result = quick_run
     assert result.exit_code == 0, result.output
@@ -174,6 +175,7 @@ def test_quick_mode_writes_results_table_and_plot(quick_run):
     assert sidecar["sada_stats"]["sparsity_map"]["pruned_steps"] == sidecar["sada_stats"]["step_modes"].count("pruned")
 
 
+@pytest.mark.integration  # a whole benchmark run through the command line
 def test_quick_mode_refuses_to_overwrite_earlier_results(quick_run):
     output, _ = quick_run
     before = (output / "results.json").read_bytes()

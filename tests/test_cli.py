@@ -23,7 +23,7 @@ from sada_audio import generation as generation_module
 from sada_audio.cli import common as cli_common
 from sada_audio.cli import main as cli
 from sada_audio.pipelines import SCHEDULER_CHOICES, load_pipeline, set_scheduler
-from sada_audio.testing import SAMPLE_RATE
+from tests.support.tiny_pipelines import SAMPLE_RATE
 
 PROMPT = "slow piano arpeggio in A minor"
 STEPS = "12"
@@ -100,6 +100,7 @@ def test_generate_writes_audio_and_sidecar(tiny_musicldm_dir: Path, tmp_path: Pa
     assert 0 < stats["model_calls"] <= 12
 
 
+@pytest.mark.integration  # end to end through the command line
 def test_generate_is_deterministic_and_accelerate_none_has_no_stats(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     first, second, plain = tmp_path / "a.wav", tmp_path / "b.wav", tmp_path / "plain.wav"
     _ok(_generate(tiny_musicldm_dir, first))
@@ -114,6 +115,7 @@ def test_generate_is_deterministic_and_accelerate_none_has_no_stats(tiny_musicld
     assert _sidecar(first)["sada_stats"] is not None
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("scheduler", list(SCHEDULER_CHOICES))
 def test_generate_with_each_scheduler(tiny_musicldm_dir: Path, tmp_path: Path, scheduler: str) -> None:
     out = tmp_path / "s.wav"
@@ -124,6 +126,7 @@ def test_generate_with_each_scheduler(tiny_musicldm_dir: Path, tmp_path: Path, s
     _read(out)
 
 
+@pytest.mark.integration  # end to end through the command line
 def test_generate_flac_and_several_waveforms(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "take.flac"
     _ok(_generate(tiny_musicldm_dir, out, "--num-waveforms", "3"))
@@ -145,6 +148,7 @@ def test_overwrite_replaces_existing_files(tiny_musicldm_dir: Path, tmp_path: Pa
     assert _sidecar(out)["prompt"] == PROMPT
 
 
+@pytest.mark.integration
 def test_installed_script_in_a_subprocess(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "sada-audio"
     assert script.exists(), "the console script is not installed: pip install -e ."
@@ -300,6 +304,7 @@ def test_help_lists_every_option() -> None:
         assert option in result.output
 
 
+@pytest.mark.integration  # end to end through the command line
 def test_a_full_disk_is_one_line_and_leaves_no_audio_without_its_sidecar(
     tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -318,6 +323,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_audio_without_its_sidecar(
     _ok(_generate(tiny_musicldm_dir, tmp_path / "x.wav"))  # no "already exists" from a half-written run
 
 
+@pytest.mark.integration  # end to end through the command line
 def test_out_of_memory_is_one_line_with_a_hint(
     tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -342,6 +348,7 @@ def test_ctrl_c_is_exit_130(tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.integration  # end to end through the command line
 def test_the_sidecar_tells_euler_from_edm(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     configs = {}
     for scheduler in ("euler", "edm"):
@@ -351,6 +358,7 @@ def test_the_sidecar_tells_euler_from_edm(tiny_musicldm_dir: Path, tmp_path: Pat
     assert not np.array_equal(_read(tmp_path / "euler.wav"), _read(tmp_path / "edm.wav"))
 
 
+@pytest.mark.integration
 def test_help_version_and_argument_errors_do_not_import_torch() -> None:
     # the CLI answers these at once: torch, diffusers and transformers load only when a command runs
     script = (

@@ -20,7 +20,10 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
 from sada_audio import SADAConfig, apply_sada
-from sada_audio.testing import IMAGE_SIZE, tiny_flux_pipeline, tiny_musicldm_pipeline, tiny_sd2_pipeline
+from tests.support.tiny_pipelines import IMAGE_SIZE, tiny_flux_pipeline, tiny_musicldm_pipeline, tiny_sd2_pipeline
+
+# integration tier: every test builds and compiles its own pipeline
+pytestmark = pytest.mark.integration
 
 BUILDERS: dict[str, Callable[[], Any]] = {
     "musicldm": tiny_musicldm_pipeline,

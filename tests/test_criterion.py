@@ -103,6 +103,7 @@ def test_forced_skips_replace_the_criterion():
         assert handle.stats.skipped_steps == [12, 13, 30]
 
 
+@pytest.mark.integration  # 50-step runs of the embedded model
 def test_the_audio_preset_gives_two_prompts_different_schedules_on_the_embedded_model():
     """Stability guidance decides per clip: under the audio preset two prompts (same seed) get different
     step_modes on the trained model, where the fixed Lagrange schedule it replaced gives both the same."""

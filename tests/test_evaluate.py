@@ -28,8 +28,8 @@ from sada_audio.evaluation.evaluate import (
 from sada_audio.evaluation.generate import clip_names, read_prompts
 from sada_audio.evaluation.lpips import AlexNetFeatures
 from sada_audio.evaluation.metrics import MetricUnavailableError
-from sada_audio.testing import _clap_config, _clap_feature_extractor, _roberta_tokenizer
 from sada_audio.tiny import TINY_MUSICLDM_PATH
+from tests.support.tiny_pipelines import _clap_config, _clap_feature_extractor, _roberta_tokenizer
 
 SR = 16_000
 
@@ -277,6 +277,7 @@ def test_clap_embedding_errors(tmp_path: Path, tiny_audioldm: DiffusionPipeline)
 # --- the command -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # end to end through the command line
 def test_command_end_to_end(tones: tuple[Path, Path], backbone: str, tmp_path: Path) -> None:
     out = tmp_path / "report"
     args = [*map(str, tones), "-o", str(out), "--json", str(out / "report.json"), "--lpips-backbone", backbone]
@@ -300,6 +301,7 @@ def test_command_end_to_end(tones: tuple[Path, Path], backbone: str, tmp_path: P
     assert _invoke(*args, "--overwrite").exit_code == 0
 
 
+@pytest.mark.integration  # end to end through the command line
 def test_bad_files_are_reported_not_fatal(tones: tuple[Path, Path], backbone: str, tmp_path: Path) -> None:
     ref_dir, test_dir = tones
     _write(ref_dir / "silent.wav", np.zeros(SR, np.float32))
@@ -367,6 +369,7 @@ def test_prompts_file(tmp_path: Path) -> None:
     _one_line_error(_invoke("--generate", str(path)), "not UTF-8")
 
 
+@pytest.mark.integration  # end to end through the command line
 def test_generate_then_evaluate(tmp_path: Path, tiny_musicldm_dir: Path, backbone: str) -> None:
     model_dir = tiny_musicldm_dir
     prompts = tmp_path / "prompts.txt"

@@ -15,7 +15,7 @@ from diffusers import EDMDPMSolverMultistepScheduler, FlowMatchEulerDiscreteSche
 
 from sada_audio import SADAConfig, SADAHandle, UnsupportedModelError, UnsupportedSchedulerError, apply_sada
 from sada_audio.models import model_adapter_for
-from sada_audio.testing import (
+from tests.support.tiny_pipelines import (
     IMAGE_SIZE,
     STABLE_AUDIO_FRAMES,
     stable_audio_open_scheduler,
@@ -69,7 +69,13 @@ def generate(pipe, steps=50, seed=0, **kwargs):
     return pipe("a red cube", num_inference_steps=steps, generator=generator, output_type="latent", **kwargs).images
 
 
-@pytest.mark.parametrize("family", list(BUILDERS))
+# The slowest runs (ControlNet, SDXL) are in the integration tier; both families keep unit tests below.
+_HEAVY_FAMILIES = {"controlnet", "controlnet-xl", "sdxl"}
+
+
+@pytest.mark.parametrize(
+    "family", [pytest.param(f, marks=pytest.mark.integration) if f in _HEAVY_FAMILIES else f for f in BUILDERS]
+)
 def test_family_accelerates_and_remove_restores(pipes, family):
     pipe = pipes[family]
     baseline = generate(pipe)
@@ -113,7 +119,7 @@ def _count_calls(module):
     return counter, handle
 
 
-@pytest.mark.parametrize("family", ["controlnet", "controlnet-xl"])
+@pytest.mark.parametrize("family", ["controlnet", pytest.param("controlnet-xl", marks=pytest.mark.integration)])
 def test_controlnet_runs_only_with_the_unet_and_skipping_it_changes_nothing(pipes, family):
     pipe = pipes[family]
     config = SADAConfig.preset(PRESET.get(family, family), tokenwise=False)
@@ -227,6 +233,7 @@ def test_flux_pruned_block_uses_the_kept_tokens_rotary_rows(pipes, stream):
     torch.testing.assert_close(pruned[1][:, skipped], full[1][:, skipped])  # same input: cached residual
 
 
+@pytest.mark.integration  # an SDE run; Stable Audio keeps its unit tests
 def test_stable_audio_scheduler_sde_runs_with_skips_and_is_seeded(pipes):
     pytest.importorskip("torchsde")
     pipe = pipes["stable-audio"]
@@ -303,6 +310,7 @@ def test_published_presets():
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("script", "family", "options"),
     [

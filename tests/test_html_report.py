@@ -231,6 +231,7 @@ def _tone_pairs(root: Path, count: int) -> tuple[Path, Path]:
     return reference, test
 
 
+@pytest.mark.integration  # end to end through the command line
 def test_evaluate_writes_a_listening_report(tmp_path: Path) -> None:
     reference, test = _tone_pairs(tmp_path, 3)
     output = tmp_path / "eval"
@@ -256,6 +257,7 @@ def test_evaluate_writes_a_listening_report(tmp_path: Path) -> None:
     assert CliRunner().invoke(cli, [*args, "--overwrite"]).exit_code == 0
 
 
+@pytest.mark.integration  # end to end through the command line
 def test_report_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path) -> None:
     reference, test = _tone_pairs(tmp_path, 2)
     output, victim = tmp_path / "eval", tmp_path / "victim.txt"
@@ -398,6 +400,7 @@ def _tiny_run(pipe, root: Path, prompts: list[str]) -> tuple[Path, Path]:
     return folders
 
 
+@pytest.mark.integration
 def test_report_of_a_tiny_run_loads_in_headless_chromium(
     tiny_musicldm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -26,7 +26,7 @@ from sada_audio.evaluation.peers import (
     ToMe,
     peer_accelerators,
 )
-from sada_audio.testing import tiny_flux_pipeline, tiny_stable_audio_pipeline
+from tests.support.tiny_pipelines import tiny_flux_pipeline, tiny_stable_audio_pipeline
 
 STEPS = 12
 

@@ -1,11 +1,14 @@
-"""The GPU whole-pipeline benchmark (evaluation/pipeline_wall_time.py), run on the CPU at tiny size."""
+"""The GPU whole-pipeline benchmark (tools/pipeline_wall_time.py), run on the CPU at tiny size."""
 
 import warnings
 
 import pytest
 import torch
 
-from sada_audio.evaluation.pipeline_wall_time import audio_pipeline, measure, parse_plan, table
+from tools.pipeline_wall_time import audio_pipeline, measure, parse_plan, table
+
+# integration tier: whole-pipeline runs of a research script (tools/)
+pytestmark = pytest.mark.integration
 
 
 def _quiet(build):

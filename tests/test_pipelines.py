@@ -24,6 +24,7 @@ from diffusers import (
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from sada_audio import pipelines
+from sada_audio.choices import resolve_scheduler_name
 from sada_audio.errors import ConfigError, ModelNotFoundError, SADAError
 from sada_audio.pipelines import (
     MODEL_ALIASES,
@@ -35,7 +36,7 @@ from sada_audio.pipelines import (
     resolve_model_id,
     set_scheduler,
 )
-from sada_audio.testing import (
+from tests.support.tiny_pipelines import (
     LATENT_CHANNELS,
     SAMPLE_RATE,
     real_size_audioldm_unet_config,
@@ -55,7 +56,7 @@ BUILDERS = {
 SCHEDULER_CLASSES = {
     "ddim": DDIMScheduler,
     "euler": EulerDiscreteScheduler,
-    "edm": EulerDiscreteScheduler,
+    "euler-karras": EulerDiscreteScheduler,
     "dpm++": DPMSolverMultistepScheduler,
 }
 
@@ -97,6 +98,7 @@ def state_digest(pipe: DiffusionPipeline) -> str:
 # ---------------------------------------------------------------------------------------------- tiny pipelines
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("guidance", [1.0, 2.5])
 @pytest.mark.parametrize("scheduler", SCHEDULER_CHOICES)
 def test_every_scheduler_runs_and_repeats_exactly(
@@ -155,11 +157,13 @@ def test_builders_are_deterministic_and_keep_global_rng(family: str) -> None:
 
 
 # Digests of the trained tokenizer models (not of the whole backend: calling a tokenizer changes its
-# padding / truncation state). Run in this process and in a fresh one.
+# padding / truncation state). Run in this process and in a fresh one, started in the repository root (where
+# tests.support is importable).
+ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_DIGESTS = """
 import hashlib, json, warnings
 warnings.simplefilter("ignore")
-from sada_audio.testing import _roberta_tokenizer, _t5_tokenizer
+from tests.support.tiny_pipelines import _roberta_tokenizer, _t5_tokenizer
 DIGESTS = [
     hashlib.sha256(json.dumps(json.loads(t.backend_tokenizer.to_str())["model"]).encode()).hexdigest()
     for t in (_roberta_tokenizer(), _t5_tokenizer())
@@ -168,10 +172,11 @@ print(*DIGESTS)
 """
 
 
+@pytest.mark.integration
 def test_tokenizers_are_identical_in_a_fresh_process(capsys: pytest.CaptureFixture[str]) -> None:
     # tokenizers' UnigramTrainer gave different scores in every process; the T5 vocabulary is counted instead
     out = subprocess.run(
-        [sys.executable, "-c", TOKENIZER_DIGESTS], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", TOKENIZER_DIGESTS], capture_output=True, text=True, check=True, timeout=120, cwd=ROOT
     )
     exec(TOKENIZER_DIGESTS, {})
     assert out.stdout.split() == capsys.readouterr().out.split()
@@ -287,14 +292,14 @@ def test_set_scheduler_keeps_training_config_and_resets_sigma_flags() -> None:
             beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", prediction_type="v_prediction"
         )
     )
-    for name in ("edm", "euler", "dpm++", "edm", "ddim"):
+    for name in ("euler-karras", "euler", "dpm++", "edm", "ddim"):
         set_scheduler(holder, name)  # type: ignore[arg-type]
         config = holder.scheduler.config
-        assert type(holder.scheduler) is SCHEDULER_CLASSES[name]
+        assert type(holder.scheduler) is SCHEDULER_CLASSES[resolve_scheduler_name(name)]
         assert (config.prediction_type, config.beta_start, config.beta_end) == ("v_prediction", 0.0015, 0.0195)
         assert config.beta_schedule == "scaled_linear"
         if name != "ddim":
-            assert config.use_karras_sigmas is (name == "edm"), name
+            assert config.use_karras_sigmas is (name in ("euler-karras", "edm")), name
     set_scheduler(holder, "DPM++")  # type: ignore[arg-type]
     assert holder.scheduler.config.algorithm_type == "dpmsolver++"
     assert holder.scheduler.config.solver_order == 2

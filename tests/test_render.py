@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from sada_audio.render import (
     shard,
 )
 from sada_audio.render import job as render_job
-from sada_audio.testing import SAMPLE_RATE
+from tests.support.tiny_pipelines import SAMPLE_RATE
 
 STEPS = "8"
 DURATION = "0.64"
@@ -257,6 +256,20 @@ def test_render_writes_clips_sidecars_and_index(tiny_musicldm_dir: Path, tmp_pat
     assert [index[name]["batch_size"] for name in sorted(names)] == [2, 2, 2, 2]
 
 
+@pytest.mark.integration  # end to end through the command line
+def test_the_edm_alias_is_recorded_as_euler_karras(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
+    manifest = _write_manifest(tmp_path / "cues.jsonl", _rows(1))
+    runs = {name: tmp_path / name for name in ("edm", "euler-karras")}
+    for name, out in runs.items():
+        result = _render(manifest, out, tiny_musicldm_dir, "--scheduler", name, "--steps", "2")
+        assert result.exit_code == 0, result.output
+    sidecars = {name: json.loads((out / "cue00.json").read_text(encoding="utf-8")) for name, out in runs.items()}
+    assert {meta["render_request"]["scheduler"] for meta in sidecars.values()} == {"euler-karras"}
+    assert sidecars["edm"]["scheduler_config"] == sidecars["euler-karras"]["scheduler_config"]
+    assert (runs["edm"] / "cue00.wav").read_bytes() == (runs["euler-karras"] / "cue00.wav").read_bytes()
+
+
+@pytest.mark.integration  # end to end through the command line
 def test_rerun_skips_complete_clips_and_rerenders_changed_rows(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     rows = _rows(3)
@@ -284,6 +297,7 @@ def test_rerun_skips_complete_clips_and_rerenders_changed_rows(tiny_musicldm_dir
     assert set(_statuses(out).values()) == {"rendered"}
 
 
+@pytest.mark.integration  # end to end through the command line
 def test_damaged_clips_are_rendered_again(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     manifest = _write_manifest(tmp_path / "cues.jsonl", _rows(4))
@@ -304,6 +318,7 @@ def test_damaged_clips_are_rendered_again(tiny_musicldm_dir: Path, tmp_path: Pat
     assert len(_read(out / "cue02.wav")) == int(0.64 * SAMPLE_RATE)
 
 
+@pytest.mark.integration  # end to end through the command line
 def test_batched_equals_unbatched_for_the_same_seeds(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     manifest = _write_manifest(
         tmp_path / "cues.jsonl", [*_rows(4), {**_rows(1)[0], "name": "neg", "negative_prompt": "x"}]
@@ -431,34 +446,69 @@ def test_unusable_output_dir_is_one_line(tiny_musicldm_dir: Path, tmp_path: Path
 # ---------------------------------------------------------------- interruption and processes
 
 
-def _wait_for_lines(path: Path, count: int, process: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and len(path.read_text(encoding="utf-8").splitlines()) >= count:
-            return
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.05)
-    raise AssertionError(f"{path} did not reach {count} lines")
+# ``python -c GATED_RENDER READY GATE AFTER ARGS...`` runs ``sada-audio ARGS...``, but after AFTER batches it
+# writes a byte to the pipe READY and blocks reading the pipe GATE, where the test's signal finds it: the
+# render cannot get further, and the test waits for that event instead of for some time.
+GATED_RENDER = """
+import os, signal, sys
+from sada_audio.cli.main import main
+from sada_audio.render import job
+
+# Ctrl-C raises KeyboardInterrupt, as in a terminal (a test run as a background job starts with SIGINT ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+ready, gate, after = (int(arg) for arg in sys.argv[1:4])
+generate_batch, calls = job.generate_batch, []
+
+def gated(*args, **kwargs):
+    calls.append(None)
+    if len(calls) > after:
+        os.write(ready, b"!")
+        os.read(gate, 1)
+    return generate_batch(*args, **kwargs)
+
+job.generate_batch = gated
+main(args=sys.argv[4:], prog_name="sada-audio")
+"""
 
 
 def _complete_clips(out: Path) -> set[str]:
     return {path.stem for path in out.glob("*.json") if (out / f"{path.stem}.wav").exists()}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_killed_run_leaves_no_partial_audio_and_resumes(tiny_musicldm_dir: Path, tmp_path: Path, signum: int) -> None:
     """Kill a render mid-run; every audio file left is complete, and the re-run renders exactly the rest."""
-    count = 12
+    count, done_first = 12, 3
     manifest = _write_manifest(tmp_path / "cues.jsonl", _rows(count))
     out = tmp_path / "out"
-    argv = [str(SCRIPT), "render", str(manifest), "-o", str(out), "--model", str(tiny_musicldm_dir)]
-    argv += ["--steps", "12", "--duration", DURATION]
-    process = subprocess.Popen(argv, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["render", str(manifest), "-o", str(out), "--model", str(tiny_musicldm_dir), "--steps", "12"]
+    args += ["--duration", DURATION]
+    ready_read, ready_write = os.pipe()
+    gate_read, gate_write = os.pipe()
+    unclosed = {ready_read, ready_write, gate_read, gate_write}
     try:
-        _wait_for_lines(out / "index.rank0.jsonl", 3, process)
+        process = subprocess.Popen(
+            [sys.executable, "-c", GATED_RENDER, str(ready_write), str(gate_read), str(done_first), *args],
+            env=SUBPROCESS_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            pass_fds=(ready_write, gate_read),
+        )
+        for fd in (ready_write, gate_read):  # the child's ends: only it may hold them
+            os.close(fd)
+            unclosed.remove(fd)
+        try:
+            # returns when the render reaches the gate, or empty when it exited before (the message says why)
+            assert os.read(ready_read, 1) == b"!", process.communicate()
+        finally:
+            process.send_signal(signum)
+        _, stderr = process.communicate()
     finally:
-        process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
+        for fd in unclosed:
+            os.close(fd)
     assert process.returncode == (-signal.SIGKILL if signum == signal.SIGKILL else 128 + signum), stderr
 
     audio = sorted(out.glob("*.wav"))
@@ -468,7 +518,7 @@ def test_a_killed_run_leaves_no_partial_audio_and_resumes(tiny_musicldm_dir: Pat
         assert not list(out.glob(".*.tmp"))
         assert stderr.endswith("Interrupted: run the same command again to render the rest.\n")
     done_before = _complete_clips(out)
-    assert 3 <= len(done_before) < count
+    assert done_before == {f"cue{i:02d}" for i in range(done_first)}
     sidecars = {name: (out / f"{name}.json").read_bytes() for name in done_before}
 
     result = _render(manifest, out, tiny_musicldm_dir, "--steps", "12")
@@ -482,12 +532,7 @@ def test_a_killed_run_leaves_no_partial_audio_and_resumes(tiny_musicldm_dir: Pat
     assert not list(out.glob(".*.tmp")) and not list(out.glob("index.rank*"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
+@pytest.mark.integration
 def test_two_processes_under_accelerate_render_the_complete_set(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
     rows = _rows(5) + _rows(2, steps=6)
     rows = [{**row, "name": f"r{i}"} for i, row in enumerate(rows)]
@@ -496,7 +541,10 @@ def test_two_processes_under_accelerate_render_the_complete_set(tiny_musicldm_di
     # 'accelerate launch --cpu' starts one process unless MPI is set up; '--multi_gpu' starts torchrun, and
     # render joins its CPU processes in a gloo group.
     launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    # A port this test holds open for the whole run: accelerate finds it in use and lets torchrun pick and bind
+    # its own rendezvous port (--standalone). A port found free and passed on could be taken in between.
+    held = socket.create_server(("127.0.0.1", 0))
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(held.getsockname()[1])]
     argv = [
         *launch,
         "--no_python",
@@ -509,7 +557,8 @@ def test_two_processes_under_accelerate_render_the_complete_set(tiny_musicldm_di
         str(tiny_musicldm_dir),
     ]
     argv += ["--steps", STEPS, "--duration", DURATION, "--batch-size", "2"]
-    done = subprocess.run(argv, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=180)
+    with held:
+        done = subprocess.run(argv, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Rendered 7 clips" in done.stdout
 

@@ -19,14 +19,8 @@ FAMILIES = ("musicldm", "audioldm", "audioldm2")
 
 @pytest.fixture
 def pipelines(request):
-    """The shared tiny pipelines by family; their schedulers are put back after the test."""
-    pipes = {family: request.getfixturevalue(f"tiny_{family}") for family in FAMILIES}
-    schedulers = {family: pipe.scheduler for family, pipe in pipes.items()}
-    for pipe in pipes.values():
-        pipe.set_progress_bar_config(disable=True)
-    yield pipes
-    for family, pipe in pipes.items():
-        pipe.scheduler = schedulers[family]
+    """The shared tiny pipelines by family (conftest lends them and puts their schedulers back)."""
+    return {family: request.getfixturevalue(f"tiny_{family}") for family in FAMILIES}
 
 
 def generate(pipe, steps=50, seconds=2.56, seed=0, **kwargs):
@@ -41,6 +35,7 @@ def generate(pipe, steps=50, seconds=2.56, seed=0, **kwargs):
     ).audios
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "edm", "dpm++"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sada_accelerates_and_remove_restores(pipelines, family, scheduler):

@@ -5,7 +5,7 @@ import torch
 from sada_audio import SADAConfig
 from sada_audio.evaluation.accelerators import SADA
 from sada_audio.evaluation.step_costs import unet_bench
-from sada_audio.testing import _musicldm_unet
+from tests.support.tiny_pipelines import _musicldm_unet
 
 
 def test_the_benchs_pruned_call_computes_fewer_tokens_than_it_has():

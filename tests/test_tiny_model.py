@@ -12,12 +12,15 @@ from diffusers import MusicLDMPipeline
 
 from sada_audio import SADAConfig, apply_sada
 from sada_audio.pipelines import MODEL_ALIASES, load_pipeline, resolve_model_id
-from sada_audio.testing import SAMPLE_RATE
 from sada_audio.tiny import TINY_MUSICLDM_PATH
 from sada_audio.tiny.features import LOG_FLOOR, log_mel
-from sada_audio.tiny.music import CLIP_SECONDS, HELDOUT_SEED_START, NOTE_NAMES, caption, make_clip, sample_spec
-from sada_audio.tiny.train import load_checkpoint, main
 from sada_audio.tiny.vocoder import GriffinLimVocoder
+from tests.support.tiny_pipelines import SAMPLE_RATE
+from tools.tiny.music import CLIP_SECONDS, HELDOUT_SEED_START, NOTE_NAMES, caption, make_clip, sample_spec
+from tools.tiny.train import load_checkpoint, main
+
+# integration tier: trains and runs the embedded model (the trainer is in tools/)
+pytestmark = pytest.mark.integration
 
 
 def test_clips_and_captions_are_deterministic_per_seed():
@@ -74,7 +77,7 @@ def test_every_training_entry_point_runs_and_resumes(tmp_path, caplog):
     for name in ("vae", "vae_decoder", "clap", "clap_text", "vocoder", "unet"):
         assert load_checkpoint(work, name)["step"] == 2
     assert load_checkpoint(work, "vae")["scaling_factor"] > 0
-    with caplog.at_level(logging.INFO, logger="sada_audio.tiny.train"):
+    with caplog.at_level(logging.INFO, logger="tools.tiny.train"):
         main([*common, "vae", "--steps", "3", "--batch", "2", "--crop", "32"])
     assert "vae: resuming at step 2" in caplog.text and load_checkpoint(work, "vae")["step"] == 3
 

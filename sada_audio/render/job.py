@@ -14,7 +14,7 @@ from typing import Any
 from accelerate import PartialState
 
 from sada_audio.apply import apply_sada
-from sada_audio.audio import write_all_or_nothing, write_audio, write_json, write_text
+from sada_audio.audio import write_clip, write_json, write_text
 from sada_audio.errors import SADAError
 from sada_audio.generation import (
     ClipRequest,
@@ -140,12 +140,8 @@ def _write_clip(
     meta = clip_metadata(row.clip, row.settings, batch, [row.audio_name])
     meta.update(run_meta, name=row.name, manifest_line=row.line, render_request=row.request(run))
     claim = {"name": row.name, "render_request": row.request(run), "files": []}
-    writes = [] if is_render_sidecar(previous) else [lambda: write_json(sidecar, claim)]
-    writes += [
-        lambda: write_audio(audio, batch.waveforms[index, 0], batch.sample_rate),
-        lambda: write_json(sidecar, meta),
-    ]
-    write_all_or_nothing(writes)
+    claims = [] if is_render_sidecar(previous) else [lambda: write_json(sidecar, claim)]
+    write_clip([(audio, batch.waveforms[index, 0])], batch.sample_rate, sidecar, meta, first=claims)
     stale = {f"{row.name}.{fmt}" for fmt in FORMATS} - {row.audio_name}
     for name in (previous or {}).get("files", []):
         if name in stale:  # only the files this row's own earlier sidecar listed

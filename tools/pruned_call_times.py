@@ -5,7 +5,7 @@ One handle, calls planned as new steps (a pruned call after a full one that refr
 ``SADA.step_costs``), timed by the process's CPU time (immune to other jobs on a shared CPU; run with one
 thread)::
 
-    OMP_NUM_THREADS=1 python -m sada_audio.evaluation.pruned_call_times --frames 1024 --batch 2 --rounds 2
+    OMP_NUM_THREADS=1 python -m tools.pruned_call_times --frames 1024 --batch 2 --rounds 2
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import time
 import torch
 
 from sada_audio import SADAConfig, SADAHandle, StepMode
+from sada_audio.evaluation.step_costs import real_size_unet, unet_bench
 from sada_audio.models import unet_token_blocks
 from sada_audio.solvers import solver_adapter_for
-
-from .step_costs import real_size_unet, unet_bench
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Ablation of SADA's step-wise parts on the analytic Gaussian-mixture model (exact denoiser).
 
-Run:  python -m sada_audio.evaluation.analytic_ablation [--steps 50]
+Run:  python -m tools.analytic_ablation [--steps 50]
 
 Data: 4 x 32 x 16 latents whose coordinates are +-1 with std 0.3 (SADA.md, section 6); the exact
 noise predictor is known, so every difference below is due to the sampler, never to a network.

@@ -3,8 +3,8 @@
 The pipelines use the same classes as the released models (MusicLDM, AudioLDM, AudioLDM 2) and the same
 audio geometry -- 16 kHz, 64 mel bins, hop 160, a x4 VAE with 8 latent channels and a 4-level UNet with
 attention in the three lower levels -- but with tiny widths, so a 2.56 s clip has the RECTANGULAR latent
-8 x 64 x 16 (time x frequency), exactly as at real size, and a 50-step run takes about a second. Odd latent
-lengths (e.g. 8 x 25 x 16 for 1 s) work too: the UNets pass explicit upsample sizes.
+8 x 64 x 16 (time x frequency), exactly as at real size. Odd latent lengths (e.g. 8 x 25 x 16 for 1 s) work
+too: the UNets pass explicit upsample sizes.
 The geometry and the tokenizer, CLAP, VAE and DDIM builders come from :mod:`sada_audio.audio_ldm_parts`,
 shared with the embedded tiny MusicLDM.
 
@@ -21,20 +21,8 @@ from the corpus, because the UnigramTrainer is not reproducible across processes
 extra_ids=0)``. Both survive ``save_pretrained`` / ``from_pretrained`` (as ``tokenizer.json``). Merges must
 be tuples: transformers 5 rejects ``"a b"`` strings here.
 
-Measured on the 2-core development CPU (torch 2.13 CPU), 50 DDIM steps with guidance 2.5 (100 UNet
-evaluations), ``audio_length_in_s=2.56`` (latent 8 x 64 x 16), whole pipeline call, best of 5 after a
-warm-up (the machine was shared; load average about 2):
-
-=================  ==========  ===========  ========  =========
-pipeline           parameters  UNet params  1 thread  2 threads
-=================  ==========  ===========  ========  =========
-tiny MusicLDM      2.04 M      1.27 M       0.70 s    0.65 s
-tiny AudioLDM      2.02 M      1.27 M       0.71 s    0.85 s
-tiny AudioLDM 2    3.01 M      2.21 M       1.35 s    1.28 s
-=================  ==========  ===========  ========  =========
-
-At these widths a second thread barely helps, and under contention two threads can be 10x slower
-(OpenMP spinning): prefer ``torch.set_num_threads(1)`` for tests and benchmarks on a busy machine.
+Their speed is in BENCHMARKS.md ("Measurements the code refers to"): prefer ``torch.set_num_threads(1)`` for
+tests and benchmarks on a busy machine.
 
 Everything is float32, in ``.eval()`` mode (CLAP's dropout would otherwise make runs differ) and uses
 the DDIM scheduler settings the released checkpoints ship. The weights are random: outputs are noise-like

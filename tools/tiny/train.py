@@ -1,13 +1,13 @@
 """Train the tiny MusicLDM from scratch on procedurally generated music.
 
-    python -m sada_audio.tiny.train data      --clips 6000        # synthesise the training set once
-    python -m sada_audio.tiny.train vae       --steps 3000        # log-mel autoencoder
-    python -m sada_audio.tiny.train vae-decoder --steps 1000      # decoder robust to noisy latents
-    python -m sada_audio.tiny.train clap      --steps 2500        # text + audio towers, contrastive
-    python -m sada_audio.tiny.train clap-text --steps 1200        # text tower again, + attribute probes
-    python -m sada_audio.tiny.train vocoder   --steps 3000        # HiFi-GAN: log-mel L1 + multi-resolution STFT
-    python -m sada_audio.tiny.train unet      --steps 5000        # needs the VAE and CLAP (text) checkpoints
-    python -m sada_audio.tiny.train assemble                      # MusicLDMPipeline -> sada_audio/assets/
+    python -m tools.tiny.train data      --clips 6000        # synthesise the training set once
+    python -m tools.tiny.train vae       --steps 3000        # log-mel autoencoder
+    python -m tools.tiny.train vae-decoder --steps 1000      # decoder robust to noisy latents
+    python -m tools.tiny.train clap      --steps 2500        # text + audio towers, contrastive
+    python -m tools.tiny.train clap-text --steps 1200        # text tower again, + attribute probes
+    python -m tools.tiny.train vocoder   --steps 3000        # HiFi-GAN: log-mel L1 + multi-resolution STFT
+    python -m tools.tiny.train unet      --steps 5000        # needs the VAE and CLAP (text) checkpoints
+    python -m tools.tiny.train assemble                      # MusicLDMPipeline -> sada_audio/assets/
 
 Everything lives in ``--workdir`` (default ``checkpoints/tiny-musicldm``, git-ignored). Each trainer saves a
 checkpoint every ``--save-every`` steps and resumes from it when started again; the batch and noise of step
@@ -32,10 +32,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sada_audio._compat import clap_embedding
 from sada_audio.audio_ldm_parts import HOP_LENGTH, SAMPLE_RATE
 from sada_audio.errors import SADAError
 from sada_audio.tiny import TINY_MUSICLDM_PATH
-from sada_audio.tiny.components import (
+from sada_audio.tiny.features import log_mel
+from tools.tiny.components import (
     CLAP_DIM,
     build_clap,
     build_feature_extractor,
@@ -45,8 +47,7 @@ from sada_audio.tiny.components import (
     build_vae,
     build_vocoder,
 )
-from sada_audio.tiny.features import log_mel
-from sada_audio.tiny.music import (
+from tools.tiny.music import (
     BASSES,
     CLIP_SECONDS,
     GROOVES,
@@ -58,7 +59,7 @@ from sada_audio.tiny.music import (
     tempo_word,
 )
 
-logger = logging.getLogger("sada_audio.tiny.train")
+logger = logging.getLogger("tools.tiny.train")
 
 DEFAULT_WORKDIR = Path("checkpoints/tiny-musicldm")
 _CLIP_SAMPLES = int(round(CLIP_SECONDS * SAMPLE_RATE))
@@ -92,7 +93,7 @@ class Dataset:
     def load(cls, workdir: Path) -> Dataset:
         data = workdir / "data"
         if not (data / "captions.json").is_file():
-            raise TrainingError(f"no training set in {data}; run `python -m sada_audio.tiny.train data` first")
+            raise TrainingError(f"no training set in {data}; run `python -m tools.tiny.train data` first")
         return cls(
             waves=np.load(data / "waves.npy", mmap_mode="r"),
             mels=np.load(data / "mels.npy", mmap_mode="r"),
@@ -156,7 +157,7 @@ def _save_checkpoint(workdir: Path, name: str, state: dict[str, Any]) -> None:
 def load_checkpoint(workdir: Path, name: str) -> dict[str, Any]:
     path = _checkpoint_path(workdir, name)
     if not path.is_file():
-        raise TrainingError(f"no {name} checkpoint in {workdir}; run `python -m sada_audio.tiny.train {name}` first")
+        raise TrainingError(f"no {name} checkpoint in {workdir}; run `python -m tools.tiny.train {name}` first")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -403,7 +404,7 @@ def train_clap_text(cfg: TrainConfig, probe_weight: float = 1.0) -> None:
     with torch.no_grad():
         audio = torch.cat(
             [
-                _embedding(
+                clap_embedding(
                     clap.get_audio_features(
                         input_features=_batch(data.clap_features, np.arange(i, min(len(data.captions), i + 64)), "cpu"),
                         is_longer=torch.zeros(min(64, len(data.captions) - i), 1, dtype=torch.bool),
@@ -420,7 +421,7 @@ def train_clap_text(cfg: TrainConfig, probe_weight: float = 1.0) -> None:
 
     def loss_fn(rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         idx = np.sort(rng.choice(len(data.captions), size=cfg.batch, replace=False))
-        text = _embedding(
+        text = clap_embedding(
             clap.get_text_features(
                 input_ids=tokens["input_ids"][idx].to(cfg.device),
                 attention_mask=tokens["attention_mask"][idx].to(cfg.device),
@@ -496,11 +497,6 @@ def _load_clap(workdir: Path, stage: str | None = None) -> tuple[torch.nn.Module
     return clap.eval(), tokenizer
 
 
-def _embedding(features: Any) -> torch.Tensor:
-    """The embedding tensor of a CLAP ``get_*_features`` result (an output object in transformers 5)."""
-    return getattr(features, "pooler_output", features)
-
-
 @torch.no_grad()
 def text_embeddings(clap: Any, tokenizer: Any, captions: list[str], device: torch.device) -> torch.Tensor:
     """Projected, normalised CLAP text embeddings, as MusicLDMPipeline computes them for its prompts."""
@@ -511,7 +507,7 @@ def text_embeddings(clap: Any, tokenizer: Any, captions: list[str], device: torc
         features = clap.get_text_features(
             input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
         )
-        out.append(_embedding(features))
+        out.append(clap_embedding(features))
     return torch.cat(out)
 
 
@@ -634,7 +630,7 @@ _DEFAULTS: dict[str, dict[str, float]] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sada_audio.tiny.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.tiny.train", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="data and checkpoints")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")

@@ -1,6 +1,6 @@
 """Throughput of ``sada-audio render``: clips per minute with batch size 1 vs. 4, with and without SADA.
 
-Run:  python -m sada_audio.evaluation.render_throughput [--clips 16] [--steps 50] [--duration 2.56] [--repeats 3]
+Run:  python -m tools.render_throughput [--clips 16] [--steps 50] [--duration 2.56] [--repeats 3]
       [--model PATH]
 
 Renders the same manifest (``--clips`` rows, four prompts, one seed each) in four configurations into fresh
@@ -10,7 +10,7 @@ prompt-embedding cache, batching, atomic clip and sidecar writes, index), with t
 and one untimed warm-up render. Prints one table: median wall time of a render (loading excluded), clips per
 minute, the speedup over batch 1 without SADA, and SADA's mean NFE speedup (steps / model calls).
 
-Without ``--model`` it uses the tiny random MusicLDM of :mod:`sada_audio.testing` (speed only; its outputs
+Without ``--model`` it uses the tiny random MusicLDM of :mod:`tests.support.tiny_pipelines` (speed only; its outputs
 are noise-like). One torch thread unless ``--threads`` says otherwise.
 """
 
@@ -28,7 +28,7 @@ import torch
 
 from sada_audio.pipelines import load_pipeline, resolve_model_id
 from sada_audio.render import RenderDefaults, RenderJob, RenderRun, process_state, read_manifest
-from sada_audio.testing import tiny_musicldm_pipeline
+from tests.support.tiny_pipelines import tiny_musicldm_pipeline
 
 PROMPTS = ("slow piano arpeggio in A minor", "fast techno drum groove", "rain on a tin roof", "ambient synth pads")
 CONFIGS = (("none", 1), ("none", 4), ("sada", 1), ("sada", 4))
@@ -70,7 +70,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # diffusers' deprecation notice for MusicLDM
         pipe = tiny_musicldm_pipeline() if args.model is None else load_pipeline(args.model)
-    model = args.model or "tiny random MusicLDM (sada_audio.testing)"
+    model = args.model or "tiny random MusicLDM (tests.support.tiny_pipelines)"
     defaults = RenderDefaults(steps=args.steps, duration=args.duration)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Quality of the embedded tiny MusicLDM, and SADA's speed and fidelity on it.
 
-    python -m sada_audio.evaluation.tiny_model_quality --part all --out runs/tiny_quality.json
+    python -m tools.tiny_model_quality --part all --out runs/tiny_quality.json
 
 Parts (``--part``, repeatable; all prompts and clips are held out: seeds >= HELDOUT_SEED_START):
 
@@ -37,12 +37,7 @@ from scipy.stats import binomtest
 from sada_audio import SADAConfig, apply_sada
 from sada_audio.audio import write_json
 from sada_audio.audio_ldm_parts import HOP_LENGTH, SAMPLE_RATE
-from sada_audio.pipelines import load_pipeline, set_scheduler
-from sada_audio.tiny.features import N_FFT, log_mel
-from sada_audio.tiny.music import HELDOUT_SEED_START, LEADS, ClipSpec, caption, render, sample_spec
-from sada_audio.tiny.train import text_embeddings
-
-from .metrics import (
+from sada_audio.evaluation.metrics import (
     log_mel_l1,
     log_mel_spectrogram,
     multi_resolution_stft_distance,
@@ -50,9 +45,13 @@ from .metrics import (
     spectrogram_psnr,
     spectrogram_ssim,
 )
-from .tables import markdown_table
+from sada_audio.evaluation.tables import markdown_table
+from sada_audio.pipelines import load_pipeline, set_scheduler
+from sada_audio.tiny.features import N_FFT, log_mel
+from tools.tiny.music import HELDOUT_SEED_START, LEADS, ClipSpec, caption, render, sample_spec
+from tools.tiny.train import text_embeddings
 
-logger = logging.getLogger("sada_audio.evaluation.tiny_model_quality")
+logger = logging.getLogger("tools.tiny_model_quality")
 
 PARTS = ("vocoder", "vae", "prompts", "sada")
 # latent frames of the clips that measure the conditioning gaps (the UNet's training crop)
@@ -182,8 +181,8 @@ def eval_vocoder(pipe: Any, clips: int, workdir: Path | None) -> dict[str, Any]:
         "librosa Griffin-Lim (32 it.)": griffin_lim_librosa,
     }
     if workdir is not None:
-        from sada_audio.tiny.components import build_vocoder
-        from sada_audio.tiny.train import load_checkpoint
+        from tools.tiny.components import build_vocoder
+        from tools.tiny.train import load_checkpoint
 
         hifigan = build_vocoder().eval()
         state = load_checkpoint(workdir, "vocoder")

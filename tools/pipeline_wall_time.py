@@ -6,7 +6,7 @@ Real size by default: the released UNet (185 M parameters), VAE and HiFi-GAN arc
 clips, 50 DDIM steps, guidance 2. Needs torch and diffusers only (DeepCache rows where its package is
 installed) and runs in under 5 minutes on one recent GPU, compilation included::
 
-    python -m sada_audio.evaluation.pipeline_wall_time --device cuda --json wall_time.json
+    python -m tools.pipeline_wall_time --device cuda --json wall_time.json
 
 ``--size tiny --device cpu`` runs the same plan on the tiny test pipeline (what the tests do).
 Every row says how long its first call took (that is where compilation happens) and the median of the
@@ -29,10 +29,9 @@ from transformers import ClapModel, ClapTextModelWithProjection, SpeechT5HifiGan
 
 from sada_audio import apply_sada
 from sada_audio.audio_ldm_parts import LATENT_CHANNELS, N_MELS, SAMPLE_RATE, clap_config, real_size_audioldm_unet_config
+from sada_audio.evaluation.tables import markdown_table
 from sada_audio.pipelines import repair_pipeline
-from sada_audio.testing import tiny_audioldm_pipeline, tiny_musicldm_pipeline
-
-from .tables import markdown_table
+from tests.support.tiny_pipelines import tiny_audioldm_pipeline, tiny_musicldm_pipeline
 
 __all__ = ["Row", "audio_pipeline", "measure", "parse_plan"]
 

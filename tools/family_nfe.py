@@ -1,9 +1,9 @@
 """Every model family through SADA: NFE of a 50-step tiny run with the family preset, per scheduler.
 
-Run:  python -m sada_audio.evaluation.family_nfe [--steps 50] [--analytic] [--controlnet-repeats 5]
+Run:  python -m tools.family_nfe [--steps 50] [--analytic] [--controlnet-repeats 5]
       [--json out.json]
 
-For every supported pipeline family (tiny random pipelines from ``sada_audio.testing``) and each
+For every supported pipeline family (tiny random pipelines from ``tests.support.tiny_pipelines``) and each
 scheduler it can run with, one baseline call and one call with ``apply_sada(pipe)`` (the family's
 preset), same seed: NFE, skipped and pruned steps, the pruned token share, the relative deviation of
 the output from the baseline (random weights: this says nothing about fidelity, only that the run
@@ -45,7 +45,7 @@ from sada_audio.evaluation.tables import markdown_table
 from sada_audio.models import model_adapter_for
 from sada_audio.pipelines import set_scheduler
 from sada_audio.solvers import FlowMatchEulerAdapter
-from sada_audio.testing import (
+from tests.support.tiny_pipelines import (
     IMAGE_SIZE,
     stable_audio_open_scheduler,
     tiny_audioldm2_pipeline,

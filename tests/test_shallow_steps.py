@@ -51,7 +51,7 @@ def deep_runs(unet: nn.Module, handle: SADAHandle) -> Iterator[list[int]]:
     """The step of every call of a module inside the UNet's deep blocks (the blocks themselves are always
     called; their hooks decide whether anything inside runs)."""
     steps: list[int] = []
-    inner = [module for block in unet_deep_blocks(unet) for module in block.children()]
+    inner = [module for block in unet_deep_blocks(unet) for module in block.modules() if module is not block]
     hooks = [module.register_forward_pre_hook(lambda *_: steps.append(handle.engine.step)) for module in inner]
     try:
         yield steps

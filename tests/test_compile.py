@@ -105,7 +105,8 @@ def test_compiled_sada_builds_few_graphs_once_and_matches_eager(family, variant)
     assert stats.step_modes == eager_modes
     if variant == "pruning":
         assert stats.tokens_computed < stats.tokens_total
-    assert 1 <= graphs_first_call <= 3, graphs_first_call
+    # full and pruned calls (and a dynamic-shape recompile of the pruned one), plus one for shallow calls
+    assert 1 <= graphs_first_call <= 3 + (variant == "shallow"), graphs_first_call
     assert counter.frame_count == graphs_first_call, "recompiled after the first call"
     assert_no_break_inside_the_denoiser()
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

@@ -6,18 +6,19 @@ prices its own kinds of step on a bare denoiser (:meth:`Accelerator.step_costs`)
 workloads turn a decision schedule measured on the tiny model into an end-to-end speedup.
 
 Step kinds are plain strings: every method has ``"full"`` (an unmodified model call), and names its cheaper
-kinds itself (SADA: ``"pruned"``, ``"skipped"``; DeepCache: ``"cached"``; ...). An attachment reports the kind
-of every sampling step of the last pipeline call, in order.
+kinds itself (SADA: ``"pruned"``, ``"shallow"``, ``"skipped"``; DeepCache: ``"cached"``; ...). An attachment
+reports the kind of every sampling step of the last pipeline call, in order.
 
 SADA and the baseline live here; the peers in :mod:`.peers` and :mod:`.adaptive_diffusion`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -27,7 +28,7 @@ from torch import nn
 
 from sada_audio import SADAConfig, SADAHandle, StepMode, apply_sada
 from sada_audio.method.engine import SADAEngine
-from sada_audio.models import unet_token_blocks
+from sada_audio.models import unet_deep_blocks, unet_token_blocks
 from sada_audio.solvers import solver_adapter_for
 
 __all__ = [
@@ -191,22 +192,32 @@ class SADA(Accelerator):
         return _SADAAttachment(apply_sada(pipe, self.config))
 
     def step_costs(self, bench: DenoiserBench) -> dict[str, float]:
-        """Full and (with token-wise sparsity) pruned calls with the hooks attached, each plus the bookkeeping
-        of one solver step; a skipped step (with step-wise sparsity) costs the bookkeeping alone.
+        """Full, pruned (with token-wise sparsity) and shallow (with shallow steps) calls with the hooks
+        attached, each plus the bookkeeping of one solver step; a skipped step (with step-wise sparsity) costs
+        the bookkeeping alone.
 
-        Every call is planned as a new step (``force_plan``), so a pruned call finds the token caches of the
-        full call before it and really prunes; :attr:`pruned_call_tokens` records the grid tokens its blocks
-        computed and had, as proof."""
+        Every call is planned as a new step (``force_plan``) after a full one, so a pruned call finds the token
+        caches and a shallow call the deep features of the full call before it. As proof that they happen,
+        :attr:`pruned_call_tokens` records the grid tokens the pruned call's blocks computed and had, and
+        :attr:`shallow_call_deep_runs` how many deep-block modules ran in a shallow and in a full call."""
         generator = torch.Generator().manual_seed(0)
         token_momentum = torch.randn(*bench.sample.shape[-2:], generator=generator)
-        handle = SADAHandle(bench.denoiser, bench.scheduler, self.config, blocks=unet_token_blocks(bench.denoiser))
+        deep_blocks = unet_deep_blocks(bench.denoiser)
+        handle = SADAHandle(
+            bench.denoiser,
+            bench.scheduler,
+            self.config,
+            blocks=unet_token_blocks(bench.denoiser),
+            deep_blocks=deep_blocks,
+        )
         self.pruned_call_tokens: tuple[int, int] | None = None
+        self.shallow_call_deep_runs: tuple[int, int] | None = None
         try:
             handle.engine.start(solver_adapter_for(bench.scheduler))
 
             def call_as(mode: StepMode) -> tuple[int, int]:
                 handle.engine.force_plan(StepMode.FULL)
-                bench.call()  # fills (or refreshes) the token caches
+                bench.call()  # fills (or refreshes) the token caches and deep features
                 stats = handle.stats
                 computed, total = stats.tokens_computed, stats.tokens_total
                 handle.engine.force_plan(mode, token_momentum)
@@ -215,19 +226,43 @@ class SADA(Accelerator):
                 return stats.tokens_computed - computed, stats.tokens_total - total
 
             full = bench.time(lambda: call_as(StepMode.FULL)) / 2
-            pruned = None
+            costs = {}
             if self.config.tokenwise:
-                pruned = bench.time(lambda: call_as(StepMode.PRUNED)) - full
+                costs["pruned"] = bench.time(lambda: call_as(StepMode.PRUNED)) - full
                 self.pruned_call_tokens = call_as(StepMode.PRUNED)
+            if self.config.shallow != "off":
+                costs["shallow"] = bench.time(lambda: call_as(StepMode.SHALLOW)) - full
+                # the deep blocks themselves are always called (their hooks decide): count the modules inside
+                inner = [module for block in deep_blocks for module in block.modules() if module is not block]
+
+                def inner_calls(mode: StepMode) -> int:
+                    handle.engine.force_plan(StepMode.FULL)
+                    bench.call()
+                    with _counting_calls(inner) as calls:
+                        handle.engine.force_plan(mode)
+                        bench.call()
+                    return len(calls)
+
+                self.shallow_call_deep_runs = inner_calls(StepMode.SHALLOW), inner_calls(StepMode.FULL)
         finally:
             handle.remove()
         bookkeeping = step_bookkeeping(self.config, bench)
-        costs = {"full": full + bookkeeping}
-        if pruned is not None:
-            costs["pruned"] = pruned + bookkeeping
+        costs = {"full": full + bookkeeping, **{kind: cost + bookkeeping for kind, cost in costs.items()}}
         if self.config.stepwise:
             costs["skipped"] = bookkeeping
         return costs
+
+
+@contextlib.contextmanager
+def _counting_calls(modules: list[nn.Module]) -> Iterator[list[nn.Module]]:
+    """Every forward call of ``modules`` inside the block, appended to the yielded list."""
+    calls: list[nn.Module] = []
+    handles = [module.register_forward_pre_hook(lambda module, _: calls.append(module)) for module in modules]
+    try:
+        yield calls
+    finally:
+        for hook_handle in handles:
+            hook_handle.remove()
 
 
 def step_bookkeeping(config: SADAConfig, bench: DenoiserBench) -> float:

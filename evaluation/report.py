@@ -22,6 +22,7 @@ from sada_audio.audio import write_atomically, write_json, write_text
 from .evaluate import Evaluation
 from .html_report import HTML_NAME, write_evaluation_html
 from .metrics import METRICS
+from .sparsity_figure import MODE_COLOURS
 from .tables import format_number, markdown_table
 
 __all__ = ["REPORT_NAME", "HTML_NAME", "FIGURE_NAMES", "json_ready", "markdown", "write_outputs"]
@@ -30,8 +31,8 @@ REPORT_NAME = "report.md"
 FIGURES_DIR = "figures"
 #: Every figure a run may write; a run that writes fewer removes the others' stale copies.
 FIGURE_NAMES = {"worst": "worst_pair.png", "median": "median_pair.png", "steps": "step_modes.png"}
-_STEP_MODES = ("full", "pruned", "skipped")
-_STEP_COLOURS = ListedColormap(["#4c72b0", "#dd8452", "#e8e8e8"])
+_STEP_MODES = ("full", "pruned", "shallow", "skipped")
+_STEP_COLOURS = ListedColormap([MODE_COLOURS[mode] for mode in _STEP_MODES])
 _MAX_STEP_ROWS = 40
 
 
@@ -166,7 +167,7 @@ def spectrogram_figure(path: Path, name: str, label: str, reference: np.ndarray,
 
 
 def step_modes_figure(path: Path, step_modes: dict[str, list[str]]) -> Path:
-    """One row per test clip (at most 40), one column per step: full, pruned or skipped."""
+    """One row per test clip (at most 40), one column per step: full, pruned, shallow or skipped."""
     names = list(step_modes)[:_MAX_STEP_ROWS]
     width = max(len(step_modes[name]) for name in names)
     grid = np.full((len(names), width), np.nan)
@@ -175,7 +176,8 @@ def step_modes_figure(path: Path, step_modes: dict[str, list[str]]) -> Path:
             grid[row, column] = _STEP_MODES.index(mode) if mode in _STEP_MODES else np.nan
     figure = Figure(figsize=(max(6.0, width * 0.16), 1.2 + 0.3 * len(names)), layout="constrained")
     axis = figure.subplots()
-    axis.imshow(grid, aspect="auto", cmap=_STEP_COLOURS, vmin=-0.5, vmax=2.5, interpolation="nearest")
+    top = len(_STEP_MODES) - 0.5
+    axis.imshow(grid, aspect="auto", cmap=_STEP_COLOURS, vmin=-0.5, vmax=top, interpolation="nearest")
     axis.set_yticks(range(len(names)), names, fontsize=7)
     axis.set_xlabel("denoising step")
     handles = [Rectangle((0, 0), 1, 1, color=_STEP_COLOURS(i)) for i in range(len(_STEP_MODES))]

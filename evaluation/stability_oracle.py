@@ -391,6 +391,9 @@ def summarise(records: list[dict], higher_is_better: bool) -> dict[str, Any]:
     return summary
 
 
+_MODE_LETTERS = {"full": "f", "pruned": "p", "shallow": "h", "skipped": "s"}
+
+
 def compare_configs(
     prompts: Sequence[str], scheduler_name: str, variants: dict[str, SADAConfig], seed: int = 0
 ) -> list[dict[str, Any]]:
@@ -420,7 +423,7 @@ def compare_configs(
                     "prompt": prompt,
                     "variant": label,
                     "calls": batch.sada_stats["model_calls"],
-                    "step_modes": "".join(mode[0] for mode in batch.sada_stats["step_modes"]),
+                    "step_modes": "".join(_MODE_LETTERS[mode] for mode in batch.sada_stats["step_modes"]),
                     **{k: metrics[k] for k in ("mel_psnr", "mel_ssim", "mr_stft")},
                 }
             )

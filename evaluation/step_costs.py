@@ -21,14 +21,14 @@ from diffusers import UNet2DConditionModel
 
 from sada_audio import SADAConfig, SADAHandle, StepMode
 from sada_audio.audio_ldm_parts import ddim_scheduler, real_size_audioldm_unet_config
-from sada_audio.models import unet_token_blocks
+from sada_audio.models import unet_deep_blocks, unet_token_blocks
 from sada_audio.solvers import solver_adapter_for
 
 from .accelerators import SADA, Accelerator, Baseline, DenoiserBench, sada_accelerators
 from .peers import peer_accelerators
 from .tables import markdown_table
 
-__all__ = ["implied_speedup", "real_size_unet", "run_step_costs", "unet_bench"]
+__all__ = ["call_flops", "implied_speedup", "real_size_unet", "run_step_costs", "unet_bench"]
 
 #: Untimed denoiser calls before the first measurement on a GPU.
 GPU_WARM_UP_CALLS = 20
@@ -97,6 +97,10 @@ def run_step_costs(
                 if tokens is not None:
                     # grid tokens the pruned call's transformer blocks computed, of all they had
                     entry["pruned_call_tokens"] = list(tokens)
+                deep_runs = getattr(method, "shallow_call_deep_runs", None)
+                if deep_runs is not None:
+                    # modules inside the deep blocks that ran in a shallow call, and in a full one
+                    entry["shallow_call_deep_runs"] = list(deep_runs)
                 entries.append(entry)
         baseline_full = entries[0]["costs"]["full"]
         for entry in entries:
@@ -135,18 +139,30 @@ def real_size_benches(
     return {f"real-size UNet, latent 8x{frames}x16": functools.partial(build, frames) for frames in latent_frames}
 
 
-def pruned_call_flops(bench: DenoiserBench, config: SADAConfig) -> dict[str, int]:
-    """FLOPs (``torch.utils.flop_counter``) of a full and of a pruned call of ``bench``'s UNet with SADA at
-    ``config`` (token pruning on), planned as in :meth:`SADA.step_costs`, and the pruned call's block tokens:
-    what the pruned call's time should follow, counted rather than timed."""
+def call_flops(bench: DenoiserBench, config: SADAConfig) -> dict[str, int]:
+    """FLOPs (``torch.utils.flop_counter``) of a full call of ``bench``'s UNet with SADA at ``config``, and of a
+    pruned call (token pruning on) and a shallow call (shallow steps on), each planned after a full one as in
+    :meth:`SADA.step_costs`; and the block tokens of each: what the calls' times should follow, counted rather
+    than timed."""
     from torch.utils.flop_counter import FlopCounterMode
 
     token_momentum = torch.randn(*bench.sample.shape[-2:], generator=torch.Generator().manual_seed(0))
-    handle = SADAHandle(bench.denoiser, bench.scheduler, config, blocks=unet_token_blocks(bench.denoiser))
+    handle = SADAHandle(
+        bench.denoiser,
+        bench.scheduler,
+        config,
+        blocks=unet_token_blocks(bench.denoiser),
+        deep_blocks=unet_deep_blocks(bench.denoiser),
+    )
+    modes = [StepMode.FULL]
+    modes += [StepMode.PRUNED] if config.tokenwise else []
+    modes += [StepMode.SHALLOW] if config.shallow != "off" else []
     counts: dict[str, int] = {}
     try:
         handle.engine.start(solver_adapter_for(bench.scheduler))
-        for mode in (StepMode.FULL, StepMode.PRUNED):
+        for mode in modes:
+            handle.engine.force_plan(StepMode.FULL)
+            bench.call()
             handle.engine.force_plan(mode, token_momentum)
             stats = handle.stats
             computed, total = stats.tokens_computed, stats.tokens_total
@@ -155,7 +171,8 @@ def pruned_call_flops(bench: DenoiserBench, config: SADAConfig) -> dict[str, int
             counts[f"{mode.value}_flops"] = counter.get_total_flops()
             stats = handle.stats
             counts[f"{mode.value}_tokens"] = stats.tokens_computed - computed
-        counts["tokens_total"] = stats.tokens_total - total
+            if mode is StepMode.FULL:
+                counts["tokens_total"] = stats.tokens_total - total
     finally:
         handle.remove()
     return counts
@@ -198,7 +215,8 @@ def main() -> None:
     parser.add_argument(
         "--flops",
         action="store_true",
-        help="also count the FLOPs of a full and a pruned call (token-wise SADA; on the meta device, instantly)",
+        help="also count the FLOPs of a full, a pruned (token-wise SADA) and a shallow call (shallow steps on); "
+        "on the meta device, instantly",
     )
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
@@ -223,8 +241,8 @@ def main() -> None:
             bench = unet_bench(unet, frames, args.batch, steps, repeats=1)
             for entry in bench_result["entries"]:
                 method = by_label[entry["label"]]
-                if isinstance(method, SADA) and method.config.tokenwise:
-                    entry["flops"] = pruned_call_flops(bench, method.config)
+                if isinstance(method, SADA) and (method.config.tokenwise or method.config.shallow != "off"):
+                    entry["flops"] = call_flops(bench, method.config)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else args.device
     schedulers = list(dict.fromkeys(s["scheduler"] for s in summary))
     for name, bench in results.items():
@@ -247,12 +265,15 @@ def main() -> None:
             if "pruned_call_tokens" in entry:
                 computed, total = entry["pruned_call_tokens"]
                 print(f"{entry['label']}: pruned call computed {computed} of {total} block tokens")
-            if "flops" in entry:
-                flops = entry["flops"]
-                share = flops["pruned_flops"] / flops["full_flops"]
-                print(
-                    f"{entry['label']}: pruned call {flops['pruned_flops'] / 1e9:.1f} GFLOP, {share:.1%} of a full call"
-                )
+            if entry.get("shallow_call_deep_runs"):
+                shallow, full = entry["shallow_call_deep_runs"]
+                print(f"{entry['label']}: shallow call ran {shallow} of a full call's {full} deep-block modules")
+            for kind in ("pruned", "shallow"):
+                flops = entry.get("flops", {})
+                if f"{kind}_flops" in flops:
+                    share = flops[f"{kind}_flops"] / flops["full_flops"]
+                    gflops = flops[f"{kind}_flops"] / 1e9
+                    print(f"{entry['label']}: {kind} call {gflops:.1f} GFLOP, {share:.1%} of a full call")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"device": device, "torch": torch.__version__, "step_costs": results}, handle, indent=2)

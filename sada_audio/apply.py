@@ -1,14 +1,19 @@
 """Attach SADA to a diffusers pipeline, and remove it again, without modifying diffusers objects.
 
-Four attachments, all undone by :meth:`SADAHandle.remove`:
+Five attachments, all undone by :meth:`SADAHandle.remove`:
 - a diffusers ``ModelHook`` on the denoiser: runs the model, or answers a skipped step with the
   reconstructed output;
-- a ``ModelHook`` on every transformer block: on pruned steps it computes only the selected tokens
-  and fills the others from the block's cached residual;
+- a ``ModelHook`` on every transformer block (with token-wise sparsity): on pruned steps it computes
+  only the selected tokens and fills the others from the block's cached residual;
+- a ``ModelHook`` on every block below a UNet's outermost level (with shallow steps): on a shallow
+  step it returns its output of the last call that ran it instead of running;
 - a ``ModelHook`` on every module that only feeds the denoiser (a ControlNet): skipped with it;
 - instance-level wrappers of the scheduler's ``set_timesteps`` (a new call starts: reset all state)
   and ``step`` (feed a skipped step's reconstruction to the unmodified solver, then let the engine
   read the step's ODE quantities).
+
+The hooks share one :class:`_RunState`, cleared when a sampling call starts; the handle plans each
+model call in eager Python and sets every hook's part in it before the denoiser runs.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,7 +32,7 @@ from torch import nn
 from .config import SADAConfig
 from .errors import SADAError
 from .hooks import register_hook, remove_hook
-from .method.engine import SADAEngine, SADAStats
+from .method.engine import SADAEngine, SADAStats, StepMode
 from .method.tokens import level_grid
 from .models import DenoiserLayout, ModelAdapter, TokenBlock, model_adapter_for
 from .solvers import check_scheduler, check_step_arguments, solver_adapter_for
@@ -45,6 +51,29 @@ _OFF = 0  # no sampling run: the plain block
 _FULL = 1  # every token, nothing cached (a level SADA never prunes)
 _FULL_STORE = 2  # every token, residual cached for later pruned calls
 _PRUNE = 3  # the kept tokens only, the others from the cached residual
+_REUSE = 4  # a deep block on a shallow step: its cached output, not run
+
+
+@dataclass
+class _RunState:
+    """What the hooks of one handle share during a sampling call; cleared when a call starts."""
+
+    grid: tuple[int, int] | None = None
+    """Token grid of the latest denoiser call."""
+    slot: int = 0
+    """Index of the latest denoiser call within its step (Flux's true CFG calls twice per step)."""
+    feeder_outputs: dict[int, Any] = field(default_factory=dict)
+    """Last output of every feeder module (by index): the stand-in on a skipped step."""
+    deep_outputs: dict[tuple[int, int], Any] = field(default_factory=dict)
+    """Output of every deep block (by block index and slot) in the last call that ran it."""
+    deep_batch: dict[int, int] = field(default_factory=dict)
+    """Batch size of the call (by slot) whose deep outputs are cached."""
+
+    def clear(self) -> None:
+        self.grid, self.slot = None, 0
+        self.feeder_outputs.clear()
+        self.deep_outputs.clear()
+        self.deep_batch.clear()
 
 
 class _DenoiserHook(ModelHook):
@@ -78,19 +107,12 @@ class _FeederHook(ModelHook):
 
     @torch.compiler.disable(recursive=False)  # as for the denoiser: only the module's own forward is compiled
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        last = self._stand_in()
+        last = self.handle._feeder_stand_in(self.index)
         if last is not None:
             return last
         output = self.fn_ref.original_forward(*args, **kwargs)
-        self.handle._feeder_outputs[self.index] = output
+        self.handle.run.feeder_outputs[self.index] = output
         return output
-
-    @torch.compiler.disable
-    def _stand_in(self) -> Any:
-        handle = self.handle
-        handle._sync_scheduler()
-        last = handle._feeder_outputs.get(self.index)
-        return last if last is not None and handle._replacement() is not None else None
 
 
 class _TokenBlockHook(ModelHook):
@@ -153,6 +175,36 @@ class _TokenBlockHook(ModelHook):
         return layout.with_hidden_output(output, merged)
 
 
+class _DeepBlockHook(ModelHook):
+    """A block below a UNet's outermost level. Like a token block it may be traced, and reads only its per-call
+    plan: ``_FULL_STORE`` runs it and leaves its output in ``cache_out``; ``_REUSE`` returns ``cache_in``, the
+    output of the last call that ran it, so that nothing inside it runs. The UNet's own forward then carries
+    the cached deep features to the outermost up block, which recomputes the outer level on fresh input."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.action = _OFF
+        self.cache_in: Any = None
+        self.cache_out: Any = None
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.action == _REUSE:
+            return self.cache_in
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if self.action == _FULL_STORE:
+            self.cache_out = output
+        return output
+
+
+def _own_copy(value: Any) -> Any:
+    """A block output (a tensor or nested tuples of them) in memory of our own where a CUDA-graph replay would
+    reuse its memory."""
+    if isinstance(value, torch.Tensor):
+        return value.clone() if value.is_cuda else value
+    return tuple(_own_copy(item) for item in value)
+
+
 class SADAHandle:
     """SADA attached to one denoiser and scheduler; ``remove()`` restores them exactly.
 
@@ -169,9 +221,15 @@ class SADAHandle:
         layout: DenoiserLayout | None = None,
         feeders: Sequence[nn.Module] = (),
         scheduler_owner: Any = None,
+        deep_blocks: Sequence[nn.Module] = (),
     ) -> None:
         if hasattr(denoiser, "_sada_handle"):
             raise SADAError("SADA is already applied to this model; call remove() on the first handle")
+        if config.shallow != "off" and not deep_blocks:
+            raise SADAError(
+                f"shallow={config.shallow!r} needs a UNet's deep blocks to reuse ({type(denoiser).__name__} has "
+                "none); use shallow='off'"
+            )
         check_scheduler(scheduler)
         self.config = config
         self.engine = SADAEngine(config)
@@ -180,10 +238,9 @@ class SADAHandle:
         self._scheduler: Any = None
         self._layout = layout or DenoiserLayout()
         self._input_name = next(iter(inspect.signature(denoiser.forward).parameters), "sample")
-        self._grid: tuple[int, int] | None = None
+        self.run = _RunState()
         self._block_hooks: list[_TokenBlockHook] = []
-        self._slot = 0
-        self._feeder_outputs: dict[int, Any] = {}
+        self._deep_hooks: list[_DeepBlockHook] = []
         # (module, whether its hook registry was created for SADA)
         self._hooked: list[tuple[nn.Module, bool]] = []
         self._register(denoiser, _DenoiserHook(self))
@@ -194,6 +251,11 @@ class SADAHandle:
                 hook = _TokenBlockHook(self, block, index)
                 self._register(block.module, hook)
                 self._block_hooks.append(hook)
+        if config.shallow != "off":
+            for index, module in enumerate(deep_blocks):
+                deep_hook = _DeepBlockHook(index)
+                self._register(module, deep_hook)
+                self._deep_hooks.append(deep_hook)
         self._wrap_scheduler(scheduler)
         denoiser._sada_handle = self
         self._removed = False
@@ -211,7 +273,7 @@ class SADAHandle:
         engine = self._sync_scheduler()
         # The latent is the first argument, whether passed by position or by name.
         sample = args[0] if args else kwargs[self._input_name]
-        self._grid = self._layout.latent_grid(sample, kwargs)
+        self.run.grid = self._layout.latent_grid(sample, kwargs)
         replacement = self._replacement()
         if replacement is not None:
             repeats, remainder = divmod(sample.shape[0], replacement.shape[0])
@@ -221,21 +283,25 @@ class SADAHandle:
                 output = replacement.to(sample.dtype).repeat(repeats, *([1] * (replacement.dim() - 1)))
                 return self._layout.wrap_output(output, kwargs.get("return_dict", True))
             engine.fall_back()
-        self.begin_model_call(self._grid, sample.device)
+        self.begin_model_call(self.run.grid, sample.device, sample.shape[0])
         return None
 
-    def begin_model_call(self, grid: tuple[int, int], device: torch.device | str | None = None) -> None:
-        """A denoiser call on a latent with token grid ``grid`` is about to run (the denoiser hook says so;
-        tests and benches that call blocks directly say it themselves): plan every token block's part."""
+    def begin_model_call(
+        self, grid: tuple[int, int], device: torch.device | str | None = None, batch: int | None = None
+    ) -> None:
+        """A denoiser call on a latent with token grid ``grid`` (and ``batch`` rows) is about to run (the
+        denoiser hook says so; tests and benches that call blocks directly say it themselves): plan every
+        token block's and deep block's part."""
         self._finish_model_call()
         self.engine.begin_model_call(grid)
+        # Pipelines that call the denoiser twice per step (Flux's true CFG) get one cache per call of the step.
+        self.run.slot = self.engine.call_in_step
         self._prepare_blocks(device)
+        self._prepare_deep_blocks(batch)
 
     def _prepare_blocks(self, device: torch.device | str | None) -> None:
         """Set what every token block does in this call: the decisions a traced block must not make."""
-        engine = self.engine
-        # Pipelines that call the denoiser twice per step (Flux's true CFG) get one cache per call of the step.
-        slot = engine.call_in_step
+        engine, slot = self.engine, self.run.slot
         for hook in self._block_hooks:
             kept = engine.kept_tokens(hook.level, device)
             cache = engine.block_caches.get((hook.index, slot))
@@ -246,23 +312,43 @@ class SADAHandle:
             else:
                 caches = engine.config.prunes_level(hook.level, engine.latent_hw)
                 hook.action, hook.kept, hook.cache_in = (_FULL_STORE if caches else _FULL), None, None
-        self._slot = slot
+
+    def _prepare_deep_blocks(self, batch: int | None) -> None:
+        """A shallow step reuses every deep block's output of the last call (of the same slot and batch) that
+        ran it; without them it runs as a full call, and every other call caches the deep outputs."""
+        if not self._deep_hooks:
+            return
+        run, engine = self.run, self.engine
+        shallow = engine.mode() is StepMode.SHALLOW
+        if shallow and (run.deep_batch.get(run.slot) != batch or (0, run.slot) not in run.deep_outputs):
+            engine.run_in_full()
+            shallow = False
+        for hook in self._deep_hooks:
+            if shallow:
+                hook.action, hook.cache_in = _REUSE, run.deep_outputs[(hook.index, run.slot)]
+            else:
+                hook.action, hook.cache_in = _FULL_STORE, None
+        if not shallow:
+            run.deep_batch[run.slot] = batch
 
     @torch.compiler.disable
     def _finish_model_call(self) -> None:
-        """Collect what the blocks of the last call left: their new cached residuals and token counts."""
-        engine = self.engine
+        """Collect what the blocks of the last call left: their new cached residuals and outputs, token counts."""
+        engine, slot = self.engine, self.run.slot
         for hook in self._block_hooks:
             if hook.action == _OFF:
                 continue
             if hook.cache_out is not None:
-                cache = hook.cache_out
                 # A CUDA-graph replay reuses its output memory: keep the residual in memory of our own.
-                engine.block_caches[(hook.index, self._slot)] = cache.clone() if cache.is_cuda else cache
+                engine.block_caches[(hook.index, slot)] = _own_copy(hook.cache_out)
             if hook.total:
                 engine.count_tokens(hook.computed, hook.total)
             hook.action, hook.kept, hook.cache_in, hook.cache_out = _OFF, None, None, None
             hook.computed = hook.total = 0
+        for deep in self._deep_hooks:
+            if deep.cache_out is not None:
+                self.run.deep_outputs[(deep.index, slot)] = _own_copy(deep.cache_out)
+            deep.action, deep.cache_in, deep.cache_out = _OFF, None, None
 
     def remove(self) -> None:
         """Detach every hook and wrapper; the pipeline behaves exactly as before ``apply_sada``."""
@@ -307,7 +393,7 @@ class SADAHandle:
                 model_output = self._layout.from_grid(replacement).to(model_output.dtype)
             result = step(model_output, timestep, sample, *args, **kwargs)
             next_sample = result[0] if isinstance(result, tuple) else result.prev_sample
-            to_grid, grid = self._layout.to_grid, self._grid or self._layout.latent_grid(sample, {})
+            to_grid, grid = self._layout.to_grid, self.run.grid or self._layout.latent_grid(sample, {})
             engine.after_step(to_grid(model_output, grid), to_grid(sample, grid), to_grid(next_sample, grid))
             return result
 
@@ -331,10 +417,17 @@ class SADAHandle:
         return self.engine
 
     def _start(self, scheduler: Any) -> None:
-        """A new sampling run: fresh engine state, no stand-in outputs from an earlier run."""
+        """A new sampling run: fresh engine state, no stand-in outputs or deep features from an earlier run."""
         self._finish_model_call()
         self.engine.start(solver_adapter_for(scheduler))
-        self._feeder_outputs.clear()
+        self.run.clear()
+
+    @torch.compiler.disable
+    def _feeder_stand_in(self, index: int) -> Any:
+        """Feeder ``index``'s last output if the current step is skipped (its module need not run), else None."""
+        self._sync_scheduler()
+        last = self.run.feeder_outputs.get(index)
+        return last if last is not None and self._replacement() is not None else None
 
     def _replacement(self) -> torch.Tensor | None:
         """The current step's rebuilt denoiser output (in the denoiser's layout), or None if the model runs.
@@ -368,6 +461,7 @@ def apply_sada(pipe: Any, config: SADAConfig | None = None) -> SADAHandle:
         layout=adapter.layout,
         feeders=adapter.feeder_modules(),
         scheduler_owner=pipe,
+        deep_blocks=adapter.deep_blocks(),
     )
     logger.info("SADA applied to %s (%s preset values)", type(pipe).__name__, adapter.family)
     return handle

@@ -15,6 +15,8 @@ Reconstruction = Literal["extrapolate", "reuse", "predicted_state"]
 RECONSTRUCTIONS: tuple[str, ...] = ("extrapolate", "reuse", "predicted_state")
 Criterion = Literal["consistent", "published", "data_change"]
 CRITERIA: tuple[str, ...] = ("consistent", "published", "data_change")
+Shallow = Literal["off", "stable", "accelerated"]
+SHALLOW_RULES: tuple[str, ...] = ("off", "stable", "accelerated")
 MAX_SEED = 2**63 - 1
 """Largest seed accepted anywhere (``torch.Generator.manual_seed`` takes 64-bit values; beyond this, seeds wrap)."""
 
@@ -122,6 +124,15 @@ class SADAConfig:
     first, then unstable tokens, then the largest momenta), so a pruned call always has the same shapes:
     what ``torch.compile`` and CUDA graphs need to build its graph once. ``None``: the representatives
     plus the unstable tokens, a number that changes from step to step."""
+    shallow: Shallow = "off"
+    """Shallow steps (UNets only): a real call that runs only the UNet's outermost level on fresh input and
+    reuses the deeper blocks' outputs of the last full call. ``stable``: on accelerated steps that the
+    criterion (or the late phase's rhythm) would skip but a limit forbids (``max_interval``, too few Lagrange
+    anchors); ``accelerated``: on every accelerated step that would otherwise be a full or pruned call.
+    Lagrange anchors are always full."""
+    shallow_max_age: int = 3
+    """A shallow step reuses deep features computed at most this many steps earlier (skipped steps count);
+    the first step past that age is a full call that refreshes them."""
 
     def __post_init__(self) -> None:
         hints = get_type_hints(SADAConfig)
@@ -151,6 +162,11 @@ class SADAConfig:
                 self.criterion in CRITERIA,
                 f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}",
             ),
+            (
+                self.shallow in SHALLOW_RULES,
+                f"shallow must be one of {', '.join(SHALLOW_RULES)}, got {self.shallow!r}",
+            ),
+            (self.shallow_max_age >= 1, f"shallow_max_age must be >= 1, got {self.shallow_max_age}"),
             (self.change_threshold > 0, f"change_threshold must be > 0, got {self.change_threshold}"),
             (
                 self.reference_steps is None or self.reference_steps >= 4,

@@ -215,6 +215,10 @@ class ModelAdapter:
     def token_blocks(self) -> list[TokenBlock]:
         raise NotImplementedError
 
+    def deep_blocks(self) -> list[nn.Module]:
+        """The blocks a shallow step reuses instead of running (none: the family has no shallow steps)."""
+        return []
+
 
 class UNetAdapter(ModelAdapter):
     """``UNet2DConditionModel`` (and the AudioLDM2 UNet): audio LDMs, Stable Diffusion 2, SDXL, ControlNet.
@@ -242,6 +246,9 @@ class UNetAdapter(ModelAdapter):
     def token_blocks(self) -> list[TokenBlock]:
         return unet_token_blocks(self.denoiser())
 
+    def deep_blocks(self) -> list[nn.Module]:
+        return unet_deep_blocks(self.denoiser())
+
 
 def unet_token_blocks(unet: nn.Module) -> list[TokenBlock]:
     """The ``BasicTransformerBlock`` modules of a diffusers-style UNet, with their resolution levels."""
@@ -256,6 +263,16 @@ def unet_token_blocks(unet: nn.Module) -> list[TokenBlock]:
         for name, module in stage_module.named_modules()
         if type(module).__name__ == "BasicTransformerBlock"
     ]
+
+
+def unet_deep_blocks(unet: nn.Module) -> list[nn.Module]:
+    """The blocks below a diffusers-style UNet's outermost level: ``down_blocks[1:]``, the mid block and
+    ``up_blocks[:-1]``. On a shallow step they return their cached outputs, so the UNet's own forward runs
+    ``conv_in``, the time embedding, ``down_blocks[0]``, ``up_blocks[-1]`` (on the cached input of the last up
+    block: the deep features) and ``conv_out``; the other blocks' cached outputs only keep its plumbing
+    (residual lists, ControlNet additions) in shape."""
+    mid = [] if unet.mid_block is None else [unet.mid_block]
+    return [*unet.down_blocks[1:], *mid, *unet.up_blocks[:-1]]
 
 
 class FluxAdapter(ModelAdapter):

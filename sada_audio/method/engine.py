@@ -40,6 +40,8 @@ class StepMode(enum.StrEnum):
     """A real model call in which transformer blocks compute only the selected tokens."""
     SKIPPED = "skipped"
     """No model call: the solver gets an output rebuilt from its own history."""
+    SHALLOW = "shallow"
+    """A model call in which only the UNet's outermost level runs, on the deep blocks' cached outputs."""
 
 
 class ODECoordinates(Protocol):
@@ -65,8 +67,9 @@ class SADAStats:
     """Denoiser evaluations actually made (NFE; one batched call with guidance counts once)."""
     skipped_steps: list[int] = field(default_factory=list)
     pruned_steps: list[int] = field(default_factory=list)
+    shallow_steps: list[int] = field(default_factory=list)
     step_modes: list[str] = field(default_factory=list)
-    """Mode of every step in order: "full", "pruned" or "skipped"."""
+    """Mode of every step in order: "full", "pruned", "shallow" or "skipped"."""
     fallbacks: int = 0
     """Planned skips that ran the model instead because the reconstruction was not finite."""
     tokens_computed: int = 0
@@ -89,6 +92,7 @@ class SADAStats:
             "model_calls": self.model_calls,
             "skipped_steps": list(self.skipped_steps),
             "pruned_steps": list(self.pruned_steps),
+            "shallow_steps": list(self.shallow_steps),
             "step_modes": list(self.step_modes),
             "fallbacks": self.fallbacks,
             "pruned_fraction": round(self.pruned_fraction, 6),
@@ -153,6 +157,8 @@ class SADAEngine:
         self._skip_streak = 0
         self._last_called_output: torch.Tensor | None = None
         self._pruned_since_refresh = 0
+        self._deep_step = -1
+        """Last step whose model call ran the deep blocks (their cached outputs are that old)."""
         self._token_momentum: torch.Tensor | None = None
         self._kept: dict[int, torch.Tensor] = {}
         self._generator = torch.Generator().manual_seed(self.config.seed)
@@ -193,6 +199,10 @@ class SADAEngine:
         self._skip_streak = 0
         self.stats.fallbacks += 1
         logger.warning("SADA: non-finite reconstruction at step %d, running the model instead", self.step)
+
+    def run_in_full(self) -> None:
+        """The planned shallow step of the current step runs as a full call (no deep features fit the call)."""
+        self._modes[self.step] = StepMode.FULL
 
     def begin_model_call(self, latent_hw: tuple[int, int]) -> None:
         """A denoiser call of the current step is about to run on a latent with token grid ``latent_hw``."""
@@ -243,6 +253,10 @@ class SADAEngine:
             self.stats.skipped_steps.append(n)
         elif mode is StepMode.PRUNED:
             self.stats.pruned_steps.append(n)
+        elif mode is StepMode.SHALLOW:
+            self.stats.shallow_steps.append(n)
+        if mode is StepMode.FULL or mode is StepMode.PRUNED:
+            self._deep_step = n
 
         with torch.no_grad():
             # One float32 copy of each state: fp16 / bf16 pipelines keep full-precision ODE bookkeeping.
@@ -312,7 +326,8 @@ class SADAEngine:
         computed: on a GPU it is most of the engine's cost per step."""
         if not self.bounds.accelerated(step):
             return False
-        return self.config.tokenwise or (self.config.stepwise and not self.bounds.in_lagrange_phase(step))
+        skips = self.config.stepwise or self.config.shallow == "stable"
+        return self.config.tokenwise or (skips and not self.bounds.in_lagrange_phase(step))
 
     def _plan_next(
         self, warm: bool, verdict: Stability | None, next_state: torch.Tensor, a_next: float, t_next: float
@@ -333,6 +348,8 @@ class SADAEngine:
                 mode = StepMode.SKIPPED
             # Lagrange anchors are computed in full: the extrapolating polynomial amplifies their errors.
             anchor = self.bounds.in_lagrange_phase(step) and self._is_anchor(step)
+            if mode is StepMode.FULL and not anchor and self._shallow_allowed(step, verdict):
+                mode = StepMode.SHALLOW
             if (
                 mode is StepMode.FULL
                 and not anchor
@@ -344,9 +361,20 @@ class SADAEngine:
             x0 = self._reconstruct_data_prediction(verdict, next_state, a_next, t_next)
             self._reconstructed[step] = self._solver.from_data_prediction(x0, next_state, step)
         self._skip_streak = self._skip_streak + 1 if mode is StepMode.SKIPPED else 0
-        if mode is not StepMode.SKIPPED:
+        if mode is StepMode.FULL or mode is StepMode.PRUNED:  # (a shallow step leaves the token caches be)
             self._pruned_since_refresh = self._pruned_since_refresh + 1 if mode is StepMode.PRUNED else 0
         self._modes[step] = mode
+
+    def _shallow_allowed(self, step: int, verdict: Stability | None) -> bool:
+        """Whether ``step``, about to be a real call, may be shallow: its deep features are at most
+        ``shallow_max_age`` steps old, and with ``shallow="stable"`` the step is one that the criterion (or the
+        late phase's rhythm) would skip but a limit forbids (``max_interval``, too few Lagrange anchors)."""
+        config = self.config
+        if config.shallow == "off" or step - self._deep_step > config.shallow_max_age:
+            return False
+        if config.shallow == "accelerated":
+            return True
+        return self.bounds.in_lagrange_phase(step) or (verdict is not None and verdict.stable)
 
     def _reconstruct_data_prediction(
         self, verdict: Stability, next_state: torch.Tensor, a_next: float, t_next: float

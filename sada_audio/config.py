@@ -39,6 +39,10 @@ def _type_problem(name: str, annotation: Any, value: Any) -> str | None:
             return f"{name} must be {len(items)} whole numbers (start, end), got {value!r}"
         problems = [_type_problem(f"{name} item", item, element) for item, element in zip(items, value, strict=True)]
         return next((problem for problem in problems if problem), None)
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return None
+        return f"{name} must be a number, got {_type_name(value)} {value!r}"
     if annotation is bool:
         return None if isinstance(value, bool) else f"{name} must be true or false, got {_type_name(value)} {value!r}"
     if annotation is int:
@@ -56,6 +60,8 @@ class StepBounds:
     acc_start: int
     acc_end: int
     lagrange_step: int | None
+    lagrange_latest: int | None = None
+    """Latest step at which an adaptive Lagrange phase begins (``SADAConfig.anchor_tolerance``)."""
 
     def accelerated(self, step: int) -> bool:
         return self.acc_start <= step < self.acc_end
@@ -85,6 +91,18 @@ class SADAConfig:
     """In the late phase every ``lagrange_int``-th step is a real call (an anchor)."""
     lagrange_term: int = 4
     """Number of most recent anchors the Lagrange polynomial passes through."""
+    anchor_tolerance: float | None = None
+    """Adaptive Lagrange phase (README, "Where we depart"); ``None``: the fixed phase above. At every real
+    call from ``lagrange_step`` on, the *anchor probe* extrapolates the Lagrange polynomial through the
+    anchors (before the phase: the last ``lagrange_term - 1`` real calls ``lagrange_int`` steps apart) to
+    the call's data prediction, and compares its relative error with this tolerance. The phase begins at
+    the first call whose probe is within it (at the latest at ``lagrange_latest``), with those calls as
+    its first anchors; in the phase, an anchor whose probe is within it widens the next anchor interval by
+    one step (up to ``max_lagrange_int``), any other resets it to ``lagrange_int``."""
+    lagrange_latest: int | None = None
+    """Adaptive phase only: the phase begins at this step whatever the probe says; ``None`` = ``lagrange_step``."""
+    max_lagrange_int: int | None = None
+    """Adaptive phase only: widest anchor interval; ``None`` = ``lagrange_int`` (no widening)."""
     sx: int = 3
     """Token window size along the first latent axis (time, for spectrogram latents)."""
     sy: int = 3
@@ -153,6 +171,10 @@ class SADAConfig:
             ),
             (self.change_threshold > 0, f"change_threshold must be > 0, got {self.change_threshold}"),
             (
+                self.anchor_tolerance is None or self.anchor_tolerance > 0,
+                f"anchor_tolerance must be None or > 0, got {self.anchor_tolerance}",
+            ),
+            (
                 self.reference_steps is None or self.reference_steps >= 4,
                 f"reference_steps must be None or >= 4, got {self.reference_steps}",
             ),
@@ -165,6 +187,36 @@ class SADAConfig:
                     f"lagrange_step must be >= acc_range start ({start}), got {self.lagrange_step}",
                 )
             )
+        adaptive = (self.lagrange_latest, self.max_lagrange_int)
+        if self.anchor_tolerance is None:
+            checks.append(
+                (
+                    adaptive == (None, None),
+                    "lagrange_latest and max_lagrange_int need an adaptive Lagrange phase (anchor_tolerance)",
+                )
+            )
+        else:
+            checks.append((self.lagrange_step is not None, "anchor_tolerance needs a Lagrange phase (lagrange_step)"))
+        if self.lagrange_latest is not None and self.lagrange_step is not None:
+            checks.append(
+                (
+                    self.lagrange_latest >= self.lagrange_step,
+                    f"lagrange_latest must be >= lagrange_step ({self.lagrange_step}), got {self.lagrange_latest}",
+                )
+            )
+        if self.max_lagrange_int is not None:
+            checks += [
+                (
+                    self.max_lagrange_int >= self.lagrange_int,
+                    f"max_lagrange_int must be >= lagrange_int ({self.lagrange_int}), got {self.max_lagrange_int}",
+                ),
+                (
+                    # a longer interval would hit the cap on skips in a row and force calls between anchors
+                    self.max_lagrange_int <= self.max_interval + 1,
+                    f"max_lagrange_int must be <= max_interval + 1 = {self.max_interval + 1}, "
+                    f"got {self.max_lagrange_int}",
+                ),
+            ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -242,7 +294,10 @@ class SADAConfig:
         start = max(3, round(self.acc_range[0] * scale))
         end = min(num_steps, round(self.acc_range[1] * scale))
         lagrange = None if self.lagrange_step is None else max(start, round(self.lagrange_step * scale))
-        return StepBounds(num_steps=num_steps, acc_start=start, acc_end=end, lagrange_step=lagrange)
+        latest = None if self.lagrange_latest is None else max(lagrange, round(self.lagrange_latest * scale))
+        return StepBounds(
+            num_steps=num_steps, acc_start=start, acc_end=end, lagrange_step=lagrange, lagrange_latest=latest
+        )
 
 
 # Tuned on the embedded trained MusicLDM (BENCHMARKS.md, "Tuning the audio preset" and "The adaptive

@@ -61,7 +61,7 @@ class StepBounds:
     acc_end: int
     lagrange_step: int | None
     lagrange_latest: int | None = None
-    """Latest step at which an adaptive Lagrange phase begins (``SADAConfig.anchor_tolerance``)."""
+    """Latest step at which an adaptive Lagrange phase begins; None for a fixed phase."""
 
     def accelerated(self, step: int) -> bool:
         return self.acc_start <= step < self.acc_end
@@ -94,8 +94,8 @@ class SADAConfig:
     anchor_tolerance: float | None = None
     """Adaptive Lagrange phase (README, "Where we depart"); ``None``: the fixed phase above. At every real
     call from ``lagrange_step`` on, the *anchor probe* extrapolates the Lagrange polynomial through the
-    anchors (before the phase: the last ``lagrange_term - 1`` real calls ``lagrange_int`` steps apart) to
-    the call's data prediction, and compares its relative error with this tolerance. The phase begins at
+    anchors (before the phase: the last ``lagrange_term`` real calls ``lagrange_int`` steps apart) to the
+    call's data prediction, and compares its relative error with this tolerance. The phase begins at
     the first call whose probe is within it (at the latest at ``lagrange_latest``), with those calls as
     its first anchors; in the phase, an anchor whose probe is within it widens the next anchor interval by
     one step (up to ``max_lagrange_int``), any other resets it to ``lagrange_int``."""
@@ -294,7 +294,9 @@ class SADAConfig:
         start = max(3, round(self.acc_range[0] * scale))
         end = min(num_steps, round(self.acc_range[1] * scale))
         lagrange = None if self.lagrange_step is None else max(start, round(self.lagrange_step * scale))
-        latest = None if self.lagrange_latest is None else max(lagrange, round(self.lagrange_latest * scale))
+        latest = None  # only an adaptive phase has a latest start
+        if self.anchor_tolerance is not None and lagrange is not None:
+            latest = lagrange if self.lagrange_latest is None else max(lagrange, round(self.lagrange_latest * scale))
         return StepBounds(
             num_steps=num_steps, acc_start=start, acc_end=end, lagrange_step=lagrange, lagrange_latest=latest
         )

@@ -279,35 +279,39 @@ class SADAEngine:
             self._plan_next(verdict, next_state, a_next, t_next)
 
     def _lagrange_bookkeeping(self, n: int, mode: StepMode, t_now: float, x0_now: torch.Tensor) -> None:
-        """After step ``n``: record a real call's data prediction as an anchor where it is one, let the anchor
-        probe begin an adaptive phase or set its next anchor interval, and schedule the next anchor."""
+        """After step ``n``: let the anchor probe begin an adaptive phase, record a real call's data prediction
+        where it is an anchor (the probe then sets an adaptive phase's next interval), schedule the next anchor."""
         called = mode is not StepMode.SKIPPED
-        if self._adaptive and self._phase_start is None:
-            if not called or not self.bounds.accelerated(n) or n < self.bounds.lagrange_step:
-                if called:
-                    self._remember_call(n, t_now, x0_now)
-                return
-            nodes = self._probe_nodes(n)
-            within = nodes is not None and self._probe(*nodes, t_now, x0_now) <= self.config.anchor_tolerance
-            if not within and n < self.bounds.lagrange_latest:
-                self._remember_call(n, t_now, x0_now)
-                return
-            # The phase begins here, with the calls the probe read as its first anchors.
-            self._phase_start = self._next_anchor = n
-            self._called.clear()
-            for t, x0 in zip(*(nodes or ([], [])), strict=True):
-                self._anchor_times.append(t)
-                self._anchors.append(x0)
-        if self._next_anchor is None or n != self._next_anchor:
+        if self._adaptive and self._phase_start is None and not self._begin_phase(n, called, t_now, x0_now):
+            return
+        if n != self._next_anchor:
             return
         if called and self._in_phase(n):
             if self._adaptive and n != self._phase_start and self._anchors:
-                within = self._probe(self._anchor_times, self._anchors, t_now, x0_now) <= self.config.anchor_tolerance
-                widest = self.config.max_lagrange_int or self.config.lagrange_int
-                self._anchor_interval = min(self._anchor_interval + 1, widest) if within else self.config.lagrange_int
+                config = self.config
+                within = self._probe(n, self._anchor_times, self._anchors, t_now, x0_now) <= config.anchor_tolerance
+                widest = config.max_lagrange_int or config.lagrange_int
+                self._anchor_interval = min(self._anchor_interval + 1, widest) if within else config.lagrange_int
             self._anchor_times.append(t_now)
             self._anchors.append(x0_now)
         self._next_anchor = n + self._anchor_interval
+
+    def _begin_phase(self, n: int, called: bool, t_now: float, x0_now: torch.Tensor) -> bool:
+        """Whether an adaptive phase begins at step ``n`` (then seeded with the calls the probe read)."""
+        bounds = self.bounds
+        if called and bounds.accelerated(n) and n >= bounds.lagrange_step:
+            nodes = self._probe_nodes(n)
+            within = nodes is not None and self._probe(n, *nodes, t_now, x0_now) <= self.config.anchor_tolerance
+            if within or n >= bounds.lagrange_latest:
+                logger.debug("SADA: adaptive Lagrange phase begins at step %d", n)
+                self._phase_start = self._next_anchor = n
+                self._called.clear()
+                self._anchor_times.extend(nodes[0] if nodes else [])
+                self._anchors.extend(nodes[1] if nodes else [])
+                return True
+        if called:
+            self._remember_call(n, t_now, x0_now)
+        return False
 
     def _remember_call(self, n: int, t: float, x0: torch.Tensor) -> None:
         self._called[n] = (t, x0)
@@ -316,20 +320,22 @@ class SADAEngine:
             del self._called[old]
 
     def _probe_nodes(self, n: int) -> tuple[list[float], list[torch.Tensor]] | None:
-        """The anchors a phase beginning at ``n`` would have before ``n``: the real calls ``lagrange_int``
-        apart (up to ``lagrange_term - 1``, oldest first), or None when the nearest one was not called."""
-        steps = [n - k * self.config.lagrange_int for k in range(max(1, self.config.lagrange_term - 1), 0, -1)]
-        known = [self._called[step] for step in steps if step in self._called]
-        if n - self.config.lagrange_int not in self._called:
+        """The anchors the phase would hold at ``n`` had it begun earlier: the real calls ``lagrange_int`` apart
+        before ``n`` (up to ``lagrange_term``, oldest first), or None when the nearest one was not called."""
+        steps = [n - k * self.config.lagrange_int for k in range(self.config.lagrange_term, 0, -1)]
+        if steps[-1] not in self._called:
             return None
+        known = [self._called[step] for step in steps if step in self._called]
         return [t for t, _ in known], [x0 for _, x0 in known]
 
-    @staticmethod
-    def _probe(times: Sequence[float], anchors: Sequence[torch.Tensor], t: float, x0: torch.Tensor) -> float:
-        """The anchor probe: relative error of the Lagrange extrapolation through ``anchors`` (one anchor: kept
-        constant) to the data prediction ``x0`` at ``t``."""
-        predicted = lagrange_data_prediction(list(times), list(anchors), t)
-        return relative_change(x0, predicted)
+    def _probe(
+        self, n: int, times: Sequence[float], anchors: Sequence[torch.Tensor], t: float, x0: torch.Tensor
+    ) -> float:
+        """The anchor probe at step ``n``: relative error of the Lagrange extrapolation through ``anchors`` (one
+        anchor: kept constant) to the step's data prediction ``x0`` at solver time ``t``."""
+        error = relative_change(x0, lagrange_data_prediction(list(times), list(anchors), t))
+        logger.debug("SADA: anchor probe at step %d: %.4f", n, error)
+        return error
 
     def _published_gradient(self, output: torch.Tensor, z: torch.Tensor, n: int) -> torch.Tensor:
         solver = self._solver
@@ -363,6 +369,10 @@ class SADAEngine:
     def _in_phase(self, step: int) -> bool:
         return self._phase_start is not None and self.bounds.accelerated(step) and step >= self._phase_start
 
+    def _probing(self, step: int) -> bool:
+        """An adaptive phase may begin at ``step``: the anchor probe needs its data prediction, so it is called."""
+        return self._adaptive and self._phase_start is None and step >= self.bounds.lagrange_step
+
     def _plan_next(
         self, verdict: Callable[[], Stability], next_state: torch.Tensor, a_next: float, t_next: float
     ) -> None:
@@ -383,7 +393,7 @@ class SADAEngine:
             elif can_skip and self._in_phase(step):
                 if not anchor and len(self._anchors) >= 2:
                     mode = StepMode.SKIPPED
-            elif can_skip and verdict().stable:
+            elif can_skip and not self._probing(step) and verdict().stable:
                 mode = StepMode.SKIPPED
             if (
                 mode is StepMode.FULL

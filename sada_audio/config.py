@@ -303,22 +303,23 @@ class SADAConfig:
 
 
 # Tuned on the embedded trained MusicLDM (BENCHMARKS.md, "Tuning the audio preset" and "The adaptive
-# audio preset"): steps 10-19 are skipped where the published stability criterion says so (it decides
-# per clip: 1-3 skips there on the tuning prompts), then the Lagrange phase from step 20 with an anchor
-# every 5th step skips on a fixed rhythm up to step 48: 24-26 of 50 model calls. Against the fixed
-# schedule it replaces (Lagrange from step 10, 23 calls) it spends 1-3 more calls and gained 2.0 dB
-# log-mel PSNR on the tuning prompts (DDIM), 3 dB on the hardest one; our consistent criterion never
-# fires on this model. An earlier Lagrange start (6-8) lost 10 dB on some prompts. Token pruning is off:
-# on this model it cost 3-6 dB for at most ~4% speed at real size. When switched on (tokenwise=True):
-# windows narrow along frequency, since the latent has only 16 frequency rows and the first attention
-# level 8; attention starts at level 1 of these UNets.
+# audio preset"): steps 0-12 are called, then the adaptive Lagrange phase from step 12, whose first
+# anchors are the calls at 2 and 7 (so it skips from step 13 on), with an anchor every 5th step until
+# the anchor probe says the data prediction is predictable within 10%; then the intervals widen to 7
+# steps (per clip: after the anchor at step 32 or 37 on the tuning prompts), up to step 48: about 20 of
+# 50 model calls.
+# Token pruning is off: on this model it cost 3-6 dB for at most ~4% speed at real size. When switched
+# on (tokenwise=True): windows narrow along frequency, since the latent has only 16 frequency rows and
+# the first attention level 8; attention starts at level 1 of these UNets.
 _AUDIO_UNET = SADAConfig(
-    acc_range=(10, 49),
-    max_interval=4,
+    acc_range=(12, 49),
+    max_interval=6,
     criterion="published",
-    lagrange_step=20,
+    lagrange_step=12,
     lagrange_int=5,
     lagrange_term=4,
+    anchor_tolerance=0.1,
+    max_lagrange_int=7,
     sx=3,
     sy=2,
     max_downsample=4,  # a factor: the latent grid and the 2x and 4x levels (attention starts at 2x)

@@ -385,8 +385,9 @@ class SADAEngine:
                 # Token maps are tiny (H x W); selection runs on the CPU whatever the model's device.
                 self._token_momentum = verdict().token_momentum().cpu()
             can_skip = config.stepwise and self._skip_streak < config.max_interval
-            # Lagrange anchors are computed in full: the extrapolating polynomial amplifies their errors.
-            anchor = self._in_phase(step) and step == self._next_anchor
+            # Lagrange anchors are computed in full: the extrapolating polynomial amplifies their errors. A step
+            # at which an adaptive phase may begin may become its first anchor.
+            anchor = (self._in_phase(step) and step == self._next_anchor) or self._probing(step)
             if self.forced_skips is not None:
                 if step in self.forced_skips:
                     mode = StepMode.SKIPPED

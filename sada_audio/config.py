@@ -92,7 +92,8 @@ class SADAConfig:
     lagrange_term: int = 4
     """Number of most recent anchors the Lagrange polynomial passes through."""
     anchor_tolerance: float | None = None
-    """Adaptive Lagrange phase (README, "Where we depart"); ``None``: the fixed phase above. At every real
+    """Adaptive Lagrange phase (README, "Where we depart"); ``None``: the fixed phase above (without a phase,
+    ``lagrange_step=None``, the adaptive fields are unused). At every real
     call from ``lagrange_step`` on, the *anchor probe* extrapolates the Lagrange polynomial through the
     anchors (before the phase: the last ``lagrange_term`` real calls ``lagrange_int`` steps apart) to the
     call's data prediction, and compares its relative error with this tolerance. The phase begins at
@@ -195,8 +196,6 @@ class SADAConfig:
                     "lagrange_latest and max_lagrange_int need an adaptive Lagrange phase (anchor_tolerance)",
                 )
             )
-        else:
-            checks.append((self.lagrange_step is not None, "anchor_tolerance needs a Lagrange phase (lagrange_step)"))
         if self.lagrange_latest is not None and self.lagrange_step is not None:
             checks.append(
                 (

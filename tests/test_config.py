@@ -23,7 +23,6 @@ from sada_audio import PRESETS, ConfigError, SADAConfig
         ({"change_threshold": 0.0}, "change_threshold must be > 0"),
         ({"lagrange_step": 5}, "lagrange_step must be >= acc_range start"),
         ({"anchor_tolerance": 0.0}, "anchor_tolerance must be None or > 0, got 0.0"),
-        ({"anchor_tolerance": 0.1, "lagrange_step": None}, "anchor_tolerance needs a Lagrange phase"),
         ({"lagrange_latest": 30}, "lagrange_latest and max_lagrange_int need an adaptive Lagrange phase"),
         ({"max_lagrange_int": 5}, "lagrange_latest and max_lagrange_int need an adaptive Lagrange phase"),
         ({"anchor_tolerance": 0.1, "lagrange_latest": 20}, r"lagrange_latest must be >= lagrange_step \(24\), got 20"),

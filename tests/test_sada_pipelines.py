@@ -70,8 +70,8 @@ def test_token_pruning_on_odd_rectangular_latents_with_batch_and_guidance(pipeli
     pipe = pipelines["musicldm"]
     set_scheduler(pipe, "dpm++")
     # The preset's accelerated steps all lie in its Lagrange phase (skipped or anchors): steps 3-6 (of 30) are
-    # accelerated before it here, so that some calls are pruned.
-    config = SADAConfig.preset("musicldm", max_fix=64, tokenwise=True, acc_range=(3, 49))
+    # accelerated before it here, with a criterion that never skips them, so that they are pruned.
+    config = SADAConfig.preset("musicldm", max_fix=64, tokenwise=True, acc_range=(3, 49), criterion="consistent")
 
     # 1.0 s -> 100 mel frames -> latent 8 x 25 x 16 (odd time axis); two prompts x two waveforms.
     def two_prompts_two_waveforms() -> np.ndarray:

@@ -152,7 +152,7 @@ class SADAEngine:
         self._reconstructed: dict[int, torch.Tensor] = {}
         self._anchor_times: deque = deque(maxlen=self.config.lagrange_term)
         self._anchors: deque = deque(maxlen=self.config.lagrange_term)
-        self._adaptive = self.config.anchor_tolerance is not None
+        self._adaptive = self.config.anchor_tolerance is not None and self.bounds.lagrange_step is not None
         # The fixed phase begins at lagrange_step; an adaptive one when the anchor probe allows it.
         self._phase_start: int | None = None if self._adaptive else self.bounds.lagrange_step
         self._next_anchor: int | None = self._phase_start

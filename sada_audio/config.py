@@ -66,9 +66,6 @@ class StepBounds:
     def accelerated(self, step: int) -> bool:
         return self.acc_start <= step < self.acc_end
 
-    def in_lagrange_phase(self, step: int) -> bool:
-        return self.lagrange_step is not None and self.accelerated(step) and step >= self.lagrange_step
-
 
 @dataclass(frozen=True)
 class SADAConfig:

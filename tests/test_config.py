@@ -80,7 +80,7 @@ def test_step_indices_scale_with_the_number_of_steps():
     assert tiny.acc_start == 3 and tiny.acc_end == 8 and tiny.lagrange_step >= tiny.acc_start
     absolute = SADAConfig(reference_steps=None).bounds(100)
     assert (absolute.acc_start, absolute.acc_end, absolute.lagrange_step) == (10, 47, 24)
-    assert not SADAConfig(lagrange_step=None).bounds(50).in_lagrange_phase(40)
+    assert SADAConfig(lagrange_step=None).bounds(50).lagrange_step is None
 
 
 @pytest.mark.parametrize(

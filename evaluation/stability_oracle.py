@@ -91,6 +91,11 @@ MAX_INTERVAL = 4
 #: shortest runs that still fit 27 skips in 38 steps.
 MAX_RUN = 3
 
+#: The reference row: the fixed Lagrange schedule the audio presets shipped before issue 13 (23 calls).
+FIXED_23 = SADAConfig.preset("musicldm").replace(
+    acc_range=(10, 49), max_interval=4, lagrange_step=10, anchor_tolerance=None, max_lagrange_int=None
+)
+
 
 @dataclass
 class Trajectory:
@@ -492,8 +497,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             true_clips, stride = args.true_oracle_clips, args.true_oracle_stride
         clips = clips[: args.clips] if args.clips else clips
-        # The reference row: the fixed Lagrange schedule the audio presets shipped before issue 13 (23 calls).
-        preset = None if args.no_preset else SADAConfig.preset("musicldm", lagrange_step=10)
+        preset = None if args.no_preset else FIXED_23
         signals = [name for name in args.signals.split(",") if name]
         records = [
             study_clip(model, clip, args.skips, stride if i < true_clips else None, preset, signals, args.max_run)

@@ -41,6 +41,10 @@ def _type_problem(name: str, annotation: Any, value: Any) -> str | None:
             return f"{name} must be {len(items)} whole numbers (start, end), got {value!r}"
         problems = [_type_problem(f"{name} item", item, element) for item, element in zip(items, value, strict=True)]
         return next((problem for problem in problems if problem), None)
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return None
+        return f"{name} must be a number, got {_type_name(value)} {value!r}"
     if annotation is bool:
         return None if isinstance(value, bool) else f"{name} must be true or false, got {_type_name(value)} {value!r}"
     if annotation is int:
@@ -58,12 +62,11 @@ class StepBounds:
     acc_start: int
     acc_end: int
     lagrange_step: int | None
+    lagrange_latest: int | None = None
+    """Latest step at which an adaptive Lagrange phase begins; None for a fixed phase."""
 
     def accelerated(self, step: int) -> bool:
         return self.acc_start <= step < self.acc_end
-
-    def in_lagrange_phase(self, step: int) -> bool:
-        return self.lagrange_step is not None and self.accelerated(step) and step >= self.lagrange_step
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,19 @@ class SADAConfig:
     """In the late phase every ``lagrange_int``-th step is a real call (an anchor)."""
     lagrange_term: int = 4
     """Number of most recent anchors the Lagrange polynomial passes through."""
+    anchor_tolerance: float | None = None
+    """Adaptive Lagrange phase (README, "Where we depart"); ``None``: the fixed phase above (without a phase,
+    ``lagrange_step=None``, the adaptive fields are unused). At every real
+    call from ``lagrange_step`` on, the *anchor probe* extrapolates the Lagrange polynomial through the
+    anchors (before the phase: the last ``lagrange_term`` real calls ``lagrange_int`` steps apart) to the
+    call's data prediction, and compares its relative error with this tolerance. The phase begins at
+    the first call whose probe is within it (at the latest at ``lagrange_latest``), with those calls as
+    its first anchors; in the phase, an anchor whose probe is within it widens the next anchor interval by
+    one step (up to ``max_lagrange_int``), any other resets it to ``lagrange_int``."""
+    lagrange_latest: int | None = None
+    """Adaptive phase only: the phase begins at this step whatever the probe says; ``None`` = ``lagrange_step``."""
+    max_lagrange_int: int | None = None
+    """Adaptive phase only: widest anchor interval; ``None`` = ``lagrange_int`` (no widening)."""
     sx: int = 3
     """Token window size along the first latent axis (time, for spectrogram latents)."""
     sy: int = 3
@@ -169,6 +185,10 @@ class SADAConfig:
             (self.shallow_max_age >= 1, f"shallow_max_age must be >= 1, got {self.shallow_max_age}"),
             (self.change_threshold > 0, f"change_threshold must be > 0, got {self.change_threshold}"),
             (
+                self.anchor_tolerance is None or self.anchor_tolerance > 0,
+                f"anchor_tolerance must be None or > 0, got {self.anchor_tolerance}",
+            ),
+            (
                 self.reference_steps is None or self.reference_steps >= 4,
                 f"reference_steps must be None or >= 4, got {self.reference_steps}",
             ),
@@ -181,6 +201,34 @@ class SADAConfig:
                     f"lagrange_step must be >= acc_range start ({start}), got {self.lagrange_step}",
                 )
             )
+        adaptive = (self.lagrange_latest, self.max_lagrange_int)
+        if self.anchor_tolerance is None:
+            checks.append(
+                (
+                    adaptive == (None, None),
+                    "lagrange_latest and max_lagrange_int need an adaptive Lagrange phase (anchor_tolerance)",
+                )
+            )
+        if self.lagrange_latest is not None and self.lagrange_step is not None:
+            checks.append(
+                (
+                    self.lagrange_latest >= self.lagrange_step,
+                    f"lagrange_latest must be >= lagrange_step ({self.lagrange_step}), got {self.lagrange_latest}",
+                )
+            )
+        if self.max_lagrange_int is not None:
+            checks += [
+                (
+                    self.max_lagrange_int >= self.lagrange_int,
+                    f"max_lagrange_int must be >= lagrange_int ({self.lagrange_int}), got {self.max_lagrange_int}",
+                ),
+                (
+                    # a longer interval would hit the cap on skips in a row and force calls between anchors
+                    self.max_lagrange_int <= self.max_interval + 1,
+                    f"max_lagrange_int must be <= max_interval + 1 = {self.max_interval + 1}, "
+                    f"got {self.max_lagrange_int}",
+                ),
+            ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -258,26 +306,32 @@ class SADAConfig:
         start = max(3, round(self.acc_range[0] * scale))
         end = min(num_steps, round(self.acc_range[1] * scale))
         lagrange = None if self.lagrange_step is None else max(start, round(self.lagrange_step * scale))
-        return StepBounds(num_steps=num_steps, acc_start=start, acc_end=end, lagrange_step=lagrange)
+        latest = None  # only an adaptive phase has a latest start
+        if self.anchor_tolerance is not None and lagrange is not None:
+            latest = lagrange if self.lagrange_latest is None else max(lagrange, round(self.lagrange_latest * scale))
+        return StepBounds(
+            num_steps=num_steps, acc_start=start, acc_end=end, lagrange_step=lagrange, lagrange_latest=latest
+        )
 
 
 # Tuned on the embedded trained MusicLDM (BENCHMARKS.md, "Tuning the audio preset" and "The adaptive
-# audio preset"): steps 10-19 are skipped where the published stability criterion says so (it decides
-# per clip: 1-3 skips there on the tuning prompts), then the Lagrange phase from step 20 with an anchor
-# every 5th step skips on a fixed rhythm up to step 48: 24-26 of 50 model calls. Against the fixed
-# schedule it replaces (Lagrange from step 10, 23 calls) it spends 1-3 more calls and gained 2.0 dB
-# log-mel PSNR on the tuning prompts (DDIM), 3 dB on the hardest one; our consistent criterion never
-# fires on this model. An earlier Lagrange start (6-8) lost 10 dB on some prompts. Token pruning is off:
-# on this model it cost 3-6 dB for at most ~4% speed at real size. When switched on (tokenwise=True):
-# windows narrow along frequency, since the latent has only 16 frequency rows and the first attention
-# level 8; attention starts at level 1 of these UNets.
+# audio preset"): steps 0-12 are called, then the adaptive Lagrange phase from step 12, whose first
+# anchors are the calls at 2 and 7 (so it skips from step 13 on), with an anchor every 5th step until
+# the anchor probe says the data prediction is predictable within 10%; then the intervals widen to 7
+# steps (per clip: after the anchor at step 32 or 37 on the tuning prompts), up to step 48: about 20 of
+# 50 model calls.
+# Token pruning is off: on this model it cost 3-6 dB for at most ~4% speed at real size. When switched
+# on (tokenwise=True): windows narrow along frequency, since the latent has only 16 frequency rows and
+# the first attention level 8; attention starts at level 1 of these UNets.
 _AUDIO_UNET = SADAConfig(
-    acc_range=(10, 49),
-    max_interval=4,
+    acc_range=(12, 49),
+    max_interval=6,
     criterion="published",
-    lagrange_step=20,
+    lagrange_step=12,
     lagrange_int=5,
     lagrange_term=4,
+    anchor_tolerance=0.1,
+    max_lagrange_int=7,
     sx=3,
     sy=2,
     max_downsample=4,  # a factor: the latent grid and the 2x and 4x levels (attention starts at 2x)

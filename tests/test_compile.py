@@ -32,7 +32,15 @@ BUILDERS: dict[str, Callable[[], Any]] = {
 }
 # Pruning with a static kept-token budget on every family (MusicLDM's and Flux's presets leave it off).
 PRUNING = {
-    "musicldm": {"tokenwise": True, "max_downsample": 2, "kept_tokens": 0.5},
+    # the preset's accelerated steps are all skips or Lagrange anchors: steps before its phase are accelerated
+    # here, with a criterion that never skips them, so that they are pruned
+    "musicldm": {
+        "tokenwise": True,
+        "max_downsample": 2,
+        "kept_tokens": 0.5,
+        "acc_range": (4, 49),
+        "criterion": "consistent",
+    },
     "sd2": {"kept_tokens": 0.5},
     "flux": {"tokenwise": True, "max_fix": 8, "kept_tokens": 0.5},
 }

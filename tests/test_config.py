@@ -22,6 +22,12 @@ from sada_audio import PRESETS, ConfigError, SADAConfig
         ({"criterion": "momentum"}, "criterion must be one of consistent, published, data_change, got 'momentum'"),
         ({"change_threshold": 0.0}, "change_threshold must be > 0"),
         ({"lagrange_step": 5}, "lagrange_step must be >= acc_range start"),
+        ({"anchor_tolerance": 0.0}, "anchor_tolerance must be None or > 0, got 0.0"),
+        ({"lagrange_latest": 30}, "lagrange_latest and max_lagrange_int need an adaptive Lagrange phase"),
+        ({"max_lagrange_int": 5}, "lagrange_latest and max_lagrange_int need an adaptive Lagrange phase"),
+        ({"anchor_tolerance": 0.1, "lagrange_latest": 20}, r"lagrange_latest must be >= lagrange_step \(24\), got 20"),
+        ({"anchor_tolerance": 0.1, "max_lagrange_int": 3}, r"max_lagrange_int must be >= lagrange_int \(4\), got 3"),
+        ({"anchor_tolerance": 0.1, "max_lagrange_int": 6}, "max_lagrange_int must be <= max_interval \\+ 1 = 5, got 6"),
     ],
 )
 def test_invalid_values_are_rejected_with_a_clear_message(changes, message):
@@ -42,7 +48,7 @@ def test_presets_and_overrides():
 def test_dict_round_trip_and_unknown_keys():
     config = SADAConfig.preset("audioldm2", tokenwise=False, lagrange_step=None)
     assert SADAConfig.from_dict(config.to_dict()) == config
-    assert config.to_dict()["acc_range"] == [10, 49]
+    assert config.to_dict()["acc_range"] == [12, 49]
     with pytest.raises(ConfigError, match="unknown SADA config keys: speed"):
         SADAConfig.from_dict({"speed": 2})
 
@@ -68,11 +74,13 @@ def test_step_indices_scale_with_the_number_of_steps():
     assert config.bounds(50) == config.bounds(50).__class__(50, 10, 47, 24)
     short = config.bounds(25)
     assert (short.acc_start, short.acc_end, short.lagrange_step) == (5, 24, 12)
+    adaptive = config.replace(anchor_tolerance=0.1, lagrange_latest=30).bounds(25)
+    assert (adaptive.lagrange_step, adaptive.lagrange_latest) == (12, 15)
     tiny = config.bounds(8)
     assert tiny.acc_start == 3 and tiny.acc_end == 8 and tiny.lagrange_step >= tiny.acc_start
     absolute = SADAConfig(reference_steps=None).bounds(100)
     assert (absolute.acc_start, absolute.acc_end, absolute.lagrange_step) == (10, 47, 24)
-    assert not SADAConfig(lagrange_step=None).bounds(50).in_lagrange_phase(40)
+    assert SADAConfig(lagrange_step=None).bounds(50).lagrange_step is None
 
 
 @pytest.mark.parametrize(
@@ -91,6 +99,8 @@ def test_step_indices_scale_with_the_number_of_steps():
         ({"seed": 2**63}, "seed must be in 0..9223372036854775807"),
         ({"seed": 1.5}, "seed must be a whole number"),
         ({"reconstruction": 3}, "reconstruction must be text, got int 3"),
+        ({"anchor_tolerance": "0.1"}, "anchor_tolerance must be a number, got str '0.1'"),
+        ({"change_threshold": True}, "change_threshold must be a number, got bool True"),
     ],
 )
 def test_types_are_checked_strictly_from_every_door(changes, message):

@@ -103,25 +103,71 @@ def test_forced_skips_replace_the_criterion():
         assert handle.stats.skipped_steps == [12, 13, 30]
 
 
+# The adaptive Lagrange phase on the analytic model (pinned). Published criterion from step 6 (it skips
+# steps 6 and 8), anchor probe from step 10, phase at step 30 at the latest, anchor intervals of 4 to 7 steps.
+ADAPTIVE = SADAConfig(
+    tokenwise=False,
+    criterion="published",
+    acc_range=(6, 47),
+    lagrange_step=10,
+    lagrange_latest=30,
+    max_interval=6,
+    max_lagrange_int=7,
+    anchor_tolerance=0.04,
+)
+ADAPTIVE_SCHEDULES = {
+    # The probe falls below 0.04 at step 21 (0.036; 0.043 at 19, it reads fewer anchors at the odd steps
+    # after the skips of 6 and 8): the phase begins there with the calls at 9, 13 and 17 as anchors, so it
+    # skips from step 22 on. Anchors 25 and 30 are within 0.04 (0.026, 0.032), so the intervals widen to 5
+    # and 6; 36, 40 and 44 are not (0.055, 0.055, 0.076): back to 4.
+    0.04: "ffffffsfsfffffffffffffsssfssssfsssssfsssfsssfssfff",
+    # A probe that never passes: the phase begins at lagrange_latest and keeps the shortest interval.
+    1e-9: "ffffffsfsffffffffffffffffffffffsssfsssfsssfsssffff",
+}
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
+@pytest.mark.parametrize("tolerance", sorted(ADAPTIVE_SCHEDULES))
+def test_the_anchor_probe_decides_when_the_lagrange_phase_begins_and_how_far_apart_its_anchors_are(sampler, tolerance):
+    scheduler = scheduler_zoo()[sampler]
+    denoiser = AnalyticDenoiser(GaussianMixtureData(), scheduler)
+    baseline, _ = run_sampler(denoiser, scheduler, NOISE, 50)
+    with SADAHandle(denoiser, scheduler, ADAPTIVE.replace(anchor_tolerance=tolerance)) as handle:
+        accelerated, _ = run_sampler(denoiser, scheduler, NOISE, 50)
+        stats = handle.stats
+    assert "".join(mode[0] for mode in stats.step_modes) == ADAPTIVE_SCHEDULES[tolerance]
+    assert stats.model_calls == ADAPTIVE_SCHEDULES[tolerance].count("f")
+    assert relative_error(accelerated, baseline) < 0.015
+
+
 @pytest.mark.integration  # 50-step runs of the embedded model
 def test_the_audio_preset_gives_two_prompts_different_schedules_on_the_embedded_model():
     """Stability guidance decides per clip: under the audio preset two prompts (same seed) get different
-    step_modes on the trained model, where the fixed Lagrange schedule it replaced gives both the same."""
+    step_modes on the trained model (the anchor probe widens the anchor intervals at different steps), where
+    the same schedule with a fixed Lagrange phase gives both the same."""
     from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
     from sada_audio.pipelines import load_pipeline
 
     pipe = load_pipeline("tiny-musicldm")
     pipe.set_progress_bar_config(disable=True)
-    sampling = SamplingSettings(steps=30, duration=2.56, guidance=2.0)
+    sampling = SamplingSettings(steps=50, duration=2.56, guidance=2.0)
     adaptive = SADAConfig.preset("musicldm")
-    fixed = SADAConfig.preset("musicldm", lagrange_step=10, criterion="consistent")
+    fixed = SADAConfig.preset("musicldm", anchor_tolerance=None, max_lagrange_int=None)
     schedules = {}
     for config in (adaptive, fixed):
         schedules[config] = [
-            generate_batch(pipe, [ClipRequest(prompt, 0)], sampling, sada_config=config).sada_stats["step_modes"]
+            "".join(
+                mode[0]
+                for mode in generate_batch(pipe, [ClipRequest(prompt, 0)], sampling, sada_config=config).sada_stats[
+                    "step_modes"
+                ]
+            )
             for prompt in ("a calm piano playing broken chords", "drums only: a busy breakbeat")
         ]
-    first, second = schedules[adaptive]
-    assert first != second and "skipped" in first and "skipped" in second
-    fixed_first, fixed_second = schedules[fixed]
-    assert fixed_first == fixed_second
+    piano, drums = schedules[adaptive]
+    # Both begin the phase at step 12 and widen the anchor intervals late, the piano clip one anchor earlier.
+    assert piano[:13] == drums[:13] == "f" * 13 and piano != drums
+    assert (piano.count("f"), drums.count("f")) == (20, 21)
+    fixed_piano, fixed_drums = schedules[fixed]
+    # The fixed phase has no seeded anchors: it calls steps 12-17 until its second anchor.
+    assert fixed_piano == fixed_drums == "f" * 18 + "ssssf" * 6 + "sf"

@@ -9,9 +9,11 @@ call, so two calls with the same seed give the same output.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -154,6 +156,13 @@ class SADAEngine:
         self._reconstructed: dict[int, torch.Tensor] = {}
         self._anchor_times: deque = deque(maxlen=self.config.lagrange_term)
         self._anchors: deque = deque(maxlen=self.config.lagrange_term)
+        self._adaptive = self.config.anchor_tolerance is not None and self.bounds.lagrange_step is not None
+        # The fixed phase begins at lagrange_step; an adaptive one when the anchor probe allows it.
+        self._phase_start: int | None = None if self._adaptive else self.bounds.lagrange_step
+        self._next_anchor: int | None = self._phase_start
+        self._anchor_interval = self.config.lagrange_int
+        self._called: dict[int, tuple[float, torch.Tensor]] = {}
+        """Adaptive phase, before it begins: (time, data prediction) of the recent real calls."""
         self._skip_streak = 0
         self._last_called_output: torch.Tensor | None = None
         self._pruned_since_refresh = 0
@@ -266,9 +275,7 @@ class SADAEngine:
             gradient = solver.to_gradient(output, state, n)
             z_now = state / a_now
             x0_now = z_now - t_now * gradient
-            if mode is not StepMode.SKIPPED and self.bounds.in_lagrange_phase(n) and self._is_anchor(n):
-                self._anchor_times.append(t_now)
-                self._anchors.append(x0_now)
+            self._lagrange_bookkeeping(n, mode, t_now, x0_now)
             self._history.push(t_now, gradient, x0_now)
             if self.criterion == "published":
                 # As published, a skipped step's gradient reads the last model output actually computed
@@ -280,13 +287,70 @@ class SADAEngine:
             if self.step >= solver.num_steps:
                 return
             a_next, t_next = solver.ode_time(self.step)
-            warm = len(self._history) == 3
-            verdict = None
-            if warm and self._reads_stability(self.step):
-                verdict = self._stability(next_state / a_next, z_now, a_next, t_next)
-                # Token maps are tiny (H x W); selection runs on the CPU whatever the model's device.
-                self._token_momentum = verdict.token_momentum().cpu()
-            self._plan_next(warm, verdict, next_state, a_next, t_next)
+            # The criterion is computed only where planning reads it: on a GPU it is most of the engine's
+            # cost per step. Once computed, it is reused by the token selection and the reconstruction.
+            verdict = functools.cache(lambda: self._stability(next_state / a_next, z_now, a_next, t_next))
+            self._plan_next(verdict, next_state, a_next, t_next)
+
+    def _lagrange_bookkeeping(self, n: int, mode: StepMode, t_now: float, x0_now: torch.Tensor) -> None:
+        """After step ``n``: let the anchor probe begin an adaptive phase, record a real call's data prediction
+        where it is an anchor (the probe then sets an adaptive phase's next interval), schedule the next anchor."""
+        # A shallow step's deeper features are stale: its data prediction neither seeds nor probes anchors.
+        called = mode is not StepMode.SKIPPED and mode is not StepMode.SHALLOW
+        if self._adaptive and self._phase_start is None and not self._begin_phase(n, called, t_now, x0_now):
+            return
+        if n != self._next_anchor:
+            return
+        if called and self._in_phase(n):
+            if self._adaptive and n != self._phase_start and self._anchors:
+                config = self.config
+                within = self._probe(n, self._anchor_times, self._anchors, t_now, x0_now) <= config.anchor_tolerance
+                widest = config.max_lagrange_int or config.lagrange_int
+                self._anchor_interval = min(self._anchor_interval + 1, widest) if within else config.lagrange_int
+            self._anchor_times.append(t_now)
+            self._anchors.append(x0_now)
+        self._next_anchor = n + self._anchor_interval
+
+    def _begin_phase(self, n: int, called: bool, t_now: float, x0_now: torch.Tensor) -> bool:
+        """Whether an adaptive phase begins at step ``n`` (then seeded with the calls the probe read)."""
+        bounds = self.bounds
+        if called and bounds.accelerated(n) and n >= bounds.lagrange_step:
+            nodes = self._probe_nodes(n)
+            within = nodes is not None and self._probe(n, *nodes, t_now, x0_now) <= self.config.anchor_tolerance
+            if within or n >= bounds.lagrange_latest:
+                logger.debug("SADA: adaptive Lagrange phase begins at step %d", n)
+                self._phase_start = self._next_anchor = n
+                self._called.clear()
+                self._anchor_times.extend(nodes[0] if nodes else [])
+                self._anchors.extend(nodes[1] if nodes else [])
+                return True
+        if called:
+            self._remember_call(n, t_now, x0_now)
+        return False
+
+    def _remember_call(self, n: int, t: float, x0: torch.Tensor) -> None:
+        self._called[n] = (t, x0)
+        span = self.config.lagrange_term * self.config.lagrange_int
+        for old in [step for step in self._called if step <= n - span]:
+            del self._called[old]
+
+    def _probe_nodes(self, n: int) -> tuple[list[float], list[torch.Tensor]] | None:
+        """The anchors the phase would hold at ``n`` had it begun earlier: the real calls ``lagrange_int`` apart
+        before ``n`` (up to ``lagrange_term``, oldest first), or None when the nearest one was not called."""
+        steps = [n - k * self.config.lagrange_int for k in range(self.config.lagrange_term, 0, -1)]
+        if steps[-1] not in self._called:
+            return None
+        known = [self._called[step] for step in steps if step in self._called]
+        return [t for t, _ in known], [x0 for _, x0 in known]
+
+    def _probe(
+        self, n: int, times: Sequence[float], anchors: Sequence[torch.Tensor], t: float, x0: torch.Tensor
+    ) -> float:
+        """The anchor probe at step ``n``: relative error of the Lagrange extrapolation through ``anchors`` (one
+        anchor: kept constant) to the step's data prediction ``x0`` at solver time ``t``."""
+        error = relative_change(x0, lagrange_data_prediction(list(times), list(anchors), t))
+        logger.debug("SADA: anchor probe at step %d: %.4f", n, error)
+        return error
 
     def _published_gradient(self, output: torch.Tensor, z: torch.Tensor, n: int) -> torch.Tensor:
         solver = self._solver
@@ -317,37 +381,36 @@ class SADAEngine:
             verdict.decided = relative_change(newest, previous) <= self.config.change_threshold
         return verdict
 
-    def _is_anchor(self, step: int) -> bool:
-        return (step - self.bounds.lagrange_step) % self.config.lagrange_int == 0
+    def _in_phase(self, step: int) -> bool:
+        return self._phase_start is not None and self.bounds.accelerated(step) and step >= self._phase_start
 
-    def _reads_stability(self, step: int) -> bool:
-        """Whether planning ``step`` reads the stability criterion: token selection does at every accelerated
-        step, skipping only before the Lagrange phase (which skips on its own rhythm). Elsewhere it is not
-        computed: on a GPU it is most of the engine's cost per step."""
-        if not self.bounds.accelerated(step):
-            return False
-        skips = self.config.stepwise or self.config.shallow == "stable"
-        return self.config.tokenwise or (skips and not self.bounds.in_lagrange_phase(step))
+    def _probing(self, step: int) -> bool:
+        """An adaptive phase may begin at ``step``: the anchor probe needs its data prediction, so it is called."""
+        return self._adaptive and self._phase_start is None and step >= self.bounds.lagrange_step
 
     def _plan_next(
-        self, warm: bool, verdict: Stability | None, next_state: torch.Tensor, a_next: float, t_next: float
+        self, verdict: Callable[[], Stability], next_state: torch.Tensor, a_next: float, t_next: float
     ) -> None:
-        """Plan step ``self.step``; ``warm``: three gradients are known; ``verdict``: the stability criterion,
-        where :meth:`_reads_stability` asked for it."""
+        """Plan step ``self.step``; ``verdict()``: the stability criterion on the step just made."""
         config, step = self.config, self.step
         mode = StepMode.FULL
-        if warm and self.bounds.accelerated(step):
+        # Skipping needs three known gradients (the criterion and the extrapolation read them).
+        if len(self._history) == 3 and self.bounds.accelerated(step):
+            if config.tokenwise:
+                # Token maps are tiny (H x W); selection runs on the CPU whatever the model's device.
+                self._token_momentum = verdict().token_momentum().cpu()
             can_skip = config.stepwise and self._skip_streak < config.max_interval
+            # Lagrange anchors are computed in full: the extrapolating polynomial amplifies their errors. A step
+            # at which an adaptive phase may begin may become its first anchor.
+            anchor = (self._in_phase(step) and step == self._next_anchor) or self._probing(step)
             if self.forced_skips is not None:
                 if step in self.forced_skips:
                     mode = StepMode.SKIPPED
-            elif can_skip and self.bounds.in_lagrange_phase(step):
-                if not self._is_anchor(step) and len(self._anchors) >= 2:
+            elif can_skip and self._in_phase(step):
+                if not anchor and len(self._anchors) >= 2:
                     mode = StepMode.SKIPPED
-            elif can_skip and verdict.stable:
+            elif can_skip and not self._probing(step) and verdict().stable:
                 mode = StepMode.SKIPPED
-            # Lagrange anchors are computed in full: the extrapolating polynomial amplifies their errors.
-            anchor = self.bounds.in_lagrange_phase(step) and self._is_anchor(step)
             if mode is StepMode.FULL and not anchor and self._shallow_allowed(step, verdict):
                 mode = StepMode.SHALLOW
             if (
@@ -365,7 +428,7 @@ class SADAEngine:
             self._pruned_since_refresh = self._pruned_since_refresh + 1 if mode is StepMode.PRUNED else 0
         self._modes[step] = mode
 
-    def _shallow_allowed(self, step: int, verdict: Stability | None) -> bool:
+    def _shallow_allowed(self, step: int, verdict: Callable[[], Stability]) -> bool:
         """Whether ``step``, about to be a real call, may be shallow: its deep features are at most
         ``shallow_max_age`` steps old, and with ``shallow="stable"`` the step is one that the criterion (or the
         late phase's rhythm) would skip but a limit forbids (``max_interval``, too few Lagrange anchors)."""
@@ -374,13 +437,13 @@ class SADAEngine:
             return False
         if config.shallow == "accelerated":
             return True
-        return self.bounds.in_lagrange_phase(step) or (verdict is not None and verdict.stable)
+        return self._in_phase(step) or verdict().stable
 
     def _reconstruct_data_prediction(
-        self, verdict: Stability, next_state: torch.Tensor, a_next: float, t_next: float
+        self, verdict: Callable[[], Stability], next_state: torch.Tensor, a_next: float, t_next: float
     ) -> torch.Tensor:
         """Data prediction ``x0 = z - t * y`` of the skipped next step."""
-        if self.bounds.in_lagrange_phase(self.step):
+        if self._in_phase(self.step):
             return lagrange_data_prediction(list(self._anchor_times), list(self._anchors), t_next)
         z_next = next_state / a_next
         ys, times = list(self._history.gradients), list(self._history.times)
@@ -390,7 +453,7 @@ class SADAEngine:
             # model); the multistep-predicted state is noise-free and measured best there.
             reconstruction = "predicted_state"
         if reconstruction == "predicted_state":
-            return verdict.predicted_state - t_next * ys[0]
+            return verdict().predicted_state - t_next * ys[0]
         if reconstruction == "reuse":
             return z_next - t_next * ys[0]
         return z_next - t_next * extrapolate_gradient(ys, times, t_next)

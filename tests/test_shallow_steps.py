@@ -16,6 +16,7 @@ from torch import nn
 from sada_audio import ConfigError, SADAConfig, SADAError, SADAHandle, StepMode, apply_sada
 from sada_audio.models import unet_deep_blocks
 from sada_audio.pipelines import set_scheduler
+from tests.support.configs import FIXED_PHASE
 from tests.support.tiny_pipelines import IMAGE_SIZE, _musicldm_unet, tiny_controlnet_pipeline
 
 STEPS = 30
@@ -93,13 +94,13 @@ def check_shallow_run(pipe: Any, config: SADAConfig) -> list[str]:
 def test_shallow_steps_skip_the_deep_blocks_and_remove_restores(pipelines, family, scheduler):
     pipe = pipelines[family]
     set_scheduler(pipe, scheduler)
-    check_shallow_run(pipe, SADAConfig.preset(family, shallow="accelerated", shallow_max_age=2))
+    check_shallow_run(pipe, SADAConfig.preset(family, shallow="accelerated", shallow_max_age=2, **FIXED_PHASE))
 
 
 def test_stable_shallow_steps_fill_the_calls_the_late_phase_cannot_skip(pipelines):
     pipe = pipelines["musicldm"]
     set_scheduler(pipe, "ddim")
-    config = SADAConfig.preset("musicldm", shallow="stable", shallow_max_age=3)
+    config = SADAConfig.preset("musicldm", shallow="stable", shallow_max_age=3, **FIXED_PHASE)
     modes = check_shallow_run(pipe, config)
     # After the first Lagrange anchor one anchor cannot extrapolate: the preset calls the model in full until
     # the second; as shallow steps while the deep features are at most 3 steps old, then one refresh.

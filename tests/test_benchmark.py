@@ -170,9 +170,12 @@ def test_quick_mode_writes_results_table_and_plot(quick_run):
     sources = re.findall(r'<audio class="\w+" controls preload="none" src="([^"]+)"', page)
     assert len(sources) == 2 * (len(summary) - 2)  # a pair per method but the baseline, on each sampler
     assert all((output / unquote(src)).is_file() for src in sources)
-    sada_clip = next(Path(run["audio"]) for run in runs if run["label"] == "SADA (step-wise + token-wise)")
+    # (the preset's accelerated steps are all skips or Lagrange anchors, which are never pruned, so its step-wise
+    # + token-wise ablation prunes nothing; the token-wise-only one prunes)
+    sada_clip = next(Path(run["audio"]) for run in runs if run["label"] == "SADA (token-wise only)")
     sidecar = json.loads(sada_clip.with_suffix(".json").read_text())
-    assert sidecar["sada_stats"]["sparsity_map"]["pruned_steps"] == sidecar["sada_stats"]["step_modes"].count("pruned")
+    pruned = sidecar["sada_stats"]["step_modes"].count("pruned")
+    assert pruned > 0 and sidecar["sada_stats"]["sparsity_map"]["pruned_steps"] == pruned
 
 
 @pytest.mark.integration  # a whole benchmark run through the command line

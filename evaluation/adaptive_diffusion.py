@@ -37,9 +37,10 @@ from diffusers.hooks import ModelHook
 from torch import nn
 
 from sada_audio.hooks import register_hook, remove_hook
+from sada_audio.models import denoiser_of
 
 from .accelerators import Accelerator, Attachment, DenoiserBench
-from .step_watch import StepClock, StepKinds, denoiser_of
+from .step_watch import StepClock, StepKinds
 
 __all__ = [
     "WARMUP_STEPS",

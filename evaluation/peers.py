@@ -40,10 +40,11 @@ from sada_audio._compat import (
     transformer_block_lists,
 )
 from sada_audio.hooks import drop_empty_registry, pop_bound_forward, register_hook, remove_hook
+from sada_audio.models import denoiser_of
 
 from .accelerators import Accelerator, Attachment, DenoiserBench
 from .adaptive_diffusion import adaptive_diffusion_accelerators
-from .step_watch import StepClock, StepKinds, denoiser_of
+from .step_watch import StepClock, StepKinds
 
 __all__ = [
     "CacheDiT",

@@ -1,5 +1,6 @@
-"""Watching a pipeline's denoiser calls, for any accelerator: which pipeline module is the denoiser, which calls
-make up a sampling step and a run (:class:`StepClock`), and what kind of step each one was (:class:`StepKinds`).
+"""Watching a pipeline's denoiser calls, for any accelerator: which calls make up a sampling step and a run
+(:class:`StepClock`), and what kind of step each one was (:class:`StepKinds`). Which pipeline module is the
+denoiser is :func:`sada_audio.models.denoiser_of`.
 
 The peers (:mod:`.peers`) and AdaptiveDiffusion (:mod:`.adaptive_diffusion`) report their step kinds through
 these; nothing here depends on a method.
@@ -10,15 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-__all__ = ["StepClock", "StepKinds", "denoiser_of"]
-
-
-def denoiser_of(pipe: Any) -> nn.Module:
-    """The pipeline's denoiser: ``.transformer`` if it has one, else ``.unet``."""
-    denoiser = getattr(pipe, "transformer", None)
-    return denoiser if denoiser is not None else pipe.unet
+__all__ = ["StepClock", "StepKinds"]
 
 
 def _timestep_value(args: tuple[Any, ...], kwargs: dict[str, Any]) -> float | None:

@@ -4,8 +4,8 @@ Adding a model family means adding one adapter here (plus a preset and a tiny-pi
 method (``sada_audio.method``) never sees a diffusers class. An adapter says:
 
 - which pipeline classes it serves and the preset of each (``pipeline_classes``);
-- where the denoiser is (``denoiser_attribute``) and which other modules only feed it
-  (``feeder_modules``, e.g. a ControlNet, whose output is useless on a skipped step);
+- which modules only feed the denoiser (``feeder_modules``, e.g. a ControlNet, whose output is
+  useless on a skipped step); the denoiser itself is found by :func:`denoiser_of`;
 - its :class:`DenoiserLayout`: the token grid of a denoiser call, how the solver's latent maps onto
   it (the engine works on ``(batch, channels, H, W)``) and how the denoiser's output is wrapped;
 - the transformer blocks that carry grid tokens (``token_blocks``), each with a :class:`BlockLayout`
@@ -188,12 +188,22 @@ class SequenceLayout(TransformerLayout):
         return latent.squeeze(-1)
 
 
+def denoiser_of(pipe: Any) -> nn.Module:
+    """A pipeline's denoiser: ``pipe.transformer`` if it has one (Flux, Stable Audio), else ``pipe.unet``.
+
+    It reads attributes only, so it also serves pipeline-shaped objects that no adapter matches (the
+    benchmark's bare-denoiser bench, which the peer accelerators attach to); :meth:`ModelAdapter.denoiser`
+    is this.
+    """
+    denoiser = getattr(pipe, "transformer", None)
+    return denoiser if denoiser is not None else pipe.unet
+
+
 class ModelAdapter:
     """Base class of the adapters; one per denoiser family."""
 
     pipeline_classes: dict[str, str] = {}
     """Pipeline class name -> preset name of the family."""
-    denoiser_attribute = "unet"
     feeder_attributes: tuple[str, ...] = ()
     """Pipeline attributes holding modules whose outputs only feed the denoiser."""
     layout: DenoiserLayout = UNetLayout()
@@ -207,7 +217,7 @@ class ModelAdapter:
         self.family = self.pipeline_classes[type(pipe).__name__]
 
     def denoiser(self) -> nn.Module:
-        return getattr(self.pipe, self.denoiser_attribute)
+        return denoiser_of(self.pipe)
 
     def feeder_modules(self) -> list[nn.Module]:
         return [module for name in self.feeder_attributes if (module := getattr(self.pipe, name, None)) is not None]
@@ -280,7 +290,6 @@ class FluxAdapter(ModelAdapter):
     of the packed latent (level 0)."""
 
     pipeline_classes = {"FluxPipeline": "flux"}
-    denoiser_attribute = "transformer"
     layout = FluxLayout()
 
     def token_blocks(self) -> list[TokenBlock]:
@@ -297,7 +306,6 @@ class StableAudioAdapter(ModelAdapter):
     and ``sy`` should be 1 (the grid is one token wide)."""
 
     pipeline_classes = {"StableAudioPipeline": "stable-audio"}
-    denoiser_attribute = "transformer"
     layout = SequenceLayout()
 
     def token_blocks(self) -> list[TokenBlock]:

@@ -8,13 +8,14 @@ import runpy
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from diffusers import EDMDPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, PNDMScheduler
 
 from sada_audio import SADAConfig, SADAHandle, UnsupportedModelError, UnsupportedSchedulerError, apply_sada
-from sada_audio.models import model_adapter_for
+from sada_audio.models import denoiser_of, model_adapter_for
 from tests.support.tiny_pipelines import (
     IMAGE_SIZE,
     STABLE_AUDIO_FRAMES,
@@ -295,6 +296,17 @@ def test_unsupported_schedulers_get_clear_errors(pipes, family, make_scheduler, 
 def test_unsupported_model_error_names_the_new_families():
     with pytest.raises(UnsupportedModelError, match="StableDiffusionXLControlNetPipeline.*FluxPipeline.*StableAudio"):
         apply_sada(torch.nn.Linear(1, 1))
+
+
+def test_one_rule_finds_the_denoiser_of_every_family_and_of_a_bare_denoiser_bench(pipes):
+    for family, pipe in pipes.items():
+        expected = pipe.transformer if family in ("flux", "stable-audio") else pipe.unet
+        assert model_adapter_for(pipe).denoiser() is denoiser_of(pipe) is expected, family
+    # pipeline-shaped objects no adapter matches (the benchmark's bench, which sets both attributes)
+    unet, transformer = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    assert denoiser_of(SimpleNamespace(unet=unet, transformer=transformer)) is transformer
+    assert denoiser_of(SimpleNamespace(unet=unet, transformer=None)) is unet
+    assert denoiser_of(SimpleNamespace(unet=unet)) is unet
 
 
 def test_published_presets():

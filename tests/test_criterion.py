@@ -103,6 +103,22 @@ def test_forced_skips_replace_the_criterion():
         assert handle.stats.skipped_steps == [12, 13, 30]
 
 
+def test_always_stable_skips_every_step_the_limits_allow_on_every_run():
+    """The ablations' research hook: the criterion skips nothing here, the hook every step that acc_range
+    (10, 47) and max_interval allow, on this run and the next."""
+    scheduler = scheduler_zoo()["ddim"]
+    denoiser = AnalyticDenoiser(GaussianMixtureData(), scheduler)
+    for max_interval, skipped in ((1, list(range(10, 47, 2))), (2, [s for s in range(10, 47) if s % 3 != 0])):
+        config = SADAConfig(tokenwise=False, lagrange_step=None, max_interval=max_interval)
+        with SADAHandle(denoiser, scheduler, config) as handle:
+            run_sampler(denoiser, scheduler, NOISE, 50)
+            assert handle.stats.skipped_steps == []
+            handle.engine.always_stable = True
+            for _ in range(2):
+                run_sampler(denoiser, scheduler, NOISE, 50)
+                assert handle.stats.skipped_steps == skipped
+
+
 # The adaptive Lagrange phase on the analytic model (pinned). Published criterion from step 6 (it skips
 # steps 6 and 8), anchor probe from step 10, phase at step 30 at the latest, anchor intervals of 4 to 7 steps.
 ADAPTIVE = SADAConfig(

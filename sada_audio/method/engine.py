@@ -132,6 +132,10 @@ class SADAEngine:
         self.forced_skips: frozenset[int] | None = None
         """Research hook (the oracle study): skip exactly these steps (where three gradients are known and
         the step lies in ``acc_range``) instead of asking the criterion; kept across runs."""
+        self.always_stable = False
+        """Research hook (ablations of the reconstructions): the step-wise criterion says "stable" after every
+        step, so every step the limits allow (``acc_range``, ``max_interval``, the Lagrange phase's anchors) is
+        skipped and the reconstructions are compared on the same steps; kept across runs."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -409,7 +413,7 @@ class SADAEngine:
             elif can_skip and self._in_phase(step):
                 if not anchor and len(self._anchors) >= 2:
                     mode = StepMode.SKIPPED
-            elif can_skip and not self._probing(step) and verdict().stable:
+            elif can_skip and not self._probing(step) and self._stable(verdict):
                 mode = StepMode.SKIPPED
             if mode is StepMode.FULL and not anchor and self._shallow_allowed(step, verdict):
                 mode = StepMode.SHALLOW
@@ -437,7 +441,11 @@ class SADAEngine:
             return False
         if config.shallow == "accelerated":
             return True
-        return self._in_phase(step) or verdict().stable
+        return self._in_phase(step) or self._stable(verdict)
+
+    def _stable(self, verdict: Callable[[], Stability]) -> bool:
+        """The criterion's step-wise verdict (computed only when read), or "stable" under :attr:`always_stable`."""
+        return self.always_stable or verdict().stable
 
     def _reconstruct_data_prediction(
         self, verdict: Callable[[], Stability], next_state: torch.Tensor, a_next: float, t_next: float

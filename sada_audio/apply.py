@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from .hooks import register_hook, remove_hook
 from .method.engine import SADAEngine, SADAStats, StepMode
 from .method.tokens import level_grid
 from .models import DenoiserLayout, ModelAdapter, TokenBlock, model_adapter_for
-from .solvers import check_scheduler, check_step_arguments, solver_adapter_for
+from .solvers import SolverAdapter, check_scheduler, check_step_arguments, solver_adapter_for
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +233,10 @@ class SADAHandle:
         check_scheduler(scheduler)
         self.config = config
         self.engine = SADAEngine(config)
+        self.solver_adapter: Callable[[Any], SolverAdapter] = solver_adapter_for
+        """How each sampling run reads its scheduler's ODE quantities (:func:`~.solvers.solver_adapter_for`).
+        Research hook: a study sets another reading of the same sampler before a run (the flow-matching
+        reading in ``tools/family_nfe.py --analytic``); nothing in sampling changes it."""
         self._denoiser = denoiser
         self._owner = scheduler_owner
         self._scheduler: Any = None
@@ -419,7 +423,7 @@ class SADAHandle:
     def _start(self, scheduler: Any) -> None:
         """A new sampling run: fresh engine state, no stand-in outputs or deep features from an earlier run."""
         self._finish_model_call()
-        self.engine.start(solver_adapter_for(scheduler))
+        self.engine.start(self.solver_adapter(scheduler))
         self.run.clear()
 
     @torch.compiler.disable

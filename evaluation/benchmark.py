@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from sada_audio import SADAConfig
-from sada_audio.audio import pipeline_sample_rate, write_audio, write_json
+from sada_audio.audio import pipeline_sample_rate, write_clip
 from sada_audio.errors import ConfigError
 from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
 from sada_audio.models import model_adapter_for
@@ -271,9 +271,15 @@ def run_quality(
                 if clip_dir is not None:
                     path = clip_path(clip_dir, scheduler, method.label, prompt_index[clip.prompt], clip.seed)
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    record["audio"] = str(write_audio(path, waveform, sample_rate))
-                    sidecar = {"prompt": clip.prompt, "seed": clip.seed, "scheduler": scheduler}
-                    write_json(path.with_suffix(".json"), {**sidecar, "label": method.label, "sada_stats": sada_stats})
+                    meta = {
+                        "prompt": clip.prompt,
+                        "seed": clip.seed,
+                        "scheduler": scheduler,
+                        "label": method.label,
+                        "sada_stats": sada_stats,
+                    }
+                    audio_path, _ = write_clip([(path, waveform)], sample_rate, path.with_suffix(".json"), meta)
+                    record["audio"] = str(audio_path)
                 runs.append(record)
     quality: dict[str, Any] = {"skipped": skipped, "runs": runs, "summary": summarise(runs)}
     if compiled:

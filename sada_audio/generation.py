@@ -237,7 +237,7 @@ def run_metadata(
         "model_id": model_id,
         "pipeline_class": type(pipe).__name__,
         "scheduler_class": type(pipe.scheduler).__name__,
-        # the sigma schedule and spacing tell samplers of one class apart ("edm" is Euler on Karras sigmas)
+        # the sigma schedule and spacing tell samplers of one class apart ("euler-karras" is Euler on Karras sigmas)
         "scheduler_config": {
             key: pipe.scheduler.config[key] for key in _SCHEDULER_KEYS if key in pipe.scheduler.config
         },

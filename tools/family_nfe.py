@@ -57,7 +57,7 @@ from tests.support.tiny_pipelines import (
     tiny_stable_audio_pipeline,
 )
 
-VP_SCHEDULERS = ("ddim", "euler", "edm", "dpm++")
+VP_SCHEDULERS = ("ddim", "euler", "euler-karras", "dpm++")
 # family -> (builder, scheduler choices: names for set_scheduler, or None for the pipeline's own)
 FAMILIES: dict[str, tuple[Callable[[], Any], tuple[str | None, ...]]] = {
     "musicldm": (tiny_musicldm_pipeline, VP_SCHEDULERS),
@@ -103,7 +103,7 @@ def _generate(pipe: Any, steps: int) -> torch.Tensor:
 
 def _scheduler_label(pipe: Any, choice: str | None) -> str:
     name = type(pipe.scheduler).__name__
-    if choice == "edm":
+    if choice == "euler-karras":
         return f"{name} (Karras sigmas)"
     prediction = getattr(pipe.scheduler.config, "prediction_type", None)
     return f"{name} ({prediction})" if prediction == "v_prediction" else name

@@ -93,7 +93,7 @@ def _palette(name: str, levels: int = LEVELS) -> np.ndarray:
 
 def palette_png(values: np.ndarray, colour_map: str, low: float, high: float) -> bytes:
     """A 2-D array as an indexed PNG of :data:`LEVELS` colours from ``colour_map`` (``low`` to ``high``), rows
-    bottom to top. Few levels keep a report small: 32 levels compress 2.3x better than 256."""
+    bottom to top. Few levels keep a report small (an indexed PNG of few colours compresses well)."""
     span = (high - low) or 1.0
     scaled = np.round((np.asarray(values, dtype=np.float32) - low) / span * (LEVELS - 1))
     indices = np.clip(np.nan_to_num(scaled), 0, LEVELS - 1).astype(np.uint8)

@@ -318,9 +318,8 @@ class SADAConfig:
 # audio preset"): steps 0-12 are called, then the adaptive Lagrange phase from step 12, whose first
 # anchors are the calls at 2 and 7 (so it skips from step 13 on), with an anchor every 5th step until
 # the anchor probe says the data prediction is predictable within 10%; then the intervals widen to 7
-# steps (per clip: after the anchor at step 32 or 37 on the tuning prompts), up to step 48: about 20 of
-# 50 model calls.
-# Token pruning is off: on this model it cost 3-6 dB for at most ~4% speed at real size. When switched
+# steps, up to step 48 (where that happens per clip, and how many calls it leaves: BENCHMARKS.md).
+# Token pruning is off: it did not pay on this model (BENCHMARKS.md, "Tuning the audio preset"). When switched
 # on (tokenwise=True): windows narrow along frequency, since the latent has only 16 frequency rows and
 # the first attention level 8; attention starts at level 1 of these UNets.
 _AUDIO_UNET = SADAConfig(

@@ -160,11 +160,10 @@ class EDMAdapter(SolverAdapter):
     the only diffusers scheduler with the timestep conditioning that model was trained on, so SADA
     drives it rather than refusing it. A skipped step never touches the noise: the unmodified
     scheduler still draws its Brownian increment and gets a reconstructed data prediction, rebuilt
-    from the multistep-predicted state (noise-free) instead of extrapolated noisy gradients. Measured
-    on the analytic model (``tools/family_nfe.py --analytic``): the step-wise criterion never
-    fires on the noisy states, all skips come from the Lagrange phase, and they cost about twice the
-    deviation of simply running as few steps: on an SDE, a skipped step leaves that step's injected
-    noise undenoised.
+    from the multistep-predicted state (noise-free) instead of extrapolated noisy gradients. On the
+    analytic model the step-wise criterion did not fire on the noisy states, the skips came from the
+    Lagrange phase, and they cost more accuracy than simply running as few steps: on an SDE, a skipped
+    step leaves that step's injected noise undenoised (BENCHMARKS.md, "Measurements the code refers to").
     """
 
     scheduler_classes = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "CosineDPMSolverMultistepScheduler")

@@ -291,10 +291,12 @@ _SPARSITIES = {
 
 def sada_accelerators(config: SADAConfig, preset: str) -> list[Accelerator]:
     """SADA at ``config`` (named after ``preset``), then the ablations: the same settings with the other
-    combinations of step-wise and token-wise sparsity."""
+    combinations of step-wise and token-wise sparsity (shallow steps count as step-wise: off without it)."""
     own = (config.stepwise, config.tokenwise)
     return [SADA(config, f"preset {preset}")] + [
-        SADA(config.replace(stepwise=stepwise, tokenwise=tokenwise), label)
+        SADA(
+            config.replace(stepwise=stepwise, tokenwise=tokenwise, shallow=config.shallow if stepwise else "off"), label
+        )
         for (stepwise, tokenwise), label in _SPARSITIES.items()
         if (stepwise, tokenwise) != own
     ]

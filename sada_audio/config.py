@@ -15,8 +15,8 @@ Reconstruction = Literal["extrapolate", "reuse", "predicted_state"]
 RECONSTRUCTIONS: tuple[str, ...] = ("extrapolate", "reuse", "predicted_state")
 Criterion = Literal["consistent", "published", "data_change"]
 CRITERIA: tuple[str, ...] = ("consistent", "published", "data_change")
-Shallow = Literal["off", "stable", "accelerated"]
-SHALLOW_RULES: tuple[str, ...] = ("off", "stable", "accelerated")
+Shallow = Literal["off", "stable", "replace_skips", "accelerated"]
+SHALLOW_RULES: tuple[str, ...] = ("off", "stable", "replace_skips", "accelerated")
 MAX_SEED = 2**63 - 1
 """Largest seed accepted anywhere (``torch.Generator.manual_seed`` takes 64-bit values; beyond this, seeds wrap)."""
 
@@ -144,8 +144,10 @@ class SADAConfig:
     """Shallow steps (UNets only): a real call that runs only the UNet's outermost level on fresh input and
     reuses the deeper blocks' outputs of the last full call. ``stable``: on accelerated steps that the
     criterion (or the late phase's rhythm) would skip but a limit forbids (``max_interval``, too few Lagrange
-    anchors); ``accelerated``: on every accelerated step that would otherwise be a full or pruned call.
-    Lagrange anchors are always full."""
+    anchors); ``replace_skips``: as ``stable``, and the steps before the Lagrange phase that the criterion
+    calls stable run shallow *instead of* being skipped (no step is skipped before the phase: early skips
+    are the costly ones); ``accelerated``: on every accelerated step that would otherwise be a full or
+    pruned call. Lagrange anchors, and the calls that seed an adaptive phase's first anchors, are always full."""
     shallow_max_age: int = 3
     """A shallow step reuses deep features computed at most this many steps earlier (skipped steps count);
     the first step past that age is a full call that refreshes them."""
@@ -314,23 +316,27 @@ class SADAConfig:
         )
 
 
-# Tuned on the embedded trained MusicLDM (BENCHMARKS.md, "Tuning the audio preset" and "The adaptive
-# audio preset"): steps 0-12 are called, then the adaptive Lagrange phase from step 12, whose first
-# anchors are the calls at 2 and 7 (so it skips from step 13 on), with an anchor every 5th step until
-# the anchor probe says the data prediction is predictable within 10%; then the intervals widen to 7
-# steps, up to step 48 (where that happens per clip, and how many calls it leaves: BENCHMARKS.md).
+# Tuned on the embedded trained MusicLDM (BENCHMARKS.md, "Shallow steps instead of early skips" and the
+# sections it cites). Steps 0-2 are called; on steps 3-11 the published criterion chooses between a full
+# call and a shallow step (UNet outer level only, deep features of the previous step): a step it calls
+# stable runs shallow instead of skipped, since skips this early cost the most; the calls 4 steps apart
+# before step 12 are full (they seed the phase's first anchors). From step 12 the adaptive Lagrange phase:
+# an anchor every 4th step until the anchor probe says the data prediction is predictable within 10%,
+# then intervals of 5 steps, up to step 48 (where that happens per clip: BENCHMARKS.md).
 # Token pruning is off: it did not pay on this model (BENCHMARKS.md, "Tuning the audio preset"). When switched
 # on (tokenwise=True): windows narrow along frequency, since the latent has only 16 frequency rows and
 # the first attention level 8; attention starts at level 1 of these UNets.
 _AUDIO_UNET = SADAConfig(
-    acc_range=(12, 49),
-    max_interval=6,
+    acc_range=(3, 49),
+    max_interval=4,
     criterion="published",
     lagrange_step=12,
-    lagrange_int=5,
+    lagrange_int=4,
     lagrange_term=4,
     anchor_tolerance=0.1,
-    max_lagrange_int=7,
+    max_lagrange_int=5,
+    shallow="replace_skips",
+    shallow_max_age=1,
     sx=3,
     sy=2,
     max_downsample=4,  # a factor: the latent grid and the 2x and 4x levels (attention starts at 2x)

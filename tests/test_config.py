@@ -48,7 +48,7 @@ def test_presets_and_overrides():
 def test_dict_round_trip_and_unknown_keys():
     config = SADAConfig.preset("audioldm2", tokenwise=False, lagrange_step=None)
     assert SADAConfig.from_dict(config.to_dict()) == config
-    assert config.to_dict()["acc_range"] == [12, 49]
+    assert config.to_dict()["acc_range"] == [3, 49]
     with pytest.raises(ConfigError, match="unknown SADA config keys: speed"):
         SADAConfig.from_dict({"speed": 2})
 

@@ -96,7 +96,7 @@ def test_token_pruning_on_odd_rectangular_latents_with_batch_and_guidance(pipeli
 def test_stepwise_and_tokenwise_switch_off_separately(pipelines):
     pipe = pipelines["audioldm"]
     set_scheduler(pipe, "ddim")
-    with apply_sada(pipe, SADAConfig.preset("audioldm", tokenwise=False)) as handle:
+    with apply_sada(pipe, SADAConfig.preset("audioldm", tokenwise=False, shallow="off")) as handle:
         generate(pipe, steps=30)
         assert handle.stats.pruned_steps == [] and handle.stats.pruned_fraction == 0.0
         assert handle.stats.skipped_steps
@@ -153,7 +153,7 @@ def test_non_finite_reconstruction_falls_back_in_a_pipeline(pipelines, monkeypat
     baseline = generate(pipe, steps=30)
     original = SolverAdapter.from_data_prediction
     monkeypatch.setattr(SolverAdapter, "from_data_prediction", lambda self, *a: original(self, *a) * float("nan"))
-    with apply_sada(pipe, SADAConfig.preset("audioldm", tokenwise=False)) as handle:
+    with apply_sada(pipe, SADAConfig.preset("audioldm", tokenwise=False, shallow="off")) as handle:
         audio = generate(pipe, steps=30)
         assert handle.stats.fallbacks > 0 and handle.stats.model_calls == 30
     assert (audio == baseline).all()
@@ -167,7 +167,7 @@ def test_denoiser_called_with_keyword_latent(pipelines):
     set_scheduler(pipe, "ddim")
     unet, latent = pipe.unet, torch.randn(2, 8, 16, 16)
     labels = torch.randn(2, unet.config.projection_class_embeddings_input_dim)
-    with apply_sada(pipe, SADAConfig.preset("audioldm", tokenwise=False)) as handle:
+    with apply_sada(pipe, SADAConfig.preset("audioldm", tokenwise=False, shallow="off")) as handle:
         pipe.scheduler.set_timesteps(10)
         by_name = unet(
             sample=latent, timestep=pipe.scheduler.timesteps[0], encoder_hidden_states=None, class_labels=labels

@@ -117,6 +117,35 @@ def test_stable_shallow_steps_fill_the_calls_the_late_phase_cannot_skip(pipeline
     assert modes[first : first + config.lagrange_int + 1] == ["full", "shallow", "shallow", "shallow", "full", "full"]
 
 
+def test_the_audio_preset_runs_early_steps_the_criterion_calls_stable_shallow_instead_of_skipping(pipelines):
+    """shallow="replace_skips": before the Lagrange phase no step is skipped; a step the criterion calls stable
+    runs shallow while the deep features are at most shallow_max_age (1) steps old, except a call that seeds
+    the adaptive phase's first anchors. With a criterion that always says stable, every allowed step is."""
+    pipe = pipelines["musicldm"]
+    set_scheduler(pipe, "ddim")
+    config = SADAConfig.preset("musicldm")
+    assert (config.shallow, config.shallow_max_age) == ("replace_skips", 1)
+    bounds = config.bounds(STEPS)
+    start, seed = bounds.lagrange_step, bounds.lagrange_step - config.lagrange_int
+    assert (bounds.acc_start, seed, start) == (3, 3, 7)
+    with apply_sada(pipe, config) as handle, deep_runs(pipe.unet, handle) as deep:
+        generate(pipe)
+        guided, guided_deep = handle.stats.step_modes, sorted(set(deep))
+        deep.clear()
+        handle.engine.always_stable = True
+        generate(pipe)
+        every = handle.stats.step_modes
+    # steps 0-2 before acc_range, 3 seeds the phase, 5 is 2 steps after the last deep call, 7 begins the phase
+    letters = {"full": "f", "shallow": "h", "skipped": "s"}
+    assert "".join(letters[mode] for mode in every[: start + 2]) == "ffffhfhfs"
+    early = guided[:start]
+    assert "skipped" not in early and guided[start] == "full"
+    shallow = [step for step, mode in enumerate(early) if mode == "shallow"]
+    assert shallow and set(shallow) <= {4, 6}, guided
+    assert shallow[0] - 1 in guided_deep and not set(shallow) & set(guided_deep)
+    assert no_hooks_left(pipe.unet)
+
+
 @pytest.mark.integration  # a ControlNet pipeline, 5 s
 def test_shallow_steps_on_a_controlnet_pipeline_with_token_pruning():
     with warnings.catch_warnings():

@@ -14,7 +14,7 @@ def test_the_benchs_pruned_call_computes_fewer_tokens_than_it_has():
     unet = _musicldm_unet().eval()
     bench = unet_bench(unet, frames=32, batch=2, steps=50, repeats=1)
     for kept_tokens in (None, 0.5):
-        config = SADAConfig.preset("musicldm", tokenwise=True, max_downsample=2, kept_tokens=kept_tokens)
+        config = SADAConfig.preset("musicldm", tokenwise=True, max_downsample=2, kept_tokens=kept_tokens, shallow="off")
         method = SADA(config, "token-wise")
         costs = method.step_costs(bench)
         computed, total = method.pruned_call_tokens

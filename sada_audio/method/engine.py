@@ -413,7 +413,7 @@ class SADAEngine:
             elif can_skip and self._in_phase(step):
                 if not anchor and len(self._anchors) >= 2:
                     mode = StepMode.SKIPPED
-            elif can_skip and not self._probing(step) and self._stable(verdict):
+            elif can_skip and not self._probing(step) and self._stable(verdict) and config.shallow != "replace_skips":
                 mode = StepMode.SKIPPED
             if mode is StepMode.FULL and not anchor and self._shallow_allowed(step, verdict):
                 mode = StepMode.SHALLOW
@@ -432,12 +432,20 @@ class SADAEngine:
             self._pruned_since_refresh = self._pruned_since_refresh + 1 if mode is StepMode.PRUNED else 0
         self._modes[step] = mode
 
+    def _seeds_anchor(self, step: int) -> bool:
+        """Whether the anchor probe at the first step an adaptive phase may begin reads ``step``'s data
+        prediction (one of the calls ``lagrange_int`` apart before ``lagrange_step``): such a call is never
+        shallow, whose stale deep features would keep the phase from beginning there."""
+        first = self.bounds.lagrange_step
+        return self._adaptive and first is not None and step < first and (first - step) % self.config.lagrange_int == 0
+
     def _shallow_allowed(self, step: int, verdict: Callable[[], Stability]) -> bool:
         """Whether ``step``, about to be a real call, may be shallow: its deep features are at most
-        ``shallow_max_age`` steps old, and with ``shallow="stable"`` the step is one that the criterion (or the
-        late phase's rhythm) would skip but a limit forbids (``max_interval``, too few Lagrange anchors)."""
+        ``shallow_max_age`` steps old, it seeds no Lagrange anchor, and with ``shallow="stable"`` (or
+        ``"replace_skips"``) the step is one that the criterion (or the late phase's rhythm) calls stable
+        but is not skipped (a limit forbids it, or ``"replace_skips"`` runs such steps shallow instead)."""
         config = self.config
-        if config.shallow == "off" or step - self._deep_step > config.shallow_max_age:
+        if config.shallow == "off" or step - self._deep_step > config.shallow_max_age or self._seeds_anchor(step):
             return False
         if config.shallow == "accelerated":
             return True

@@ -169,11 +169,12 @@ def test_the_audio_preset_gives_two_prompts_different_schedules_on_the_embedded_
     sampling = SamplingSettings(steps=50, duration=2.56, guidance=2.0)
     adaptive = SADAConfig.preset("musicldm")
     fixed = SADAConfig.preset("musicldm", anchor_tolerance=None, max_lagrange_int=None)
+    letters = {"full": "f", "shallow": "h", "skipped": "s"}
     schedules = {}
     for config in (adaptive, fixed):
         schedules[config] = [
             "".join(
-                mode[0]
+                letters[mode]
                 for mode in generate_batch(pipe, [ClipRequest(prompt, 0)], sampling, sada_config=config).sada_stats[
                     "step_modes"
                 ]
@@ -181,9 +182,11 @@ def test_the_audio_preset_gives_two_prompts_different_schedules_on_the_embedded_
             for prompt in ("a calm piano playing broken chords", "drums only: a busy breakbeat")
         ]
     piano, drums = schedules[adaptive]
-    # Both begin the phase at step 12 and widen the anchor intervals late, the piano clip one anchor earlier.
-    assert piano[:13] == drums[:13] == "f" * 13 and piano != drums
-    assert (piano.count("f"), drums.count("f")) == (20, 21)
+    # Both: shallow steps where the criterion calls steps 3-11 stable, the phase from step 12 (anchors seeded by
+    # the calls at 0, 4 and 8), intervals widened from 4 to 5 steps at different anchors.
+    assert piano[:17] == drums[:17] == "fffhfhfhfhfhf" + "sssf" and piano != drums
+    assert (len(piano) - piano.count("s"), len(drums) - drums.count("s")) == (22, 22)
     fixed_piano, fixed_drums = schedules[fixed]
-    # The fixed phase has no seeded anchors: it calls steps 12-17 until its second anchor.
-    assert fixed_piano == fixed_drums == "f" * 18 + "ssssf" * 6 + "sf"
+    # The fixed phase has no seeded anchors: it calls steps 12-16 (shallow where it cannot skip yet) until its
+    # second anchor, then an anchor every 4th step.
+    assert fixed_piano == fixed_drums == "fffhfhfhfhfhf" + "hfhf" + "sssf" * 8 + "f"

@@ -50,13 +50,18 @@ def test_sada_accelerates_and_remove_restores(pipelines, family, scheduler):
     assert accelerated.shape == baseline.shape and accelerated.dtype == baseline.dtype
     assert (accelerated == again).all(), "two calls with the same seed must match"
     assert torch.isfinite(torch.from_numpy(accelerated)).all()
-    # the audio preset's schedule: steps 0-12 and 49 in full; the adaptive Lagrange phase from step 12, whose
-    # first anchors are the calls at 2 and 7, skips 13-16 before its next anchor at 17; its anchor intervals
-    # are 5-7 steps (the anchor probe widens them), so at most 6 skips in a row; no token pruning
+    # the audio preset's schedule: steps 0-2 in full; on 3-11 full or shallow (the criterion's stable steps, deep
+    # features one step old), 0, 4 and 8 full (they seed the phase's first anchors); nothing skipped before the
+    # adaptive Lagrange phase, which begins at step 12 and skips 13-15 before its next anchor at 16; its anchor
+    # intervals are 4-5 steps (the anchor probe widens them), so at most 4 skips in a row; no token pruning
     assert stats.num_steps == 50 and stats.model_calls == 50 - len(stats.skipped_steps) and stats.fallbacks == 0
-    modes = "".join(mode[0] for mode in stats.step_modes)
-    assert modes.startswith("f" * 13 + "ssssf") and modes.endswith("f") and "s" * 7 not in modes
-    assert 19 <= stats.model_calls <= 21
+    letters = {"full": "f", "shallow": "h", "skipped": "s"}
+    modes = "".join(letters[mode] for mode in stats.step_modes)
+    early = modes[:12]
+    assert early[:3] == "fff" and early[4] == early[8] == "f" and "s" not in early and "hh" not in early
+    assert modes[12:17] == "fsssf" and modes.endswith("f") and "s" * 5 not in modes and "h" not in modes[12:]
+    assert stats.shallow_steps == [step for step, mode in enumerate(modes) if mode == "h"]
+    assert 20 <= stats.model_calls <= 24
     assert not stats.pruned_steps and stats.tokens_total == 0
     assert (generate(pipe) == baseline).all(), "remove() must restore bit-identical output"
 

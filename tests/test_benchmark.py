@@ -189,7 +189,7 @@ def test_quick_mode_refuses_to_overwrite_earlier_results(quick_run):
 
 
 def test_methods_filter_and_sada_variants(tiny_musicldm):
-    settings = BenchmarkSettings(methods=("sada",), sada_variants=("lagrange_int=4; max_lagrange_int=6",))
+    settings = BenchmarkSettings(methods=("sada",), sada_variants=("max_interval=6; max_lagrange_int=6",))
     methods, preset = accelerators_for(tiny_musicldm, settings)
     assert preset == "musicldm"
     assert [m.label for m in methods] == [
@@ -197,11 +197,12 @@ def test_methods_filter_and_sada_variants(tiny_musicldm):
         "SADA (preset musicldm)",
         "SADA (step-wise + token-wise)",
         "SADA (token-wise only)",
-        "SADA (lagrange_int=4; max_lagrange_int=6)",
+        "SADA (max_interval=6; max_lagrange_int=6)",
     ]
     preset = SADAConfig.preset("musicldm")
     assert methods[2].config == preset.replace(tokenwise=True)
-    assert methods[3].config == preset.replace(stepwise=False, tokenwise=True)
-    assert methods[-1].config == preset.replace(lagrange_int=4, max_lagrange_int=6)
+    # shallow steps are step-wise sparsity: off without it
+    assert methods[3].config == preset.replace(stepwise=False, tokenwise=True, shallow="off")
+    assert methods[-1].config == preset.replace(max_interval=6, max_lagrange_int=6)
     everything, _ = accelerators_for(tiny_musicldm, BenchmarkSettings())
     assert {"DeepCache", "ToMe", "PAB", "AdaptiveDiffusion", "First Block Cache"} <= {m.name for m in everything}

@@ -31,7 +31,7 @@ def test_measure_times_every_setup_and_restores_the_unet():
     )
     assert [(row.batch, row.method) for row in rows] == [(1, "baseline"), (1, "SADA"), (2, "baseline"), (2, "SADA")]
     assert all(row.error is None and len(row.times_s) == 1 and row.first_call_s > 0 for row in rows)
-    assert [row.model_calls for row in rows if row.method == "SADA"] == [9, 9]  # the preset's schedule at 12 steps
+    assert [row.model_calls for row in rows if row.method == "SADA"] == [8, 8]  # the preset's schedule at 12 steps
     assert pipe.unet is unet and not hasattr(unet, "_sada_handle")
     assert len(table(rows)) == 2 + len(rows)
 

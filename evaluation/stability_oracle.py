@@ -49,6 +49,7 @@ from sada_audio.method.criterion import (
     relative_change,
     stability,
 )
+from sada_audio.method.engine import schedule_letters
 from sada_audio.solvers import solver_adapter_for
 
 logger = logging.getLogger(__name__)
@@ -396,9 +397,6 @@ def summarise(records: list[dict], higher_is_better: bool) -> dict[str, Any]:
     return summary
 
 
-_MODE_LETTERS = {"full": "f", "pruned": "p", "shallow": "h", "skipped": "s"}
-
-
 def compare_configs(
     prompts: Sequence[str], scheduler_name: str, variants: dict[str, SADAConfig], seed: int = 0
 ) -> list[dict[str, Any]]:
@@ -428,7 +426,7 @@ def compare_configs(
                     "prompt": prompt,
                     "variant": label,
                     "calls": batch.sada_stats["model_calls"],
-                    "step_modes": "".join(_MODE_LETTERS[mode] for mode in batch.sada_stats["step_modes"]),
+                    "step_modes": schedule_letters(batch.sada_stats["step_modes"]),
                     **{k: metrics[k] for k in ("mel_psnr", "mel_ssim", "mr_stft")},
                 }
             )

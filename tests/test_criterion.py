@@ -13,6 +13,7 @@ from sada_audio.analytic import (
     scheduler_zoo,
 )
 from sada_audio.method.criterion import published_gradient, published_stability, relative_change
+from sada_audio.method.engine import schedule_letters
 
 NOISE = latent_noise((2, 4, 24, 12))
 
@@ -169,15 +170,11 @@ def test_the_audio_preset_gives_two_prompts_different_schedules_on_the_embedded_
     sampling = SamplingSettings(steps=50, duration=2.56, guidance=2.0)
     adaptive = SADAConfig.preset("musicldm")
     fixed = SADAConfig.preset("musicldm", anchor_tolerance=None, max_lagrange_int=None)
-    letters = {"full": "f", "shallow": "h", "skipped": "s"}
     schedules = {}
     for config in (adaptive, fixed):
         schedules[config] = [
-            "".join(
-                letters[mode]
-                for mode in generate_batch(pipe, [ClipRequest(prompt, 0)], sampling, sada_config=config).sada_stats[
-                    "step_modes"
-                ]
+            schedule_letters(
+                generate_batch(pipe, [ClipRequest(prompt, 0)], sampling, sada_config=config).sada_stats["step_modes"]
             )
             for prompt in ("a calm piano playing broken chords", "drums only: a busy breakbeat")
         ]

@@ -12,6 +12,7 @@ from sada_audio import (
     UnsupportedSchedulerError,
     apply_sada,
 )
+from sada_audio.method.engine import schedule_letters
 from sada_audio.pipelines import set_scheduler
 
 FAMILIES = ("musicldm", "audioldm", "audioldm2")
@@ -55,8 +56,7 @@ def test_sada_accelerates_and_remove_restores(pipelines, family, scheduler):
     # adaptive Lagrange phase, which begins at step 12 and skips 13-15 before its next anchor at 16; its anchor
     # intervals are 4-5 steps (the anchor probe widens them), so at most 4 skips in a row; no token pruning
     assert stats.num_steps == 50 and stats.model_calls == 50 - len(stats.skipped_steps) and stats.fallbacks == 0
-    letters = {"full": "f", "shallow": "h", "skipped": "s"}
-    modes = "".join(letters[mode] for mode in stats.step_modes)
+    modes = schedule_letters(stats.step_modes)
     early = modes[:12]
     assert early[:3] == "fff" and early[4] == early[8] == "f" and "s" not in early and "hh" not in early
     assert modes[12:17] == "fsssf" and modes.endswith("f") and "s" * 5 not in modes and "h" not in modes[12:]

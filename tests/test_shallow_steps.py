@@ -14,6 +14,7 @@ from diffusers import DDIMScheduler
 from torch import nn
 
 from sada_audio import ConfigError, SADAConfig, SADAError, SADAHandle, StepMode, apply_sada
+from sada_audio.method.engine import schedule_letters
 from sada_audio.models import unet_deep_blocks
 from sada_audio.pipelines import set_scheduler
 from tests.support.configs import FIXED_PHASE
@@ -136,8 +137,7 @@ def test_the_audio_preset_runs_early_steps_the_criterion_calls_stable_shallow_in
         generate(pipe)
         every = handle.stats.step_modes
     # steps 0-2 before acc_range, 3 seeds the phase, 5 is 2 steps after the last deep call, 7 begins the phase
-    letters = {"full": "f", "shallow": "h", "skipped": "s"}
-    assert "".join(letters[mode] for mode in every[: start + 2]) == "ffffhfhfs"
+    assert schedule_letters(every[: start + 2]) == "ffffhfhfs"
     early = guided[:start]
     assert "skipped" not in early and guided[start] == "full"
     shallow = [step for step, mode in enumerate(early) if mode == "shallow"]

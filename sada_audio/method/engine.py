@@ -46,6 +46,14 @@ class StepMode(enum.StrEnum):
     """A model call in which only the UNet's outermost level runs, on the deep blocks' cached outputs."""
 
 
+_MODE_LETTERS = {StepMode.FULL: "f", StepMode.PRUNED: "p", StepMode.SHALLOW: "h", StepMode.SKIPPED: "s"}
+
+
+def schedule_letters(step_modes: Sequence[str]) -> str:
+    """A schedule as one letter per step (``SADAStats.step_modes`` in): f full, p pruned, h shallow, s skipped."""
+    return "".join(_MODE_LETTERS[StepMode(mode)] for mode in step_modes)
+
+
 class ODECoordinates(Protocol):
     """What the engine needs from a solver adapter (see ``sada_audio.solvers``)."""
 
@@ -413,7 +421,7 @@ class SADAEngine:
             elif can_skip and self._in_phase(step):
                 if not anchor and len(self._anchors) >= 2:
                     mode = StepMode.SKIPPED
-            elif can_skip and not self._probing(step) and self._stable(verdict) and config.shallow != "replace_skips":
+            elif config.shallow != "replace_skips" and can_skip and not self._probing(step) and self._stable(verdict):
                 mode = StepMode.SKIPPED
             if mode is StepMode.FULL and not anchor and self._shallow_allowed(step, verdict):
                 mode = StepMode.SHALLOW

@@ -42,15 +42,22 @@ __all__ = [
 ]
 
 
-def median_time(fn: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
+def median_time(
+    fn: Callable[[], object],
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+    setup: Callable[[], object] | None = None,
+) -> float:
     """Median time of ``fn()`` on ``clock`` (wall time by default) over ``repeats`` calls, after one untimed
-    warm-up call."""
-    fn()
+    warm-up call; ``setup``, when given, runs untimed before every call (the warm-up included)."""
     times = []
-    for _ in range(repeats):
+    for repeat in range(repeats + 1):
+        if setup is not None:
+            setup()
         start = clock()
         fn()
-        times.append(clock() - start)
+        if repeat:
+            times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -87,16 +94,21 @@ class DenoiserBench:
         with torch.no_grad():
             return self.denoiser(self.sample, timestep, return_dict=False, **self.kwargs)[0]
 
-    def time(self, fn: Callable[[], object]) -> float:
-        """Median seconds of ``fn`` (see :func:`median_time`), waiting for the GPU to finish each call."""
+    def time(self, fn: Callable[[], object], setup: Callable[[], object] | None = None) -> float:
+        """Median seconds of ``fn`` (see :func:`median_time`), with ``setup`` untimed before each call, waiting
+        for the GPU to finish each."""
         if self.sample.device.type != "cuda":
-            return median_time(fn, self.repeats, time.process_time if self.clock == "process" else time.perf_counter)
+            clock = time.process_time if self.clock == "process" else time.perf_counter
+            return median_time(fn, self.repeats, clock, setup)
 
-        def synchronised() -> None:
-            fn()
-            torch.cuda.synchronize(self.sample.device)
+        def synchronised(part: Callable[[], object]) -> Callable[[], None]:
+            def run() -> None:
+                part()
+                torch.cuda.synchronize(self.sample.device)
 
-        return median_time(synchronised, self.repeats)
+            return run
+
+        return median_time(synchronised(fn), self.repeats, setup=None if setup is None else synchronised(setup))
 
 
 class Attachment(ABC):
@@ -196,8 +208,9 @@ class SADA(Accelerator):
         attached, each plus the bookkeeping of one solver step; a skipped step (with step-wise sparsity) costs
         the bookkeeping alone.
 
-        Every call is planned as a new step (``force_plan``) after a full one, so a pruned call finds the token
-        caches and a shallow call the deep features of the full call before it. As proof that they happen,
+        Every priced call is planned as a new step (``force_plan``) after an untimed full one, so a pruned call
+        finds the token caches and a shallow call the deep features of the full call before it; each kind is
+        timed by itself, not as a difference of timings. As proof that they happen,
         :attr:`pruned_call_tokens` records the grid tokens the pruned call's blocks computed and had, and
         :attr:`shallow_call_deep_runs` how many deep-block modules ran in a shallow and in a full call."""
         generator = torch.Generator().manual_seed(0)
@@ -215,31 +228,33 @@ class SADA(Accelerator):
         try:
             handle.engine.start(solver_adapter_for(bench.scheduler))
 
-            def call_as(mode: StepMode) -> tuple[int, int]:
-                handle.engine.force_plan(StepMode.FULL)
-                bench.call()  # fills (or refreshes) the token caches and deep features
-                stats = handle.stats
-                computed, total = stats.tokens_computed, stats.tokens_total
-                handle.engine.force_plan(mode, token_momentum)
-                bench.call()
-                stats = handle.stats
-                return stats.tokens_computed - computed, stats.tokens_total - total
+            def after_full(mode: StepMode) -> Callable[[], None]:
+                """Untimed before each priced call: a full call that fills (or refreshes) the token caches and
+                deep features, then the plan of the call to price."""
 
-            full = bench.time(lambda: call_as(StepMode.FULL)) / 2
+                def setup() -> None:
+                    handle.engine.force_plan(StepMode.FULL)
+                    bench.call()
+                    handle.engine.force_plan(mode, token_momentum)
+
+                return setup
+
+            full = bench.time(bench.call, setup=after_full(StepMode.FULL))
             costs = {}
             if self.config.tokenwise:
-                costs["pruned"] = bench.time(lambda: call_as(StepMode.PRUNED)) - full
-                self.pruned_call_tokens = call_as(StepMode.PRUNED)
+                costs["pruned"] = bench.time(bench.call, setup=after_full(StepMode.PRUNED))
+                after_full(StepMode.PRUNED)()
+                computed, total = handle.stats.tokens_computed, handle.stats.tokens_total
+                bench.call()
+                self.pruned_call_tokens = handle.stats.tokens_computed - computed, handle.stats.tokens_total - total
             if self.config.shallow != "off":
-                costs["shallow"] = bench.time(lambda: call_as(StepMode.SHALLOW)) - full
+                costs["shallow"] = bench.time(bench.call, setup=after_full(StepMode.SHALLOW))
                 # the deep blocks themselves are always called (their hooks decide): count the modules inside
                 inner = [module for block in deep_blocks for module in block.modules() if module is not block]
 
                 def inner_calls(mode: StepMode) -> int:
-                    handle.engine.force_plan(StepMode.FULL)
-                    bench.call()
+                    after_full(mode)()
                     with _counting_calls(inner) as calls:
-                        handle.engine.force_plan(mode)
                         bench.call()
                     return len(calls)
 

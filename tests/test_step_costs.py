@@ -51,3 +51,24 @@ def test_call_flops_count_fewer_flops_in_pruned_and_shallow_calls():
     assert counts["full_tokens"] == counts["tokens_total"] > counts["pruned_tokens"] > 0
     assert counts["shallow_tokens"] == 0  # the tiny UNet's transformer blocks are all below its outer level
     assert not hasattr(unet, "_sada_handle")
+
+
+def test_median_time_leaves_the_setup_untimed_and_the_warm_up_out():
+    from sada_audio.evaluation.accelerators import median_time
+
+    now = [0.0]
+    calls = []
+
+    def advance(seconds: float, name: str):
+        def run():
+            calls.append(name)
+            now[0] += seconds
+
+        return run
+
+    # each priced call takes 1 s more than the one before; the setup before it takes 100 s
+    durations = iter([10.0, 1.0, 2.0, 3.0])
+    call = lambda: advance(next(durations), "call")()  # noqa: E731
+    priced = median_time(call, 3, clock=lambda: now[0], setup=advance(100.0, "setup"))
+    assert priced == 2.0  # the 10 s warm-up and the setups are not counted
+    assert calls == ["setup", "call"] * 4

@@ -398,10 +398,11 @@ def summarise(records: list[dict], higher_is_better: bool) -> dict[str, Any]:
 
 
 def compare_configs(
-    prompts: Sequence[str], scheduler_name: str, variants: dict[str, SADAConfig], seed: int = 0
+    prompts: Sequence[str], scheduler_name: str, variants: dict[str, SADAConfig], seeds: Sequence[int] = (0,)
 ) -> list[dict[str, Any]]:
-    """Each SADA variant against the unaccelerated clip on the embedded model, with the benchmark's
-    waveform metrics (``pair_metrics``), the calls made and the per-clip schedule (``step_modes``)."""
+    """Each SADA variant against the unaccelerated clip (every prompt with every seed) on the embedded model,
+    with the benchmark's waveform metrics (``pair_metrics``), the calls made and the per-clip schedule
+    (``step_modes``)."""
     from sada_audio.audio import pipeline_sample_rate
     from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
     from sada_audio.pipelines import load_pipeline, set_scheduler
@@ -414,7 +415,7 @@ def compare_configs(
     sampling = SamplingSettings(steps=50, duration=5.12, guidance=2.0)
     rate = pipeline_sample_rate(pipe)
     rows = []
-    for prompt in prompts:
+    for prompt, seed in ((prompt, seed) for prompt in prompts for seed in seeds):
         clip = ClipRequest(prompt, seed)
         reference = generate_batch(pipe, [clip], sampling, accelerate=False).waveforms[0, 0]
         for label, config in variants.items():
@@ -424,6 +425,7 @@ def compare_configs(
                 {
                     "scheduler": scheduler_name,
                     "prompt": prompt,
+                    "seed": seed,
                     "variant": label,
                     "calls": batch.sada_stats["model_calls"],
                     "step_modes": schedule_letters(batch.sada_stats["step_modes"]),
@@ -431,9 +433,10 @@ def compare_configs(
                 }
             )
             logger.info(
-                "%s | %s | %s: %s calls, %.1f dB",
+                "%s | %s | seed %d | %s: %s calls, %.1f dB",
                 scheduler_name,
                 prompt,
+                seed,
                 label,
                 rows[-1]["calls"],
                 rows[-1]["mel_psnr"],
@@ -441,11 +444,25 @@ def compare_configs(
     return rows
 
 
+def prompt_set(name: str) -> tuple[str, ...]:
+    """The prompts of ``--prompt-set`` ``name``: "tune", "report", "all" (both) or "benchmark"."""
+    from .benchmark import BENCHMARK_PROMPTS
+
+    sets = {"tune": TUNING_PROMPTS, "report": REPORT_PROMPTS, "benchmark": BENCHMARK_PROMPTS}
+    return sets.get(name, (*TUNING_PROMPTS, *REPORT_PROMPTS))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("analytic", "embedded"), default="analytic")
     parser.add_argument("--scheduler", choices=("ddim", "dpm++"), action="append")
-    parser.add_argument("--prompt-set", choices=("tune", "report", "all"), default="all")
+    parser.add_argument(
+        "--prompt-set",
+        choices=("tune", "report", "all", "benchmark"),
+        default="all",
+        help="'benchmark': the 16 prompts of sada-audio benchmark (held out from every tuning)",
+    )
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds of every prompt (--compare only)")
     parser.add_argument("--clips", type=int, default=None, help="use only the first N clips of the set")
     parser.add_argument("--skips", type=int, default=27, help="skipped steps per clip at equal NFE (27 = 23 calls)")
     parser.add_argument("--max-run", type=int, default=MAX_RUN, help="longest run of skips in a chosen set")
@@ -466,16 +483,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         "overrides (e.g. 'adaptive=criterion=\"published\"; lagrange_step=24'; 'preset=' for the preset itself)",
     )
     args = parser.parse_args(argv)
+    if args.seeds != "0" and not args.compare:
+        parser.error("--seeds needs --compare (the study runs seed 0)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     if args.compare:
         base = SADAConfig.preset("musicldm")
         variants = {label: base.with_overrides(text) for label, _, text in (v.partition("=") for v in args.compare)}
-        prompts = {"tune": list(TUNING_PROMPTS), "report": list(REPORT_PROMPTS)}.get(
-            args.prompt_set, [*TUNING_PROMPTS, *REPORT_PROMPTS]
-        )
+        prompts = prompt_set(args.prompt_set)
         prompts = prompts[: args.clips] if args.clips else prompts
-        rows = [row for name in args.scheduler or ["ddim", "dpm++"] for row in compare_configs(prompts, name, variants)]
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+        rows = [
+            row
+            for name in args.scheduler or ["ddim", "dpm++"]
+            for row in compare_configs(prompts, name, variants, seeds)
+        ]
         results["compare"] = rows
         for row in rows:
             print(json.dumps(row))
@@ -490,9 +512,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             true_clips, stride = len(clips), 1
         else:
             model = EmbeddedModel(scheduler_name)
-            clips = {"tune": list(TUNING_PROMPTS), "report": list(REPORT_PROMPTS)}.get(
-                args.prompt_set, [*TUNING_PROMPTS, *REPORT_PROMPTS]
-            )
+            clips = list(prompt_set(args.prompt_set))
             true_clips, stride = args.true_oracle_clips, args.true_oracle_stride
         clips = clips[: args.clips] if args.clips else clips
         preset = None if args.no_preset else FIXED_23

@@ -28,6 +28,7 @@ training captions (``tools.tiny.music.caption``) and the benchmark prompts. Run:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -415,7 +416,7 @@ def compare_configs(
     sampling = SamplingSettings(steps=50, duration=5.12, guidance=2.0)
     rate = pipeline_sample_rate(pipe)
     rows = []
-    for prompt, seed in ((prompt, seed) for prompt in prompts for seed in seeds):
+    for prompt, seed in itertools.product(prompts, seeds):
         clip = ClipRequest(prompt, seed)
         reference = generate_batch(pipe, [clip], sampling, accelerate=False).waveforms[0, 0]
         for label, config in variants.items():
@@ -452,6 +453,13 @@ def prompt_set(name: str) -> tuple[str, ...]:
     return sets.get(name, (*TUNING_PROMPTS, *REPORT_PROMPTS))
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("analytic", "embedded"), default="analytic")
@@ -462,7 +470,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="all",
         help="'benchmark': the 16 prompts of sada-audio benchmark (held out from every tuning)",
     )
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds of every prompt (--compare only)")
+    parser.add_argument(
+        "--seeds", type=_seed_list, default=[0], help="comma-separated seeds of every prompt (--compare only)"
+    )
     parser.add_argument("--clips", type=int, default=None, help="use only the first N clips of the set")
     parser.add_argument("--skips", type=int, default=27, help="skipped steps per clip at equal NFE (27 = 23 calls)")
     parser.add_argument("--max-run", type=int, default=MAX_RUN, help="longest run of skips in a chosen set")
@@ -483,8 +493,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "overrides (e.g. 'adaptive=criterion=\"published\"; lagrange_step=24'; 'preset=' for the preset itself)",
     )
     args = parser.parse_args(argv)
-    if args.seeds != "0" and not args.compare:
+    if args.seeds != [0] and not args.compare:
         parser.error("--seeds needs --compare (the study runs seed 0)")
+    if args.prompt_set == "benchmark" and args.model == "analytic" and not args.compare:
+        parser.error("--prompt-set benchmark names prompts: use it with --model embedded or --compare")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     if args.compare:
@@ -492,11 +504,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         variants = {label: base.with_overrides(text) for label, _, text in (v.partition("=") for v in args.compare)}
         prompts = prompt_set(args.prompt_set)
         prompts = prompts[: args.clips] if args.clips else prompts
-        seeds = [int(seed) for seed in args.seeds.split(",")]
         rows = [
             row
             for name in args.scheduler or ["ddim", "dpm++"]
-            for row in compare_configs(prompts, name, variants, seeds)
+            for row in compare_configs(prompts, name, variants, args.seeds)
         ]
         results["compare"] = rows
         for row in rows:

@@ -30,3 +30,17 @@ def test_compare_runs_every_prompt_with_every_seed():
     for row in rows:
         assert len(row["step_modes"]) == 50 and row["calls"] == 50 - row["step_modes"].count("s")
         assert 20 < row["mel_psnr"] < 80
+
+
+def test_seeds_that_are_not_integers_are_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--compare", "preset=", "--seeds", "0,one"])
+    assert exit_info.value.code == 2
+    assert "seeds must be comma-separated integers, got '0,one'" in capsys.readouterr().err
+
+
+def test_the_analytic_study_refuses_the_benchmark_prompts(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "analytic", "--prompt-set", "benchmark"])
+    assert exit_info.value.code == 2
+    assert "--prompt-set benchmark names prompts" in capsys.readouterr().err

@@ -17,9 +17,11 @@ from .common import (
     DTYPE_CHOICES,
     DTYPE_HELP,
     SCHEDULER_OPTION_CHOICES,
+    OutputPath,
     compile_option,
     load_for_command,
-    prepare_clip_dir,
+    new_folders_removed_on_failure,
+    prepare_clip_dirs,
     progress_bar,
     resolve_scheduler_option,
 )
@@ -50,7 +52,7 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option(
     "-o",
     "--output-dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=OutputPath(path_type=Path, file_okay=False),
     required=True,
     help=f"Folder for {', '.join(BENCHMARK_RESULT_FILES.values())}.",
 )
@@ -160,38 +162,42 @@ def benchmark(
     from sada_audio.evaluation.benchmark_report import target_checks, write_benchmark_outputs
     from sada_audio.evaluation.generate import read_prompts
     from sada_audio.pipelines import check_compile_mode, parse_device
+    from sada_audio.render.plan import prepare_output_dir
 
     if output_dir.exists() and not output_dir.is_dir():
         raise click.BadParameter(f"'{output_dir}' is a file, not a folder", param_hint="-o/--output-dir")
     check_compile_mode(compile_mode, parse_device(device))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for name in BENCHMARK_RESULT_FILES.values():
-        check_output_path(output_dir / name, overwrite, extensions=(Path(name).suffix,))
-    clip_dir = None
-    if keep_clips:
-        clip_dir = prepare_clip_dir(output_dir / BENCHMARK_CLIPS_DIR, overwrite, (".flac", ".json"), recursive=True)
-    prompts = tuple(read_prompts(prompts_file)) if prompts_file is not None else BenchmarkSettings.prompts
-    settings = BenchmarkSettings(
-        schedulers=schedulers or BenchmarkSettings.schedulers,
-        steps=steps,
-        prompts=prompts,
-        seeds=seeds,
-        duration=duration,
-        guidance=guidance,
-        methods=methods,
-        preset=preset,
-        sada_variants=sada_variants,
-        latent_frames=latent_frames or BenchmarkSettings.latent_frames,
-        compile_mode=compile_mode,
-    )
-    if quick:
-        settings = dataclasses.replace(settings, **QUICK, prompts=prompts[:QUICK_PROMPTS], seeds=seeds[:1])
-    with interruptible():
-        pipe, _ = load_for_command(model, None, device, dtype, compile_mode)
-        pipe.set_progress_bar_config(disable=True)  # one bar: ours
-        results = run_benchmark(pipe, settings, progress=progress_bar, clip_dir=clip_dir)
-    command = shlex.join(["sada-audio", "benchmark", *sys.argv[2:]]) if sys.argv[1:2] == ["benchmark"] else ""
-    paths = write_benchmark_outputs(results, output_dir, command or "sada-audio benchmark")
+    # a run refused or failed before it wrote anything leaves no folder behind
+    with new_folders_removed_on_failure(output_dir / BENCHMARK_CLIPS_DIR):
+        prepare_output_dir(output_dir)
+        for name in BENCHMARK_RESULT_FILES.values():
+            check_output_path(output_dir / name, overwrite, extensions=(Path(name).suffix,))
+        clip_dir = None
+        if keep_clips:
+            clip_dir = output_dir / BENCHMARK_CLIPS_DIR
+            prepare_clip_dirs([clip_dir], overwrite, recursive=True)
+        prompts = tuple(read_prompts(prompts_file)) if prompts_file is not None else BenchmarkSettings.prompts
+        settings = BenchmarkSettings(
+            schedulers=schedulers or BenchmarkSettings.schedulers,
+            steps=steps,
+            prompts=prompts,
+            seeds=seeds,
+            duration=duration,
+            guidance=guidance,
+            methods=methods,
+            preset=preset,
+            sada_variants=sada_variants,
+            latent_frames=latent_frames or BenchmarkSettings.latent_frames,
+            compile_mode=compile_mode,
+        )
+        if quick:
+            settings = dataclasses.replace(settings, **QUICK, prompts=prompts[:QUICK_PROMPTS], seeds=seeds[:1])
+        with interruptible():
+            pipe, _ = load_for_command(model, None, device, dtype, compile_mode)
+            pipe.set_progress_bar_config(disable=True)  # one bar: ours
+            results = run_benchmark(pipe, settings, progress=progress_bar, clip_dir=clip_dir)
+        command = shlex.join(["sada-audio", "benchmark", *sys.argv[2:]]) if sys.argv[1:2] == ["benchmark"] else ""
+        paths = write_benchmark_outputs(results, output_dir, command or "sada-audio benchmark")
     if quick:
         click.echo("The targets are defined for the full workload (50 steps, 16 prompts x 2 seeds);")
         click.echo("--quick only checks that every method runs, so its speedups are not comparable with them.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +35,16 @@ DEFAULT_MODEL = "tiny-musicldm"
 _Command = TypeVar("_Command", bound=Callable[..., Any])
 
 
+class OutputPath(click.Path):
+    """A ``click.Path`` for what a command writes: an empty value (an unset shell variable) is refused rather than
+    taken for the current folder."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("the path is empty (an unset shell variable?)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 #: What ``--scheduler`` accepts: the samplers' names and their aliases.
 SCHEDULER_OPTION_CHOICES = [*SCHEDULER_CHOICES, *SCHEDULER_ALIASES]
 
@@ -57,21 +67,35 @@ def progress_bar(items: Sequence[Any], label: str) -> Iterator[Any]:
         yield bar
 
 
-def prepare_clip_dir(directory: Path, overwrite: bool, suffixes: Collection[str], *, recursive: bool = False) -> Path:
-    """A folder for generated clips: new, or emptied (with ``overwrite``) of an earlier run's files whose
-    suffixes are in ``suffixes`` (lower case, with the dot), also in subfolders if ``recursive``.
+def prepare_clip_dirs(directories: Sequence[Path], overwrite: bool, *, recursive: bool = False) -> None:
+    """Folders for generated clips (their parent exists): each new, or (with ``overwrite``) cleared of an earlier
+    run's clips, also in subfolders if ``recursive``. All are checked before any is touched, and only files a
+    sada-audio command made are ever removed (:func:`sada_audio.render.guard.check_clip_folder`).
 
     Raises:
-        click.UsageError: earlier clips are there and ``overwrite`` is false.
+        SADAError: a folder holds a file sada-audio did not make, or an earlier run's clips without ``overwrite``.
     """
-    directory.mkdir(exist_ok=True)
-    files = directory.rglob("*") if recursive else directory.iterdir()
-    earlier = [path for path in files if path.suffix.lower() in suffixes and path.is_file()]
-    if earlier and not overwrite:
-        raise click.UsageError(f"'{directory}' already holds clips of an earlier run (use --overwrite to replace them)")
-    for path in earlier:
-        path.unlink()
-    return directory
+    from sada_audio.render.guard import check_clip_folder
+
+    earlier = [check_clip_folder(directory, overwrite, recursive=recursive) for directory in directories]
+    for directory, files in zip(directories, earlier, strict=True):
+        for path in files:
+            path.unlink(missing_ok=True)
+        directory.mkdir(exist_ok=True)
+
+
+@contextlib.contextmanager
+def new_folders_removed_on_failure(*paths: Path) -> Iterator[None]:
+    """If the block fails (an error, Ctrl-C), remove the folders among ``paths`` and their parents that did not
+    exist before it and are still empty, so that a refused or failed run leaves nothing behind."""
+    from sada_audio.render.plan import missing_folders, remove_empty_folders
+
+    created = {folder for path in paths for folder in missing_folders(path)}
+    try:
+        yield
+    except BaseException:
+        remove_empty_folders(sorted(created, key=lambda folder: len(folder.parts), reverse=True))
+        raise
 
 
 def check_prompt(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -11,11 +11,13 @@ from click.core import ParameterSource
 from sada_audio.config import MAX_SEED
 
 from .common import (
+    OutputPath,
     check_steps_before_loading,
     dtype_name,
     load_for_command,
     model_options,
-    prepare_clip_dir,
+    new_folders_removed_on_failure,
+    prepare_clip_dirs,
     progress_bar,
     sampling_options,
     seed_option,
@@ -42,10 +44,11 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
     """Create the output folder; refuse to replace an earlier report unless ``overwrite``."""
     from sada_audio.audio import check_output_path
     from sada_audio.evaluation.report import FIGURE_NAMES, FIGURES_DIR, HTML_NAME, REPORT_NAME
+    from sada_audio.render.plan import prepare_output_dir
 
     if output_dir.exists() and not output_dir.is_dir():
         raise click.BadParameter(f"'{output_dir}' is a file, not a folder", param_hint="-o/--output-dir")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(output_dir)
     check_output_path(output_dir / REPORT_NAME, overwrite, extensions=(".md",))
     check_output_path(output_dir / HTML_NAME, overwrite, extensions=(".html",))
     for name in FIGURE_NAMES.values():
@@ -68,14 +71,14 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
 @click.option(
     "-o",
     "--output-dir",
-    type=click.Path(path_type=Path),
+    type=OutputPath(path_type=Path),
     default=Path("sada-evaluation"),
     show_default=True,
     help="Folder for report.md, report.html (listening report: players, spectrograms, sparsity maps) and figures/ "
     "(and the generated clips).",
 )
 @click.option(
-    "--json", "json_path", type=click.Path(path_type=Path), metavar="PATH", help="Also write the JSON report."
+    "--json", "json_path", type=OutputPath(path_type=Path), metavar="PATH", help="Also write the JSON report."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an earlier report, figures and generated clips.")
 @click.option(
@@ -131,7 +134,7 @@ def evaluate(
     """
     # The library is imported here, not at the top: argument errors are reported without loading torch.
     from sada_audio.audio import check_output_path
-    from sada_audio.evaluation.evaluate import AUDIO_EXTENSIONS, evaluate_directories
+    from sada_audio.evaluation.evaluate import evaluate_directories
     from sada_audio.evaluation.generate import generate_pair_folders, read_prompts
     from sada_audio.evaluation.report import write_outputs
     from sada_audio.generation import SamplingSettings, run_metadata
@@ -144,39 +147,41 @@ def evaluate(
         check_steps_before_loading(model, scheduler, steps)
         if seed + len(prompts) - 1 > MAX_SEED:
             raise click.BadParameter(f"with {len(prompts)} prompts the seeds run past {MAX_SEED}", param_hint="--seed")
-    _prepare_output_dir(output_dir, overwrite)
-    if json_path is not None:  # after the output folder exists: the JSON often goes into it
-        check_output_path(json_path, overwrite, extensions=(".json",))
-    if prompts is not None:
-        reference_dir = prepare_clip_dir(output_dir / "reference", overwrite, (*AUDIO_EXTENSIONS, ".json"))
-        test_dir = prepare_clip_dir(output_dir / "test", overwrite, (*AUDIO_EXTENSIONS, ".json"))
-        with interruptible():
-            pipe, load_time = load_for_command(model, scheduler, device, dtype)
-            pipe.set_progress_bar_config(disable=True)  # one bar: ours
-            run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype)
-            generate_pair_folders(
-                pipe,
-                prompts,
-                SamplingSettings(steps=steps, duration=duration, guidance=guidance),
-                seed=seed,
-                reference_dir=reference_dir,
-                test_dir=test_dir,
-                accelerate=accelerate == "sada",
-                run_info={**run_info, "load_time_s": load_time},
-                progress=progress_bar,
-            )
-    assert reference_dir is not None and test_dir is not None  # checked by _check_arguments
-    quiet_libraries()  # CLAP and LPIPS come from transformers and torch hub
-    evaluation = evaluate_directories(
-        reference_dir,
-        test_dir,
-        lpips_backbone=lpips_backbone,
-        lpips_heads=lpips_heads,
-        embedding=embedding,
-        progress=progress_bar,
-    )
-    report_path = write_outputs(evaluation, output_dir, json_path)
-    _echo_summary(evaluation.report, report_path, json_path)
+    # a run refused or failed before it wrote anything leaves no folder behind
+    with new_folders_removed_on_failure(output_dir / "reference", output_dir / "test"):
+        _prepare_output_dir(output_dir, overwrite)
+        if json_path is not None:  # after the output folder exists: the JSON often goes into it
+            check_output_path(json_path, overwrite, extensions=(".json",))
+        if prompts is not None:
+            reference_dir, test_dir = output_dir / "reference", output_dir / "test"
+            prepare_clip_dirs([reference_dir, test_dir], overwrite)
+            with interruptible():
+                pipe, load_time = load_for_command(model, scheduler, device, dtype)
+                pipe.set_progress_bar_config(disable=True)  # one bar: ours
+                run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype)
+                generate_pair_folders(
+                    pipe,
+                    prompts,
+                    SamplingSettings(steps=steps, duration=duration, guidance=guidance),
+                    seed=seed,
+                    reference_dir=reference_dir,
+                    test_dir=test_dir,
+                    accelerate=accelerate == "sada",
+                    run_info={**run_info, "load_time_s": load_time},
+                    progress=progress_bar,
+                )
+        assert reference_dir is not None and test_dir is not None  # checked by _check_arguments
+        quiet_libraries()  # CLAP and LPIPS come from transformers and torch hub
+        evaluation = evaluate_directories(
+            reference_dir,
+            test_dir,
+            lpips_backbone=lpips_backbone,
+            lpips_heads=lpips_heads,
+            embedding=embedding,
+            progress=progress_bar,
+        )
+        report_path = write_outputs(evaluation, output_dir, json_path)
+        _echo_summary(evaluation.report, report_path, json_path)
 
 
 def _echo_summary(report: dict[str, Any], report_path: Path, json_path: Path | None) -> None:

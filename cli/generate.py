@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .common import (
+    OutputPath,
     check_prompt,
     check_steps_before_loading,
     compile_option,
@@ -34,7 +35,7 @@ def _waveform_paths(output: Path, count: int) -> list[Path]:
     "-o",
     "--output",
     required=True,
-    type=click.Path(path_type=Path),
+    type=OutputPath(path_type=Path),
     metavar="OUT",
     help="Audio file to write, .wav or .flac (chosen by the extension). A JSON sidecar with every "
     "setting, the SADA statistics and the wall time is written next to it (OUT.json).",
@@ -53,7 +54,7 @@ def _waveform_paths(output: Path, count: int) -> list[Path]:
 )
 @click.option(
     "--sparsity-map",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=OutputPath(path_type=Path, dir_okay=False),
     metavar="PATH.png",
     help="Also draw where SADA saved work: every step's mode and, for pruned steps, which latent time frames "
     "and frequency bands were recomputed (needs --accelerate sada).",

@@ -12,6 +12,7 @@ import click
 from sada_audio.choices import CLIP_FORMATS
 
 from .common import (
+    OutputPath,
     check_duration,
     compile_option,
     dtype_name,
@@ -42,7 +43,7 @@ def _progress_text(progress: RenderProgress | None) -> str | None:
     "--output-dir",
     "out_dir",
     required=True,
-    type=click.Path(path_type=Path, file_okay=False),
+    type=OutputPath(path_type=Path, file_okay=False),
     metavar="OUT_DIR",
     help="Folder for the clips, their JSON sidecars, index.jsonl and index.html (a listening page; both created "
     "if missing, replaced at every run).",

@@ -276,6 +276,7 @@ def run_quality(
                         "seed": clip.seed,
                         "scheduler": scheduler,
                         "label": method.label,
+                        "files": [path.name],  # marks the clip as the tool's own: --overwrite may replace it
                         "sada_stats": sada_stats,
                     }
                     audio_path, _ = write_clip([(path, waveform)], sample_rate, path.with_suffix(".json"), meta)

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import stat
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ HOLDER_NOTE = ".sada-audio-render.pid"
 _INDEX_KEYS = {"name", "line", "status"}
 # the first foreign files a refusal names; the rest are counted
 _LISTED = 10
+# what write_atomically leaves when a write is interrupted: .NAME.<12 hex digits>.tmp
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
 
 def part_name(rank: int) -> str:
@@ -80,11 +83,89 @@ def _is_render_page(path: Path) -> bool:
         return False
 
 
+def is_clip_sidecar(meta: Any) -> bool:
+    """Whether a parsed sidecar was written by a sada-audio command (``generate``, ``render``, ``evaluate
+    --generate``, ``benchmark``): a JSON object with the clip's prompt and seed that lists its audio files."""
+    return (
+        isinstance(meta, dict)
+        and isinstance(meta.get("prompt"), str)
+        and isinstance(meta.get("seed"), int)
+        and isinstance(meta.get("files"), list)
+        and all(isinstance(name, str) for name in meta["files"])
+    )
+
+
 def is_render_sidecar(meta: Any) -> bool:
     """Whether a parsed sidecar was written by render (it records the request the clip was rendered for)."""
-    return (
-        isinstance(meta, dict) and isinstance(meta.get("render_request"), dict) and isinstance(meta.get("files"), list)
-    )
+    return is_clip_sidecar(meta) and isinstance(meta.get("render_request"), dict)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def clip_folder_files(directory: Path, *, recursive: bool = False) -> tuple[list[Path], list[Path]]:
+    """The entries of ``directory`` (and, if ``recursive``, of its subfolders) split into those a sada-audio
+    command made -- clip sidecars (:func:`is_clip_sidecar`), the audio files their sidecars list, hidden temporary
+    files of an interrupted write -- and all the others: a user's files, symlinks, and (unless ``recursive``)
+    folders. A missing ``directory`` holds neither."""
+    owned: list[Path] = []
+    foreign: list[Path] = []
+    sidecars: dict[Path, Any] = {}
+
+    def sidecar(path: Path) -> Any:
+        if path not in sidecars:
+            info = _lstat(path)
+            sidecars[path] = _read_json(path) if info is not None and stat.S_ISREG(info.st_mode) else None
+        return sidecars[path]
+
+    def walk(folder: Path) -> None:
+        for path in sorted(folder.iterdir()):
+            mode = path.lstat().st_mode
+            if recursive and stat.S_ISDIR(mode):
+                walk(path)
+            elif not stat.S_ISREG(mode):
+                foreign.append(path)
+            elif _TEMPORARY.fullmatch(path.name) or (path.suffix == ".json" and is_clip_sidecar(sidecar(path))):
+                owned.append(path)
+            else:
+                meta = sidecar(path.with_suffix(".json"))
+                (owned if is_clip_sidecar(meta) and path.name in meta["files"] else foreign).append(path)
+
+    if _lstat(directory) is not None:
+        walk(directory)
+    return owned, foreign
+
+
+def listed(names: Sequence[str]) -> str:
+    """The first names of a refusal, the rest counted: ``a, b and 3 more``."""
+    return ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
+def check_clip_folder(directory: Path, overwrite: bool, *, recursive: bool = False) -> list[Path]:
+    """Check a folder a command fills with clips; return the files of an earlier run that it may replace
+    (empty unless ``overwrite``). Nothing is removed here.
+
+    Raises:
+        SADAError: the folder holds anything a sada-audio command did not make (with or without ``overwrite``:
+            only what the tool made is ever replaced), or clips of an earlier run and ``overwrite`` is false.
+    """
+    if _lstat(directory) is not None and not directory.is_dir():
+        raise SADAError(f"'{directory}' is a file, not a folder")
+    owned, foreign = clip_folder_files(directory, recursive=recursive)
+    if foreign:
+        names = [str(path.relative_to(directory)) for path in foreign]
+        raise SADAError(
+            f"'{directory}' holds {len(names)} file{'s' * (len(names) != 1)} that sada-audio did not make: "
+            f"{listed(names)} (move them away or choose another output folder; --overwrite only replaces clips "
+            "that sada-audio made)"
+        )
+    if owned and not overwrite:
+        raise SADAError(f"'{directory}' already holds clips of an earlier run (use --overwrite to replace them)")
+    return owned
 
 
 def _row_problems(out_dir: Path, row: RenderRow) -> list[str]:
@@ -136,12 +217,9 @@ def check_ownership(out_dir: Path, rows: Sequence[RenderRow], ranks: int, overwr
         return
     problems = foreign_files(out_dir, rows, ranks)
     if problems:
-        listed = ", ".join(problems[:_LISTED]) + (
-            f" and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
-        )
         raise SADAError(
             f"'{out_dir}' holds {len(problems)} file{'s' * (len(problems) != 1)} that render did not make but would "
-            f"replace: {listed} (move them away, choose another folder, or pass --overwrite to replace them)"
+            f"replace: {listed(problems)} (move them away, choose another folder, or pass --overwrite to replace them)"
         )
 
 

@@ -40,9 +40,11 @@ from .manifest import FORMATS, Manifest, RenderRow, RenderRun, RowProblem
 from .plan import (
     RenderPlan,
     completed_sidecar,
+    missing_folders,
     plan_render,
     prepare_output_dir,
     read_sidecar,
+    remove_empty_folders,
     remove_temporary_files,
 )
 
@@ -293,7 +295,7 @@ class RenderJob:
         overwrite: bool = False,
     ):
         out_dir = Path(out_dir)
-        self._created_dir = not out_dir.exists()
+        self._created_dirs = missing_folders(out_dir)
         self.manifest, self.out_dir, self.run, self.state = manifest, prepare_output_dir(out_dir), run, state
         check_manifest_location(manifest.path, self.out_dir, manifest.rows)
         self._lock = FolderLock(self.out_dir)
@@ -322,11 +324,10 @@ class RenderJob:
             self._abandon()
 
     def _abandon(self) -> None:
-        """Release the lock; remove the output folder if this job created it and it is still empty."""
+        """Release the lock; remove the output folder and its parents that this job created, if still empty."""
         self._lock.release()
-        if self._created_dir and self.state.is_main_process:
-            with contextlib.suppress(OSError):  # not empty: it holds what this run wrote
-                self.out_dir.rmdir()
+        if self.state.is_main_process:
+            remove_empty_folders(self._created_dirs)  # one that is not empty holds what this run wrote
 
     def render(
         self, pipe: Any, load_time_s: float, on_clip: Callable[[RenderProgress], None] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -81,6 +82,18 @@ def prepare_output_dir(path: Path) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise SADAError(f"output directory '{path}' is not writable")
     return path
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first: the folders creating it makes."""
+    return [folder for folder in (path, *path.parents) if not os.path.lexists(folder)]
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty; one that holds anything stays."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def remove_temporary_files(out_dir: Path, rows: Sequence[RenderRow]) -> int:

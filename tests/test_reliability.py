@@ -1,0 +1,183 @@
+"""Issue 27 (reliability, second pass): what a hostile user's input must never do -- delete a user's file, write
+into the wrong place, leave a traceback or an empty folder behind."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner, Result
+
+from sada_audio.cli import common as cli_common
+from sada_audio.cli import main as cli
+from sada_audio.errors import SADAError
+from sada_audio.render.guard import check_clip_folder, clip_folder_files
+
+SR = 16000
+
+
+def _no_load(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the model must not be loaded for input that can be checked beforehand")
+
+
+def _one_line_error(result: Result, *fragments: str) -> str:
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def _tool_clip(folder: Path, name: str, suffix: str = ".wav") -> tuple[Path, Path]:
+    """A clip as a sada-audio command writes it: audio, and a sidecar with its prompt and seed that lists it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    audio = folder / f"{name}{suffix}"
+    sf.write(audio, np.zeros(SR // 2, dtype=np.float32), SR, format=suffix[1:].upper())
+    sidecar = audio.with_suffix(".json")
+    sidecar.write_text(json.dumps({"prompt": "a tone", "seed": 0, "files": [audio.name]}), encoding="utf-8")
+    return audio, sidecar
+
+
+# --- row 1: --overwrite replaces only what the tool made ------------------------------------------------------
+
+
+def test_clip_folder_files_tells_the_tools_clips_from_a_users_files(tmp_path: Path) -> None:
+    audio, sidecar = _tool_clip(tmp_path / "clips", "000_a-tone")
+    folder = audio.parent
+    (folder / "take.wav").write_bytes(b"a user's take")  # no sidecar lists it
+    (folder / "notes.json").write_text('{"prompt": "mine"}', encoding="utf-8")  # not a clip sidecar
+    (folder / ".000_a-tone.wav.0123456789ab.tmp").write_bytes(b"")  # an interrupted write's leftover
+    os.symlink(audio, folder / "link.wav")
+    (folder / "sub").mkdir()
+    owned, foreign = clip_folder_files(folder)
+    assert sorted(p.name for p in owned) == [".000_a-tone.wav.0123456789ab.tmp", sidecar.name, audio.name]
+    assert sorted(p.name for p in foreign) == ["link.wav", "notes.json", "sub", "take.wav"]
+    assert clip_folder_files(tmp_path / "missing") == ([], [])
+
+
+def test_a_users_file_among_the_clips_is_refused_with_or_without_overwrite(tmp_path: Path) -> None:
+    folder = tmp_path / "clips"
+    _tool_clip(folder / "ddim" / "SADA", "p00_seed0", ".flac")
+    (folder / "ddim" / "SADA" / "p01_seed0.flac").write_bytes(b"mine")
+    for overwrite in (False, True):
+        with pytest.raises(SADAError, match=r"1 file that sada-audio did not make: ddim/SADA/p01_seed0.flac"):
+            check_clip_folder(folder, overwrite, recursive=True)
+    (folder / "ddim" / "SADA" / "p01_seed0.flac").unlink()
+    with pytest.raises(SADAError, match="already holds clips of an earlier run"):
+        check_clip_folder(folder, False, recursive=True)
+    assert len(check_clip_folder(folder, True, recursive=True)) == 2
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_evaluate_generate_never_deletes_a_users_take(
+    tmp_path: Path, tiny_musicldm_dir: Path, monkeypatch: pytest.MonkeyPatch, overwrite: list[str]
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a tone\n", encoding="utf-8")
+    take = tmp_path / "proj" / "reference" / "take.wav"
+    take.parent.mkdir(parents=True)
+    take.write_bytes(b"the only copy")
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    argv = ["evaluate", "--generate", str(prompts), "-o", str(tmp_path / "proj"), "-m", str(tiny_musicldm_dir)]
+    result = CliRunner().invoke(cli.main, [*argv, *overwrite])
+    line = _one_line_error(result, "take.wav", "sada-audio did not make")
+    assert "earlier run" not in line
+    assert take.read_bytes() == b"the only copy"
+    assert not (tmp_path / "proj" / "test").exists()
+
+
+def test_evaluate_generate_overwrite_removes_only_the_earlier_runs_clips(
+    tmp_path: Path, tiny_musicldm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a tone\n", encoding="utf-8")
+    earlier = [
+        *_tool_clip(tmp_path / "proj" / "reference", "000_a-tone"),
+        *_tool_clip(tmp_path / "proj" / "test", "000_a-tone"),
+    ]
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    argv = ["evaluate", "--generate", str(prompts), "-o", str(tmp_path / "proj"), "-m", str(tiny_musicldm_dir)]
+    _one_line_error(CliRunner().invoke(cli.main, argv), "already holds clips of an earlier run")
+    assert all(path.exists() for path in earlier)
+    result = CliRunner().invoke(cli.main, [*argv, "--overwrite"])
+    assert isinstance(result.exception, AssertionError)  # got as far as loading the model
+    assert not any(path.exists() for path in earlier)
+
+
+def test_benchmark_overwrite_never_deletes_a_users_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = tmp_path / "b" / "clips" / "notes" / "mix.flac"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"mine")
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    for overwrite in ([], ["--overwrite"]):
+        result = CliRunner().invoke(cli.main, ["benchmark", "-o", str(tmp_path / "b"), "--quick", *overwrite])
+        _one_line_error(result, "notes/mix.flac", "sada-audio did not make")
+        assert mine.read_bytes() == b"mine"
+
+
+# --- row 3: an empty output path is not the current folder ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "a tone", "-o", ""],
+        ["generate", "a tone", "-o", "x.wav", "--sparsity-map", " "],
+        ["render", "m.jsonl", "-o", ""],
+        ["evaluate", "--generate", "p.txt", "-o", ""],
+        ["evaluate", "--generate", "p.txt", "--json", ""],
+        ["benchmark", "-o", ""],
+    ],
+)
+def test_an_empty_output_path_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    (tmp_path / "m.jsonl").write_text('{"name": "a", "prompt": "a tone"}\n', encoding="utf-8")
+    (tmp_path / "p.txt").write_text("a tone\n", encoding="utf-8")
+    _one_line_error(CliRunner().invoke(cli.main, argv), "the path is empty")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.jsonl", "p.txt"]
+
+
+# --- row 11: an output folder that cannot be made is one line -------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["evaluate", "benchmark"])
+def test_an_output_folder_under_a_file_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    (tmp_path / "file").write_bytes(b"")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a tone\n", encoding="utf-8")
+    first = ["evaluate", "--generate", str(prompts)] if command == "evaluate" else ["benchmark", "--quick"]
+    for out in [tmp_path / "file" / "sub", Path("/proc/sada-audio-test")]:
+        result = CliRunner().invoke(cli.main, [*first, "-o", str(out)])
+        _one_line_error(result, "cannot create the output directory", str(out))
+
+
+# --- row 13: a failed run leaves no folder behind -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["render", "evaluate", "benchmark"])
+def test_a_run_that_fails_to_load_its_model_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    manifest, prompts = tmp_path / "m.jsonl", tmp_path / "p.txt"
+    manifest.write_text('{"name": "a", "prompt": "a tone"}\n', encoding="utf-8")
+    prompts.write_text("a tone\n", encoding="utf-8")
+    out = tmp_path / "out" / "sub"
+    first = {
+        "render": ["render", str(manifest)],
+        "evaluate": ["evaluate", "--generate", str(prompts)],
+        "benchmark": ["benchmark", "--quick"],
+    }[command]
+    result = CliRunner().invoke(cli.main, [*first, "-o", str(out), "--model", str(tmp_path / "nonexistent")])
+    _one_line_error(result, "nonexistent")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.jsonl", "p.txt"]

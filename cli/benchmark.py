@@ -17,6 +17,7 @@ from .common import (
     DTYPE_CHOICES,
     DTYPE_HELP,
     SCHEDULER_OPTION_CHOICES,
+    FiniteFloatRange,
     OutputPath,
     compile_option,
     load_for_command,
@@ -89,8 +90,8 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     help="A further SADA setting to compare, as overrides of the preset in JSON values, e.g. "
     "'acc_range=[6, 48]; lagrange_int=5' (repeatable).",
 )
-@click.option("--duration", default=5.12, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--guidance", default=2.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--duration", default=5.12, show_default=True, type=FiniteFloatRange(min=0, min_open=True))
+@click.option("--guidance", default=2.0, show_default=True, type=FiniteFloatRange(min=0))
 @click.option(
     "--frames",
     "latent_frames",

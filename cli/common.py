@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +44,16 @@ class OutputPath(click.Path):
         if isinstance(value, str) and not value.strip():
             self.fail("the path is empty (an unset shell variable?)", param, ctx)
         return super().convert(value, param, ctx)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A ``click.FloatRange`` that also refuses ``nan`` and ``inf`` (``nan`` passes every range check)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 #: What ``--scheduler`` accepts: the samplers' names and their aliases.
@@ -215,7 +226,7 @@ def sampling_options(command: _Command) -> _Command:
             ),
             click.option(
                 "--duration",
-                type=click.FloatRange(min=0, min_open=True),
+                type=FiniteFloatRange(min=0, min_open=True),
                 metavar="SECONDS",
                 callback=_check_duration_option,
                 help="Length of the clip in seconds.  [default: the model's own]",
@@ -224,7 +235,7 @@ def sampling_options(command: _Command) -> _Command:
                 "--guidance",
                 default=2.0,
                 show_default=True,
-                type=click.FloatRange(min=0),
+                type=FiniteFloatRange(min=0),
                 help="Classifier-free guidance scale.",
             ),
         ],

@@ -181,3 +181,28 @@ def test_a_run_that_fails_to_load_its_model_leaves_no_folder(
     result = CliRunner().invoke(cli.main, [*first, "-o", str(out), "--model", str(tmp_path / "nonexistent")])
     _one_line_error(result, "nonexistent")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["m.jsonl", "p.txt"]
+
+
+# --- row 9: non-finite numbers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["generate", "render", "evaluate", "benchmark"])
+@pytest.mark.parametrize(
+    "numbers", [["--duration", "nan"], ["--duration", "inf", "--allow-long"], ["--guidance", "nan"]]
+)
+def test_non_finite_numbers_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, numbers: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    (tmp_path / "m.jsonl").write_text('{"name": "a", "prompt": "a tone"}\n', encoding="utf-8")
+    (tmp_path / "p.txt").write_text("a tone\n", encoding="utf-8")
+    first = {
+        "generate": ["generate", "a tone", "-o", "x.wav"],
+        "render": ["render", "m.jsonl", "-o", "out"],
+        "evaluate": ["evaluate", "--generate", "p.txt", "-o", "out"],
+        "benchmark": ["benchmark", "-o", "out"],
+    }[command]
+    numbers = [arg for arg in numbers if command != "benchmark" or arg != "--allow-long"]
+    _one_line_error(CliRunner().invoke(cli.main, [*first, *numbers]), "is not a finite number", numbers[0])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.jsonl", "p.txt"]

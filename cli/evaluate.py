@@ -23,9 +23,21 @@ from .common import (
     seed_option,
 )
 from .console import interruptible, quiet_libraries
+from .sada_choice import SADA_OPTION_NAMES, config_after_loading, config_before_loading, sada_choice, sada_options
 
 # Options that only make sense when the command generates the clips itself.
-_GENERATION_OPTIONS = ("model", "scheduler", "accelerate", "device", "dtype", "steps", "duration", "guidance", "seed")
+_GENERATION_OPTIONS = (
+    "model",
+    "scheduler",
+    "accelerate",
+    *SADA_OPTION_NAMES,
+    "device",
+    "dtype",
+    "steps",
+    "duration",
+    "guidance",
+    "seed",
+)
 
 
 def _check_arguments(ctx: click.Context, reference_dir: Path | None, test_dir: Path | None, generating: bool) -> None:
@@ -36,7 +48,8 @@ def _check_arguments(ctx: click.Context, reference_dir: Path | None, test_dir: P
             raise click.UsageError("pass the folders REF_DIR and TEST_DIR, or --generate PROMPTS_FILE", ctx=ctx)
         given = [name for name in _GENERATION_OPTIONS if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
         if given:
-            flags = ", ".join("--" + name for name in given)
+            options = {param.name: max(param.opts, key=len) for param in ctx.command.params}
+            flags = ", ".join(options[name] for name in given)
             raise click.UsageError(f"{flags} only apply with --generate PROMPTS_FILE", ctx=ctx)
 
 
@@ -95,6 +108,7 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
     "folder with a ClapModel text encoder.  [default: the tiny-musicldm CLAP]",
 )
 @model_options
+@sada_options
 @sampling_options
 @seed_option("Seed of the first prompt; +1 per line.")
 @click.pass_context
@@ -112,6 +126,8 @@ def evaluate(
     model: str,
     scheduler: str | None,
     accelerate: str,
+    sada_level: str | None,
+    sada_overrides: str | None,
     device: str,
     dtype: str,
     steps: int,
@@ -145,6 +161,8 @@ def evaluate(
     if prompts is not None:  # checked before any folder is made, so that a refusal leaves nothing behind
         dtype = dtype_name(dtype, device, model)  # the sidecars record what ran, not 'auto'
         check_steps_before_loading(model, scheduler, steps)
+        choice = sada_choice(accelerate, sada_level, sada_overrides)
+        sada_config = config_before_loading(choice, model)
         if seed + len(prompts) - 1 > MAX_SEED:
             raise click.BadParameter(f"with {len(prompts)} prompts the seeds run past {MAX_SEED}", param_hint="--seed")
     # a run refused or failed before it wrote anything leaves no folder behind
@@ -166,7 +184,8 @@ def evaluate(
                     seed=seed,
                     reference_dir=reference_dir,
                     test_dir=test_dir,
-                    accelerate=accelerate == "sada",
+                    accelerate=choice is not None,
+                    sada_config=config_after_loading(choice, sada_config, pipe),
                     run_info={**run_info, "load_time_s": load_time},
                     progress=progress_bar,
                 )

@@ -20,6 +20,7 @@ from .common import (
     warn_if_memory_heavy,
 )
 from .console import interruptible
+from .sada_choice import config_after_loading, config_before_loading, sada_choice, sada_options
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def _waveform_paths(output: Path, count: int) -> list[Path]:
     "setting, the SADA statistics and the wall time is written next to it (OUT.json).",
 )
 @model_options
+@sada_options
 @sampling_options
 @seed_option("Seed of the initial noise.")
 @click.option("--negative-prompt", help="What the clip should not sound like.")
@@ -67,6 +69,8 @@ def generate(
     model: str,
     scheduler: str | None,
     accelerate: str,
+    sada_level: str | None,
+    sada_overrides: str | None,
     device: str,
     dtype: str,
     steps: int,
@@ -100,6 +104,8 @@ def generate(
             raise click.UsageError("--sparsity-map needs --accelerate sada: without SADA every step runs in full")
         check_output_path(sparsity_map, overwrite, extensions=(".png",))
     check_steps_before_loading(model, scheduler, steps)
+    choice = sada_choice(accelerate, sada_level, sada_overrides)
+    sada_config = config_before_loading(choice, model)
     dtype = dtype_name(dtype, device, model)
     warn_if_memory_heavy(num_waveforms, duration, dtype, device, "generate fewer with --num-waveforms")
     with interruptible():
@@ -108,11 +114,12 @@ def generate(
 
         clip = ClipRequest(prompt=prompt, seed=seed, negative_prompt=negative_prompt)
         settings = SamplingSettings(steps=steps, duration=duration, guidance=guidance, num_waveforms=num_waveforms)
-        batch = generate_batch(pipe, [clip], settings, accelerate=accelerate == "sada")
+        sada_config = config_after_loading(choice, sada_config, pipe)
+        batch = generate_batch(pipe, [clip], settings, accelerate=choice is not None, sada_config=sada_config)
 
         metadata = clip_metadata(clip, settings, batch, [path.name for path in audio_paths])
         run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype, compile_mode)
-        metadata.update(run_info, load_time_s=load_time)
+        metadata.update(run_info, load_time_s=load_time, **(choice.to_dict() if choice is not None else {}))
         write_clip(list(zip(audio_paths, batch.waveforms[0], strict=True)), batch.sample_rate, sidecar, metadata)
         if sparsity_map is not None and batch.sada_stats is not None:
             write_sparsity_png(sparsity_map, batch.sada_stats, title=prompt)

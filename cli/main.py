@@ -19,6 +19,7 @@ COMMANDS = {
         "Compare TEST_DIR's clips with REF_DIR's (or generate both).",
     ),
     "benchmark": ("sada_audio.cli.benchmark", "Benchmark SADA against DeepCache, ToMe, PAB, AdaptiveDiffusion, ..."),
+    "presets": ("sada_audio.cli.presets", "List the SADA levels (--sada-level) per family with their measured speed."),
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sada_audio.audio import write_clip
+from sada_audio.config import SADAConfig
 from sada_audio.errors import SADAError
 from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch
 
@@ -61,6 +62,7 @@ def generate_pair_folders(
     reference_dir: Path,
     test_dir: Path,
     accelerate: bool = True,
+    sada_config: SADAConfig | None = None,
     run_info: dict[str, Any] | None = None,
     progress: Progress = no_progress,
 ) -> list[str]:
@@ -68,6 +70,7 @@ def generate_pair_folders(
     ``accelerate``) into ``test_dir``, as ``NAME.wav`` plus ``NAME.json``; return the names.
 
     Args:
+        sada_config: SADA's configuration on the test side; None: the preset of the pipeline's family.
         run_info: added to every sidecar (e.g. :func:`~sada_audio.generation.run_metadata`).
     """
     names = clip_names(prompts)
@@ -79,7 +82,7 @@ def generate_pair_folders(
         for index, (name, prompt) in items:
             clip = ClipRequest(prompt=prompt, seed=seed + index)
             for directory, with_sada in runs:
-                batch = generate_batch(pipe, [clip], settings, accelerate=with_sada)
+                batch = generate_batch(pipe, [clip], settings, accelerate=with_sada, sada_config=sada_config)
                 path = directory / f"{name}.wav"
                 meta = {**clip_metadata(clip, settings, batch, [path.name]), **(run_info or {})}
                 write_clip([(path, batch.waveforms[0, 0])], batch.sample_rate, path.with_suffix(".json"), meta)

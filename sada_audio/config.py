@@ -54,6 +54,29 @@ def _type_problem(name: str, annotation: Any, value: Any) -> str | None:
     return None
 
 
+def parse_overrides(text: str) -> dict[str, Any]:
+    """The fields ``text`` (``"key=value; key=value"``, each value in JSON) changes, by name: the parser of
+    :meth:`SADAConfig.with_overrides`, which also checks the values against a config.
+
+    Raises:
+        ConfigError: a part is not ``key=value``, a value is not JSON or a key names no field of :class:`SADAConfig`.
+    """
+    changes: dict[str, Any] = {}
+    for part in filter(None, (item.strip() for item in text.split(";"))):
+        key, sep, value = (piece.strip() for piece in part.partition("="))
+        if not sep or not key:
+            raise ConfigError(f"SADA override {part!r} is not key=value (e.g. 'lagrange_step=6; max_interval=3')")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            message = f"SADA override {part!r}: {value!r} is not a JSON value (e.g. 6, [6, 48], null)"
+            raise ConfigError(message) from None
+    unknown = sorted(set(changes) - {field.name for field in dataclasses.fields(SADAConfig)})
+    if unknown:
+        raise ConfigError(f"SADA overrides {text!r}: unknown SADA config keys: {', '.join(unknown)}")
+    return changes
+
+
 @dataclass(frozen=True)
 class StepBounds:
     """The step indices of one sampling run, after scaling the config to its number of steps."""
@@ -250,16 +273,7 @@ class SADAConfig:
         Raises:
             ConfigError: a part is not ``key=value``, a value is not JSON, a key is unknown or a value invalid.
         """
-        changes: dict[str, Any] = {}
-        for part in filter(None, (item.strip() for item in text.split(";"))):
-            key, sep, value = (piece.strip() for piece in part.partition("="))
-            if not sep or not key:
-                raise ConfigError(f"SADA override {part!r} is not key=value (e.g. 'lagrange_step=6; max_interval=3')")
-            try:
-                changes[key] = json.loads(value)
-            except json.JSONDecodeError:
-                message = f"SADA override {part!r}: {value!r} is not a JSON value (e.g. 6, [6, 48], null)"
-                raise ConfigError(message) from None
+        changes = parse_overrides(text)
         try:
             return SADAConfig.from_dict({**self.to_dict(), **changes})
         except ConfigError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -120,9 +121,12 @@ def generate(
         metadata = clip_metadata(clip, settings, batch, [path.name for path in audio_paths])
         run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype, compile_mode)
         metadata.update(run_info, load_time_s=load_time, **(choice.to_dict() if choice is not None else {}))
-        write_clip(list(zip(audio_paths, batch.waveforms[0], strict=True)), batch.sample_rate, sidecar, metadata)
+        # the sparsity map is one of the clip's files: written first, removed again if the audio or sidecar fails
+        figure = []
         if sparsity_map is not None and batch.sada_stats is not None:
-            write_sparsity_png(sparsity_map, batch.sada_stats, title=prompt)
+            figure.append(functools.partial(write_sparsity_png, sparsity_map, batch.sada_stats, title=prompt))
+        audio = list(zip(audio_paths, batch.waveforms[0], strict=True))
+        write_clip(audio, batch.sample_rate, sidecar, metadata, first=figure)
     seconds = batch.waveforms.shape[-1] / batch.sample_rate
     calls = "" if batch.model_calls is None else f", {batch.model_calls} model calls"
     figure = "" if sparsity_map is None else f" and {sparsity_map}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -102,7 +103,8 @@ def sparsity_png(stats: dict[str, Any], *, scale: float = 1.0, dpi: int = 100) -
     return buffer.getvalue()
 
 
-def write_sparsity_png(path: str | os.PathLike[str], stats: dict[str, Any], title: str | None = None) -> None:
-    """Write the sparsity map of ``stats`` to ``path`` as a PNG, atomically."""
+def write_sparsity_png(path: str | os.PathLike[str], stats: dict[str, Any], title: str | None = None) -> Path:
+    """Write the sparsity map of ``stats`` to ``path`` as a PNG, atomically; return the path."""
     figure = sparsity_figure(stats, title)
     write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=110))
+    return Path(path)

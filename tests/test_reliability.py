@@ -3,6 +3,7 @@ into the wrong place, leave a traceback or an empty folder behind."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -26,7 +27,8 @@ def _no_load(*args: object, **kwargs: object) -> None:
 
 def _one_line_error(result: Result, *fragments: str) -> str:
     assert result.exit_code == 2, result.output + repr(result.exception)
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    # the denoising progress bar (generate) is not an error line
+    lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("Denoising:")]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     assert "Traceback" not in result.output
     for fragment in fragments:
@@ -206,3 +208,32 @@ def test_non_finite_numbers_are_refused(
     numbers = [arg for arg in numbers if command != "benchmark" or arg != "--allow-long"]
     _one_line_error(CliRunner().invoke(cli.main, [*first, *numbers]), "is not a finite number", numbers[0])
     assert sorted(path.name for path in tmp_path.iterdir()) == ["m.jsonl", "p.txt"]
+
+
+# --- row 6: the sparsity map is part of the clip's all-or-nothing write ---------------------------------------
+
+
+@pytest.mark.parametrize("failing", ["png", "sidecar"])
+def test_a_failed_write_leaves_neither_the_clip_nor_its_sparsity_map(
+    tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    from sada_audio import audio as audio_module
+    from sada_audio.evaluation import sparsity_figure
+
+    def disk_full(path: Path, *args: object) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    if failing == "png":
+        monkeypatch.setattr(sparsity_figure, "write_atomically", disk_full)
+    else:
+        monkeypatch.setattr(audio_module, "write_json", disk_full)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["generate", "a tone", "-m", str(tiny_musicldm_dir), "-o", str(out / "x.wav"), "--steps", "4"]
+    argv += ["--duration", "1.28", "--sparsity-map", str(out / "x.png")]
+    _one_line_error(CliRunner().invoke(cli.main, argv), "No space left on device")
+    assert list(out.iterdir()) == []
+    monkeypatch.undo()
+    result = CliRunner().invoke(cli.main, argv)  # the re-run does not stop at "already exists"
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in out.iterdir()) == ["x.json", "x.png", "x.wav"]

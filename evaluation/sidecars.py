@@ -6,6 +6,7 @@ may be missing in files from elsewhere, so every reader here returns None rather
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,12 +37,19 @@ def mismatch_notes(reference: Sidecar, test: Sidecar) -> list[str]:
     ]
 
 
+def _sada_stats(sidecar: Sidecar) -> dict[str, Any]:
+    """The sidecar's ``sada_stats`` if it is a JSON object; else (no SADA, or a file from elsewhere) empty."""
+    stats = (sidecar or {}).get("sada_stats")
+    return stats if isinstance(stats, dict) else {}
+
+
 def clip_cost(sidecar: Sidecar) -> tuple[float, int] | None:
     """(wall time in seconds, NFE) of one clip: a batched call's time is shared by its clips; the NFE is SADA's
     model calls, or the step count without SADA."""
-    if not sidecar or not isinstance(sidecar.get("wall_time_s"), int | float):
+    wall_time = sidecar.get("wall_time_s") if sidecar else None
+    if not sidecar or not isinstance(wall_time, int | float) or not math.isfinite(wall_time) or wall_time < 0:
         return None
-    nfe = (sidecar.get("sada_stats") or {}).get("model_calls", sidecar.get("steps"))
+    nfe = _sada_stats(sidecar).get("model_calls", sidecar.get("steps"))
     if not isinstance(nfe, int):
         return None
     batch = sidecar.get("batch_size")
@@ -69,7 +77,7 @@ def speed(pairs: Sequence[tuple[Sidecar, Sidecar]]) -> dict[str, Any] | None:
 
 def step_modes(sidecar: Sidecar) -> list[str] | None:
     """SADA's mode of every step (``full`` / ``pruned`` / ``skipped``), None for a run without SADA."""
-    modes = ((sidecar or {}).get("sada_stats") or {}).get("step_modes")
+    modes = _sada_stats(sidecar).get("step_modes")
     if isinstance(modes, list) and modes and all(isinstance(mode, str) for mode in modes):
         return modes
     return None

@@ -237,3 +237,50 @@ def test_a_failed_write_leaves_neither_the_clip_nor_its_sparsity_map(
     result = CliRunner().invoke(cli.main, argv)  # the re-run does not stop at "already exists"
     assert result.exit_code == 0, result.output
     assert sorted(path.name for path in out.iterdir()) == ["x.json", "x.png", "x.wav"]
+
+
+# --- row 7: a sidecar of the wrong shape is ignored, never fatal -----------------------------------------------
+
+GARBAGE_SIDECARS = [
+    {"sada_stats": "garbage"},
+    {"sada_stats": [1, 2], "wall_time_s": 1.0, "steps": 50},
+    {"sada_stats": {"step_modes": "full", "model_calls": "many"}, "wall_time_s": float("nan")},
+    {"wall_time_s": "slow", "batch_size": "big", "prompt": 7, "seed": "x"},
+    {"sada_stats": {"step_modes": [1, None], "sparsity_map": "none"}, "wall_time_s": 1, "steps": 5},
+]
+
+
+def test_sidecar_readers_survive_garbage() -> None:
+    from sada_audio.evaluation import sidecars
+
+    for garbage in GARBAGE_SIDECARS:
+        assert sidecars.step_modes(garbage) is None
+        sidecars.prompt(garbage, garbage)
+        sidecars.mismatch_notes(garbage, garbage)
+        cost = sidecars.clip_cost(garbage)
+        assert cost is None or cost == (1.0, 50) or cost == (1, 5)
+        sidecars.speed([(garbage, garbage)])
+
+
+@pytest.mark.parametrize("garbage", GARBAGE_SIDECARS)
+def test_evaluate_with_garbage_sidecars_still_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, garbage: dict
+) -> None:
+    from sada_audio.evaluation import embeddings
+
+    monkeypatch.setattr(embeddings, "default_embedding_source", lambda: tmp_path / "not-installed")
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)).astype(np.float32)
+    for side in ("ref", "test"):
+        (tmp_path / side).mkdir()
+        sf.write(tmp_path / side / "a.wav", tone, SR)
+        # json.dumps writes NaN as the bare token NaN, which Python's json reads back
+        (tmp_path / side / "a.json").write_text(json.dumps(garbage), encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["evaluate", str(tmp_path / "ref"), str(tmp_path / "test"), "-o", str(out)]
+    result = CliRunner().invoke(
+        cli.main, [*argv, "--lpips-backbone", str(tmp_path / "none.pth"), "--json", str(out / "r.json")]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "1 pairs evaluated" in result.stdout
+    assert json.loads((out / "r.json").read_text(encoding="utf-8"))["pairs_evaluated"] == 1
+    assert (out / "report.html").is_file()

@@ -284,3 +284,28 @@ def test_evaluate_with_garbage_sidecars_still_reports(
     assert "1 pairs evaluated" in result.stdout
     assert json.loads((out / "r.json").read_text(encoding="utf-8"))["pairs_evaluated"] == 1
     assert (out / "report.html").is_file()
+
+
+# --- row 4: index lines survive the characters splitlines takes for line breaks ---------------------------------
+
+
+def test_index_statuses_survive_unicode_line_separators(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
+    rows = [
+        {"name": "a", "prompt": "piano\u2028second line"},
+        {"name": "b", "prompt": "drums\x85next line\u2029"},
+        {"name": "tiny", "prompt": "too short\u2028", "duration": 0.001},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["render", str(manifest), "-o", str(out), "-m", str(tiny_musicldm_dir), "--steps", "2", "--duration", "0.64"]
+    result = CliRunner().invoke(cli.main, argv)
+    assert result.exit_code == 1, result.output + repr(result.exception)
+    lines = (out / "index.jsonl").read_text(encoding="utf-8").splitlines()  # what any JSON-lines reader does
+    index = {entry["name"]: entry for entry in map(json.loads, lines)}
+    assert {name: entry["status"] for name, entry in index.items()} == {
+        "a": "rendered",
+        "b": "rendered",
+        "tiny": "failed",
+    }
+    assert index["a"]["prompt"] == rows[0]["prompt"] and "audio_length_in_s" in index["tiny"]["error"]

@@ -103,6 +103,19 @@ class RenderProgress:
 GenerateFn = Callable[[Any, Sequence[ClipRequest], SamplingSettings], GeneratedBatch]
 
 
+# characters that str.splitlines (and other JSON-lines readers) take for line breaks but JSON leaves unescaped
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def index_line(entry: Mapping[str, Any]) -> str:
+    """One line of an index file: the entry as JSON with U+0085, U+2028 and U+2029 escaped, so that every
+    JSON-lines reader sees one entry per line whatever a prompt holds."""
+    text = json.dumps(entry, ensure_ascii=False)
+    for char, escape in _LINE_BREAKS.items():
+        text = text.replace(char, escape)
+    return text + "\n"
+
+
 class IndexPart:
     """This process's results, one JSON line each, appended and fsynced (a kill loses at most the last line).
 
@@ -119,7 +132,7 @@ class IndexPart:
     def append(self, entry: Mapping[str, Any]) -> None:
         if self._file is None:
             self._file = os.fdopen(create_exclusively(self.path), "w", encoding="utf-8")
-        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._file.write(index_line(entry))
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -227,10 +240,10 @@ def read_index_lines(path: Path) -> Iterator[dict[str, Any]]:
     """The entries of an index file (``index.jsonl`` or a process's part); a truncated line is skipped, a missing
     file has none."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 is no line break here
     except OSError:
         return
-    for line in lines:
+    for line in filter(None, lines):
         try:
             yield json.loads(line)
         except ValueError:
@@ -258,7 +271,7 @@ def merge_index(out_dir: Path, manifest: Manifest, run: RenderRun, world: int = 
         )
     entries.sort(key=lambda entry: entry["line"])
     path = out_dir / INDEX_NAME
-    text = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
+    text = "".join(index_line(entry) for entry in entries)
     write_text(path, text)
     for part in parts:
         part.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from .common import (
     warn_if_memory_heavy,
 )
 from .console import interruptible
+from .sada_choice import config_after_loading, config_before_loading, sada_choice, sada_options
 
 if TYPE_CHECKING:
     from sada_audio.render import RenderProgress
@@ -34,6 +35,18 @@ def _progress_text(progress: RenderProgress | None) -> str | None:
     speedup = progress.mean_nfe_speedup
     text = f"{progress.rendered} rendered" + (f", {progress.failed} failed" if progress.failed else "")
     return text + ("" if speedup is None else f", mean speedup {speedup:.2f}x (NFE)")
+
+
+def _changed_text(changed: dict[str, list[str]], rank: int, world: int) -> str:
+    """The line that says how many clips are rendered again because their settings changed, and which."""
+    counts: dict[str, int] = {}
+    for keys in changed.values():
+        for key in keys:
+            counts[key] = counts.get(key, 0) + 1
+    fields = ", ".join(f"{key}: {count}" for key, count in sorted(counts.items()))
+    where = f" (process {rank + 1}/{world})" if world > 1 else ""
+    clips = "clip" if len(changed) == 1 else "clips"
+    return f"Rendering {len(changed)} {clips} again{where}: their settings changed ({fields})"
 
 
 @click.command()
@@ -49,6 +62,7 @@ def _progress_text(progress: RenderProgress | None) -> str | None:
     "if missing, replaced at every run).",
 )
 @model_options
+@sada_options
 @sampling_options
 @seed_option("Seed of rows without one.")
 @click.option("--negative-prompt", help="Negative prompt of rows without one.")
@@ -80,6 +94,8 @@ def render(
     model: str,
     scheduler: str | None,
     accelerate: str,
+    sada_level: str | None,
+    sada_overrides: str | None,
     device: str,
     dtype: str,
     steps: int,
@@ -141,11 +157,31 @@ def render(
             )
             batch = min(batch_size, len(cues.rows))
             warn_if_memory_heavy(batch, longest, dtype, device, "put fewer clips in a call with --batch-size")
-        run = RenderRun(model, resolve_model_id(model), scheduler, accelerate == "sada", device, dtype, compile_mode)
+        # the SADA config is part of every clip's request: resolved before loading (the family from the model's
+        # name or folder), so that a run with nothing to do loads nothing; a model whose family only loading
+        # tells is loaded first
+        choice = sada_choice(accelerate, sada_level, sada_overrides)
+        sada_config, loaded = config_before_loading(choice, model), None
+        if choice is not None and sada_config is None:
+            loaded = load_for_command(model, scheduler, device, dtype, compile_mode)
+            sada_config = config_after_loading(choice, None, loaded[0])
+        run = RenderRun(
+            model,
+            resolve_model_id(model),
+            scheduler,
+            choice is not None,
+            device,
+            dtype,
+            compile_mode,
+            sada_config=None if sada_config is None else sada_config.to_dict(),
+            sada_choice=None if choice is None else choice.to_dict(),
+        )
         started = time.perf_counter()
         with RenderJob(cues, out_dir, run, batch_size=batch_size, state=state, overwrite=overwrite) as job:
+            if job.plan.changed:
+                click.echo(_changed_text(job.plan.changed, state.process_index, state.num_processes), err=True)
             if job.plan.pending:
-                pipe, load_time = load_for_command(model, scheduler, device, dtype, compile_mode)
+                pipe, load_time = loaded or load_for_command(model, scheduler, device, dtype, compile_mode)
                 pipe.set_progress_bar_config(disable=True)
                 label = f"Rendering {job.plan.pending} clips"
                 if state.num_processes > 1:

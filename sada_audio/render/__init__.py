@@ -46,6 +46,7 @@ from .manifest import (
 )
 from .plan import (
     RenderPlan,
+    changed_settings,
     completed_sidecar,
     plan_batches,
     plan_render,
@@ -78,6 +79,7 @@ __all__ = [
     "RenderRun",
     "RenderSummary",
     "RowProblem",
+    "changed_settings",
     "completed_sidecar",
     "index_entry",
     "merge_index",

@@ -15,6 +15,7 @@ from accelerate import PartialState
 
 from sada_audio.apply import apply_sada
 from sada_audio.audio import write_clip, write_json, write_text
+from sada_audio.config import SADAConfig
 from sada_audio.errors import SADAError
 from sada_audio.generation import (
     ClipRequest,
@@ -350,13 +351,15 @@ class RenderJob:
         run = self.run
         run_meta = run_metadata(pipe, run.model, run.model_id, run.device, run.dtype, run.compile)
         run_meta.update(load_time_s=load_time_s, rank=self.state.process_index, manifest=str(self.manifest.path))
+        run_meta.update(run.sada_choice or {})
+        config = None if run.sada_config is None else SADAConfig.from_dict(run.sada_config)
 
         def generate(pipe: Any, clips: Sequence[ClipRequest], settings: SamplingSettings) -> GeneratedBatch:
             return generate_batch(pipe, clips, settings, accelerate=run.accelerate, prompt_cache=cache)
 
         # SADA stays attached for the whole run (every call starts it afresh): re-attaching it per batch would
         # make a compiled denoiser compile again.
-        with apply_sada(pipe) if run.accelerate else contextlib.nullcontext():
+        with apply_sada(pipe, config) if run.accelerate else contextlib.nullcontext():
             self.progress = render_batches(
                 pipe, self.plan, run, self.out_dir, run_meta, self.part, generate=generate, on_clip=on_clip
             )

@@ -62,6 +62,12 @@ class RenderRun:
     compile: str = "none"
     """How the denoiser is compiled: recorded in the sidecars, not part of a clip's request (the same audio,
     up to rounding)."""
+    sada_config: dict[str, Any] | None = None
+    """The resolved SADA config (``SADAConfig.to_dict``) when ``accelerate``; part of each clip's request, so
+    that a changed preset, level or override renders the clip again. None with ``accelerate``: the preset of
+    the pipeline's family (a run of the library that resolved nothing)."""
+    sada_choice: dict[str, str] | None = None
+    """What the command line asked for (``sada_level``, ``sada_overrides``): recorded in the sidecars only."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class RenderRow:
             "model_id": run.model_id,
             "scheduler": run.scheduler,
             "accelerate": "sada" if run.accelerate else "none",
+            "sada_config": run.sada_config if run.accelerate else None,
             "dtype": run.dtype,
         }
 

@@ -7,7 +7,7 @@ import glob
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,32 @@ def read_sidecar(out_dir: Path, row: RenderRow) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
+def recorded_request(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The request a sidecar says its clip was rendered for; None if it records none. Sidecars written before
+    the request held the SADA config get the config they recorded beside it (the one the clip ran with)."""
+    request = meta.get("render_request")
+    if not isinstance(request, dict):
+        return None
+    if "sada_config" not in request:
+        request = {**request, "sada_config": meta.get("sada_config") if request.get("accelerate") == "sada" else None}
+    return request
+
+
+def changed_settings(meta: dict[str, Any] | None, row: RenderRow, run: RenderRun) -> list[str]:
+    """The request fields (``seed``, ``sada_config``, ...) in which a clip rendered earlier (its sidecar lists
+    audio) differs from what ``row`` asks for now; empty for a clip never rendered or rendered as asked."""
+    recorded = None if meta is None or not meta.get("files") else recorded_request(meta)
+    if recorded is None:
+        return []
+    wanted = row.request(run)
+    return sorted(key for key in wanted.keys() | recorded.keys() if wanted.get(key) != recorded.get(key))
+
+
 def completed_sidecar(out_dir: Path, row: RenderRow, run: RenderRun) -> dict[str, Any] | None:
     """The sidecar of ``row`` if the clip is complete for this request (sidecar up to date, audio file of the
     recorded length), else None."""
     meta = read_sidecar(out_dir, row)
-    if meta is None or meta.get("render_request") != row.request(run) or meta.get("files") != [row.audio_name]:
+    if meta is None or recorded_request(meta) != row.request(run) or meta.get("files") != [row.audio_name]:
         return None
     try:
         info = sf.info(str(out_dir / row.audio_name))
@@ -115,6 +136,8 @@ class RenderPlan:
     share: list[RenderRow]
     done: dict[str, dict[str, Any]]  # name -> sidecar of the clips complete before this run
     batches: list[list[RenderRow]]
+    changed: dict[str, list[str]] = field(default_factory=dict)
+    """Name -> the request fields that changed, of the pending clips rendered earlier for other settings."""
 
     @property
     def pending(self) -> int:
@@ -127,7 +150,9 @@ def plan_render(
     """Take this process's share, find the clips already complete and batch the others."""
     share = shard(rows, rank, world)
     done = {row.name: meta for row in share if (meta := completed_sidecar(out_dir, row, run)) is not None}
-    return RenderPlan(share, done, plan_batches([row for row in share if row.name not in done], batch_size))
+    pending = [row for row in share if row.name not in done]
+    changed = {row.name: keys for row in pending if (keys := changed_settings(read_sidecar(out_dir, row), row, run))}
+    return RenderPlan(share, done, plan_batches(pending, batch_size), changed)
 
 
 def process_state(device: str) -> PartialState:

@@ -112,6 +112,16 @@ def new_folders_removed_on_failure(*paths: Path) -> Iterator[None]:
 def check_prompt(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not value.strip():
         raise click.BadParameter("the prompt is empty", ctx=ctx, param=param)
+    return check_text(ctx, param, value)
+
+
+def check_text(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse text that cannot be written to a sidecar as UTF-8 (e.g. ``$'\\xff'`` from a shell)."""
+    from sada_audio.audio import utf8_problem
+
+    problem = None if value is None else utf8_problem(value)
+    if problem is not None:
+        raise click.BadParameter(f"the text {problem}", ctx=ctx, param=param)
     return value
 
 

@@ -12,6 +12,7 @@ from .common import (
     OutputPath,
     check_prompt,
     check_steps_before_loading,
+    check_text,
     compile_option,
     dtype_name,
     load_for_command,
@@ -46,7 +47,7 @@ def _waveform_paths(output: Path, count: int) -> list[Path]:
 @sada_options
 @sampling_options
 @seed_option("Seed of the initial noise.")
-@click.option("--negative-prompt", help="What the clip should not sound like.")
+@click.option("--negative-prompt", callback=check_text, help="What the clip should not sound like.")
 @click.option(
     "--num-waveforms",
     default=1,

@@ -14,6 +14,7 @@ from sada_audio.choices import CLIP_FORMATS
 from .common import (
     OutputPath,
     check_duration,
+    check_text,
     compile_option,
     dtype_name,
     load_for_command,
@@ -65,7 +66,7 @@ def _changed_text(changed: dict[str, list[str]], rank: int, world: int) -> str:
 @sada_options
 @sampling_options
 @seed_option("Seed of rows without one.")
-@click.option("--negative-prompt", help="Negative prompt of rows without one.")
+@click.option("--negative-prompt", callback=check_text, help="Negative prompt of rows without one.")
 @click.option(
     "--format",
     "audio_format",

@@ -48,6 +48,16 @@ def audio_format(path: str | os.PathLike[str]) -> str:
     return AUDIO_FORMATS[suffix]
 
 
+def utf8_problem(text: str) -> str | None:
+    """Why ``text`` cannot be written as UTF-8 (it holds a lone surrogate: bytes that were not UTF-8 text, or a
+    broken JSON escape such as ``"\\udc80"``), or None when it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"holds {text[error.start]!r}, which is no character (bytes that are not UTF-8 text?)"
+    return None
+
+
 def check_output_path(
     path: str | os.PathLike[str], overwrite: bool, extensions: Collection[str] = tuple(AUDIO_FORMATS)
 ) -> Path:

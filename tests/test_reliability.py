@@ -309,3 +309,46 @@ def test_index_statuses_survive_unicode_line_separators(tiny_musicldm_dir: Path,
         "tiny": "failed",
     }
     assert index["a"]["prompt"] == rows[0]["prompt"] and "audio_length_in_s" in index["tiny"]["error"]
+
+
+# --- row 5: text that is not UTF-8 is refused up front, and never wedges a render -------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "\udcff", "-o", "x.wav"],
+        ["generate", "\udc80 piano", "-o", "x.wav"],
+        ["generate", "piano", "-o", "x.wav", "--negative-prompt", "\udc80"],
+        ["render", "m.jsonl", "-o", "out", "--negative-prompt", "hiss \udcff"],
+    ],
+)
+def test_unencodable_text_on_the_command_line_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    (tmp_path / "m.jsonl").write_text('{"name": "a", "prompt": "a tone"}\n', encoding="utf-8")
+    _one_line_error(CliRunner().invoke(cli.main, argv), "which is no character")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.jsonl"]
+
+
+def test_a_manifest_row_with_a_lone_surrogate_is_invalid_and_the_others_render(
+    tiny_musicldm_dir: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    # JSON escapes of lone surrogates: valid JSON, valid UTF-8 file, but no text a sidecar can hold
+    manifest.write_text(
+        '{"name": "a", "prompt": "\\udc80 piano"}\n{"name": "b", "prompt": "drums"}\n'
+        '{"name": "c\\ud800", "prompt": "bass"}\n{"name": "d", "prompt": "hum", "negative_prompt": "\\udfff"}\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    argv = ["render", str(manifest), "-o", str(out), "-m", str(tiny_musicldm_dir), "--steps", "2", "--duration", "0.64"]
+    _one_line_error(CliRunner().invoke(cli.main, argv), "line 1", "prompt holds '\\udc80'")
+    assert not out.exists()
+    result = CliRunner().invoke(cli.main, [*argv, "--skip-invalid"])
+    assert result.exit_code == 1, result.output + repr(result.exception)
+    entries = [json.loads(line) for line in (out / "index.jsonl").read_text(encoding="utf-8").split("\n") if line]
+    assert [entry["status"] for entry in entries] == ["invalid", "rendered", "invalid", "invalid"]
+    assert (out / "b.wav").is_file()

@@ -109,12 +109,13 @@ _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
 def index_line(entry: Mapping[str, Any]) -> str:
-    """One line of an index file: the entry as JSON with U+0085, U+2028 and U+2029 escaped, so that every
-    JSON-lines reader sees one entry per line whatever a prompt holds."""
+    """One line of an index file: the entry as JSON with U+0085, U+2028, U+2029 and lone surrogates escaped, so
+    that every JSON-lines reader sees one entry per line whatever a prompt holds, and the line is UTF-8."""
     text = json.dumps(entry, ensure_ascii=False)
     for char, escape in _LINE_BREAKS.items():
         text = text.replace(char, escape)
-    return text + "\n"
+    # a lone surrogate (an invalid row's name) as its JSON escape: UTF-8 cannot hold it raw
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") + "\n"
 
 
 class IndexPart:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sada_audio.audio import utf8_problem
 from sada_audio.choices import CLIP_FORMATS
 from sada_audio.config import MAX_SEED
 from sada_audio.errors import SADAError
@@ -297,6 +298,10 @@ def _row(
     negative = record.get("negative_prompt", defaults.negative_prompt)
     if negative is not None and not isinstance(negative, str):
         problems.append(f"negative_prompt must be text, got {_json_type(negative)} {negative!r}")
+    for field, text in (("name", name), ("prompt", prompt), ("negative_prompt", negative)):
+        problem = utf8_problem(text) if isinstance(text, str) else None
+        if problem is not None:
+            problems.append(f"{field} {problem}")
     audio_format = record.get("format", defaults.format)
     if not isinstance(audio_format, str) or audio_format.lower().lstrip(".") not in FORMATS:
         problems.append(f"format must be one of {', '.join(FORMATS)}, got {audio_format!r}")

@@ -73,8 +73,9 @@ def check_output_path(
 
     Raises:
         SADAError: with a one-line message if the extension is not accepted, the path is a
-            directory, the file exists and ``overwrite`` is false, or the parent directory does
-            not exist or is not writable.
+            directory, the file exists and ``overwrite`` is false, the parent directory does
+            not exist or is not writable, or the name (with the temporary file's additions) is longer
+            than the file system takes.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -89,9 +90,32 @@ def check_output_path(
     parent = path.parent
     if not parent.is_dir():
         raise SADAError(f"output directory '{parent}' does not exist or is not a directory")
+    name_max = _name_max(parent)
+    if len(temporary_path(path).name.encode("utf-8", "replace")) > name_max:
+        raise SADAError(
+            f"output file name '{path.name}' is too long for the file system: "
+            f"{len(path.name.encode('utf-8', 'replace'))} bytes, at most {name_max - _TEMPORARY_EXTRA} here"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SADAError(f"output directory '{parent}' is not writable")
     return path
+
+
+# what temporary_path adds to a name: "." + "." + 12 hex digits + ".tmp"
+_TEMPORARY_EXTRA = 18
+
+
+def temporary_path(path: Path) -> Path:
+    """The hidden file next to ``path`` that :func:`write_atomically` writes before renaming it to ``path``."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def _name_max(directory: Path) -> int:
+    """The longest file name, in bytes, the file system of ``directory`` takes (255 where it does not say)."""
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # AttributeError: no pathconf (Windows)
+        return 255
 
 
 def write_audio(path: str | os.PathLike[str], waveform: np.ndarray, sample_rate: int) -> Path:
@@ -196,7 +220,7 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
     SIGTERM wait until the write is complete or undone (:func:`deferred_signals`).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = temporary_path(path)
     with deferred_signals():
         # O_EXCL never clobbers anything; mode 0o666 lets the umask decide, as for an ordinary file.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

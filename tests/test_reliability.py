@@ -352,3 +352,36 @@ def test_a_manifest_row_with_a_lone_surrogate_is_invalid_and_the_others_render(
     entries = [json.loads(line) for line in (out / "index.jsonl").read_text(encoding="utf-8").split("\n") if line]
     assert [entry["status"] for entry in entries] == ["invalid", "rendered", "invalid", "invalid"]
     assert (out / "b.wav").is_file()
+
+
+# --- row 10: names too long for the file system, in bytes -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "a tone", "-o", "a" * 236 + ".wav"],  # the name fits, its temporary file does not
+        ["generate", "a tone", "-o", "é" * 120 + ".wav"],  # 124 characters, 244 bytes
+        ["generate", "a tone", "-o", "x.wav", "--sparsity-map", "m" * 250 + ".png"],
+        ["evaluate", "--generate", "p.txt", "-o", "out", "--json", "j" * 250 + ".json"],
+    ],
+)
+def test_a_name_too_long_for_the_file_system_is_refused_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    (tmp_path / "p.txt").write_text("a tone\n", encoding="utf-8")
+    _one_line_error(CliRunner().invoke(cli.main, argv), "is too long for the file system")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["p.txt"]
+
+
+def test_a_manifest_name_too_long_in_bytes_is_an_invalid_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"name": "é" * 130, "prompt": "a tone"}, {"name": "é" * 100, "prompt": "a tone"}]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    result = CliRunner().invoke(cli.main, ["render", str(manifest), "-o", str(tmp_path / "out")])
+    line = _one_line_error(result, "line 1", "at most 200 bytes")
+    assert "line 2" not in line  # 100 two-byte characters fit
+    assert not (tmp_path / "out").exists()

@@ -233,10 +233,10 @@ def _name_problem(name: Any) -> str | None:
         or any(char in name for char in "/\\:")
         or any(ord(char) < 32 for char in name)
         or name != name.strip()
-        or len(name) > _MAX_NAME_LENGTH
+        or len(name.encode("utf-8", "replace")) > _MAX_NAME_LENGTH
     ):
         return (
-            f"unsafe name {name!r}: a name is a file stem of at most {_MAX_NAME_LENGTH} characters, without / \\ : "
+            f"unsafe name {name!r}: a name is a file stem of at most {_MAX_NAME_LENGTH} bytes (UTF-8), without / \\ : "
             "or control characters, not starting with '.', without surrounding spaces"
         )
     stem = name.split(".")[0].rstrip(" ").casefold()

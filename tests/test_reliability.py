@@ -385,3 +385,22 @@ def test_a_manifest_name_too_long_in_bytes_is_an_invalid_row(tmp_path: Path, mon
     line = _one_line_error(result, "line 1", "at most 200 bytes")
     assert "line 2" not in line  # 100 two-byte characters fit
     assert not (tmp_path / "out").exists()
+
+
+# --- row 12: a folder at an output name is refused, even with --overwrite ----------------------------------------
+
+
+@pytest.mark.parametrize("folder", ["k1.json", "k1.wav", "index.html", "index.jsonl", "index.rank0.jsonl"])
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_folder_at_an_output_name_is_refused_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str, overwrite: list[str]
+) -> None:
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"name": "k1", "prompt": "a tone"}\n', encoding="utf-8")
+    (tmp_path / "out" / folder).mkdir(parents=True)
+    (tmp_path / "out" / folder / "keep.txt").write_text("mine", encoding="utf-8")
+    result = CliRunner().invoke(cli.main, ["render", str(manifest), "-o", str(tmp_path / "out"), *overwrite])
+    _one_line_error(result, folder)
+    assert (tmp_path / "out" / folder / "keep.txt").read_text(encoding="utf-8") == "mine"
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [folder]

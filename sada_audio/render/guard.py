@@ -208,15 +208,21 @@ def foreign_files(out_dir: Path, rows: Sequence[RenderRow], ranks: int = 1) -> l
 
 
 def check_ownership(out_dir: Path, rows: Sequence[RenderRow], ranks: int, overwrite: bool) -> None:
-    """Refuse to replace files render did not make, unless ``overwrite``.
+    """Refuse to replace files render did not make, unless ``overwrite``; a folder at an output name, always.
 
     Raises:
-        SADAError: a file at one of render's output names was not made by render, and ``overwrite`` is false.
+        SADAError: a folder stands at one of render's output names, or a file there was not made by render and
+            ``overwrite`` is false.
     """
-    if overwrite:
-        return
     problems = foreign_files(out_dir, rows, ranks)
-    if problems:
+    folders = [name for name in problems if (info := _lstat(out_dir / name)) is not None and stat.S_ISDIR(info.st_mode)]
+    if folders:
+        raise SADAError(
+            f"'{out_dir}' holds {len(folders)} folder{'s' * (len(folders) != 1)} where render writes files: "
+            f"{listed(folders)} (a folder is never replaced, even with --overwrite; move it away or choose another "
+            "output folder)"
+        )
+    if problems and not overwrite:
         raise SADAError(
             f"'{out_dir}' holds {len(problems)} file{'s' * (len(problems) != 1)} that render did not make but would "
             f"replace: {listed(problems)} (move them away, choose another folder, or pass --overwrite to replace them)"

@@ -192,14 +192,31 @@ def _check_duration_option(ctx: click.Context, param: click.Parameter, value: fl
     return value
 
 
-def warn_if_memory_heavy(waveforms: int, duration: float | None, dtype: str, device: str, hint: str) -> None:
-    """Warn on stderr, before the model loads, when one pipeline call of ``waveforms`` waveforms of ``duration``
-    seconds will not fit in the memory free on ``device``; ``hint`` says which option lowers it."""
-    from sada_audio.memory import memory_warning
+def warn_if_memory_heavy(
+    waveforms: int, duration: float | None, dtype: str, device: str, hint: str, force: bool = False
+) -> None:
+    """Before the model loads: refuse one pipeline call of ``waveforms`` waveforms of ``duration`` seconds that
+    needs more memory than ``device`` has in all (unless ``force``: ``--ignore-memory-estimate``), and warn on
+    stderr when it will not fit in the memory free there; ``hint`` says which option lowers it."""
+    from sada_audio.memory import memory_refusal, memory_warning
 
+    refusal = None if force else memory_refusal(waveforms, duration, dtype, device)
+    if refusal is not None:
+        raise click.UsageError(f"{refusal}; {hint}, or pass --ignore-memory-estimate to try anyway")
     warning = memory_warning(waveforms, duration, dtype, device)
     if warning is not None:
         click.echo(f"Warning: {warning}; {hint}.", err=True)
+
+
+def memory_option(command: _Command) -> _Command:
+    """``--ignore-memory-estimate``: run a request that the memory estimate says cannot fit (``generate``,
+    ``render``)."""
+    return click.option(
+        "--ignore-memory-estimate",
+        is_flag=True,
+        help="Run even when the estimated memory of one pipeline call exceeds what the device has in all "
+        "(the estimate is rough; without this flag such a request is refused before the model loads).",
+    )(command)
 
 
 def compile_option(command: _Command) -> _Command:

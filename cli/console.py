@@ -47,9 +47,15 @@ _FIXABLE_OS_ERRORS = {
 }
 
 
+# what torch's CPU allocator says when an allocation fails (a RuntimeError, not torch.OutOfMemoryError)
+_ALLOCATION_FAILURES = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
 def _is_out_of_memory(error: BaseException) -> bool:
     # torch.OutOfMemoryError by name: this module must not import torch (the CLI starts without it)
-    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(error, RuntimeError) and any(failure in str(error) for failure in _ALLOCATION_FAILURES)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from .common import (
     compile_option,
     dtype_name,
     load_for_command,
+    memory_option,
     model_options,
     sampling_options,
     seed_option,
@@ -65,6 +66,7 @@ def _waveform_paths(output: Path, count: int) -> list[Path]:
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @compile_option
+@memory_option
 def generate(
     prompt: str,
     output: Path,
@@ -85,6 +87,7 @@ def generate(
     sparsity_map: Path | None,
     overwrite: bool,
     compile_mode: str,
+    ignore_memory_estimate: bool,
 ) -> None:
     """Generate audio for PROMPT and write it to OUT (-o), with a JSON sidecar OUT.json.
 
@@ -109,7 +112,8 @@ def generate(
     choice = sada_choice(accelerate, sada_level, sada_overrides)
     sada_config = config_before_loading(choice, model)
     dtype = dtype_name(dtype, device, model)
-    warn_if_memory_heavy(num_waveforms, duration, dtype, device, "generate fewer with --num-waveforms")
+    hint = "generate fewer with --num-waveforms"
+    warn_if_memory_heavy(num_waveforms, duration, dtype, device, hint, force=ignore_memory_estimate)
     with interruptible():
         pipe, load_time = load_for_command(model, scheduler, device, dtype, compile_mode)
         pipe.set_progress_bar_config(desc="Denoising", unit="step")

@@ -18,6 +18,7 @@ from .common import (
     compile_option,
     dtype_name,
     load_for_command,
+    memory_option,
     model_options,
     sampling_options,
     seed_option,
@@ -89,6 +90,7 @@ def _changed_text(changed: dict[str, list[str]], rank: int, world: int) -> str:
     help="Replace files in OUT_DIR that render did not make (by default such a file stops the run before it starts).",
 )
 @compile_option
+@memory_option
 def render(
     manifest: Path,
     out_dir: Path,
@@ -110,6 +112,7 @@ def render(
     skip_invalid: bool,
     overwrite: bool,
     compile_mode: str,
+    ignore_memory_estimate: bool,
 ) -> None:
     """Render every row of MANIFEST (JSONL or CSV) into OUT_DIR: NAME.wav (or .flac) and NAME.json per row,
     and index.jsonl with each row's status, and index.html to listen to the clips.
@@ -157,7 +160,8 @@ def render(
                 DEFAULT_DURATION_S if row.settings.duration is None else row.settings.duration for row in cues.rows
             )
             batch = min(batch_size, len(cues.rows))
-            warn_if_memory_heavy(batch, longest, dtype, device, "put fewer clips in a call with --batch-size")
+            hint = "put fewer clips in a call with --batch-size"
+            warn_if_memory_heavy(batch, longest, dtype, device, hint, force=ignore_memory_estimate)
         # the SADA config is part of every clip's request: resolved before loading (the family from the model's
         # name or folder), so that a run with nothing to do loads nothing; a model whose family only loading
         # tells is loaded first

@@ -24,21 +24,32 @@ def batch_memory_bytes(audio_seconds: float, dtype: str = "float32") -> int:
 def available_memory_bytes(device: str) -> int | None:
     """Bytes free for a new allocation on ``device`` (``cpu``: the kernel's MemAvailable; ``cuda[:N]``: the
     driver's free memory), or None where it cannot be told."""
+    return _memory_bytes(device, free=True)
+
+
+def total_memory_bytes(device: str) -> int | None:
+    """Bytes ``device`` has in all (``cpu``: the kernel's MemTotal; ``cuda[:N]``: the card's memory), or None
+    where it cannot be told."""
+    return _memory_bytes(device, free=False)
+
+
+def _memory_bytes(device: str, free: bool) -> int | None:
     if device.startswith("cuda"):
         import torch
 
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        return int(torch.cuda.mem_get_info(torch.device(device))[0 if free else 1])
     if device != "cpu":
         return None
+    key = "MemAvailable:" if free else "MemTotal:"
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_AVPHYS_PAGES" if free else "SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -56,6 +67,22 @@ def memory_warning(
     return (
         f"{waveforms} waveform(s) of {duration:g} s in one pipeline call need about {_gigabytes(needed)} of memory "
         f"in {dtype}, more than the {_gigabytes(available)} free on {device}: expect an out-of-memory error"
+    )
+
+
+def memory_refusal(
+    waveforms: int, duration_s: float | None, dtype: str, device: str, total: int | None = None
+) -> str | None:
+    """A sentence saying that ``waveforms`` waveforms of ``duration_s`` seconds in one call need more memory than
+    ``device`` has in all (``total`` bytes, measured if None), so that the call cannot succeed; else None."""
+    duration = DEFAULT_DURATION_S if duration_s is None else duration_s
+    needed = batch_memory_bytes(waveforms * duration, dtype)
+    total = total_memory_bytes(device) if total is None else total
+    if total is None or needed <= total:
+        return None
+    return (
+        f"{waveforms} waveform(s) of {duration:g} s in one pipeline call need about {_gigabytes(needed)} of memory "
+        f"in {dtype}, more than the {_gigabytes(total)} {device} has in all"
     )
 
 

@@ -404,3 +404,49 @@ def test_a_folder_at_an_output_name_is_refused_before_loading(
     _one_line_error(result, folder)
     assert (tmp_path / "out" / folder / "keep.txt").read_text(encoding="utf-8") == "mine"
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [folder]
+
+
+# --- row 2: memory ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["generate", "render"])
+def test_a_request_beyond_the_machines_memory_is_refused_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    from sada_audio import memory
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    monkeypatch.setattr(memory, "total_memory_bytes", lambda device: 2**30)  # a 1 GB machine
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(f'{{"name": "c{i}", "prompt": "a tone"}}\n' for i in range(20)), encoding="utf-8")
+    argv = {
+        "generate": ["generate", "a tone", "-o", "x.wav", "--num-waveforms", "20"],
+        "render": ["render", "m.jsonl", "-o", "out", "--batch-size", "20"],
+    }[command]
+    line = _one_line_error(CliRunner().invoke(cli.main, argv), "more than the 1.0 GB cpu has in all")
+    assert "--ignore-memory-estimate" in line
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.jsonl"]
+    # forced, it goes on to load the model
+    result = CliRunner().invoke(cli.main, [*argv, "--ignore-memory-estimate"])
+    assert isinstance(result.exception, AssertionError), result.output
+
+
+def test_the_cpu_allocators_failure_is_the_one_line_out_of_memory_error(
+    tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sada_audio import generation
+
+    def allocation_fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+            "allocate 1467898675200 bytes. Error code 12 (Cannot allocate memory)"
+        )
+
+    monkeypatch.setattr(generation, "generate_batch", allocation_fails)
+    argv = ["generate", "a tone", "-m", str(tiny_musicldm_dir), "-o", str(tmp_path / "x.wav"), "--steps", "2"]
+    result = CliRunner().invoke(cli.main, argv)
+    assert result.exit_code == 1, result.output + repr(result.exception)
+    (line,) = [line for line in result.output.splitlines() if line.strip()]
+    assert line.startswith("Error: out of memory (") and "DefaultCPUAllocator" in line
+    assert list(tmp_path.iterdir()) == []

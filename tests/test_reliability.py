@@ -450,3 +450,20 @@ def test_the_cpu_allocators_failure_is_the_one_line_out_of_memory_error(
     (line,) = [line for line in result.output.splitlines() if line.strip()]
     assert line.startswith("Error: out of memory (") and "DefaultCPUAllocator" in line
     assert list(tmp_path.iterdir()) == []
+
+
+# --- row 16: Ctrl-C is 130 from the first instant ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["generate", "render", "evaluate", "benchmark"])
+def test_ctrl_c_while_the_command_starts_is_exit_130(monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    from sada_audio.cli import console
+
+    def interrupted_import(*args: object) -> None:  # Ctrl-C while the command's modules are imported
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(console.LazyGroup, "get_command", interrupted_import)
+    result = CliRunner().invoke(cli.main, [command, "--help"])
+    assert result.exit_code == 130, result.output + repr(result.exception)
+    assert result.output.strip() == "Interrupted."
+    assert "Aborted" not in result.output

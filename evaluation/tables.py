@@ -19,7 +19,16 @@ def format_number(value: Any) -> str:
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], cell: Callable[[Any], str] = str) -> list[str]:
     """The lines of a Markdown table: ``header``, a separator, one line per row with each value formatted by
-    ``cell`` (``|`` in a value is escaped, so it cannot split a column)."""
+    ``cell`` and made inert (:func:`_inert`)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(value).replace("|", "\\|") for value in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_inert(cell(value)) for value in row) + " |" for row in rows]
     return lines
+
+
+# HTML's special characters as entities (a file name such as '<img src=x onerror=...>.wav' stays text when the
+# Markdown is rendered), '|' escaped so that it cannot split a column, line breaks so that they cannot end a row
+_INERT = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "\n": " ", "\r": " "})
+
+
+def _inert(text: str) -> str:
+    return text.translate(_INERT)

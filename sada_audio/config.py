@@ -66,6 +66,8 @@ def parse_overrides(text: str) -> dict[str, Any]:
         key, sep, value = (piece.strip() for piece in part.partition("="))
         if not sep or not key:
             raise ConfigError(f"SADA override {part!r} is not key=value (e.g. 'lagrange_step=6; max_interval=3')")
+        if key in changes:
+            raise ConfigError(f"SADA overrides {text!r}: {key} is given twice; give each key once")
         try:
             changes[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -176,6 +178,8 @@ class SADAConfig:
     the first step past that age is a full call that refreshes them."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.acc_range, list):  # JSON and Python callers write pairs as lists
+            object.__setattr__(self, "acc_range", tuple(self.acc_range))
         hints = get_type_hints(SADAConfig)
         for field in dataclasses.fields(self):
             problem = _type_problem(field.name, hints[field.name], getattr(self, field.name))
@@ -261,6 +265,8 @@ class SADAConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> SADAConfig:
         """The preset of a model family, optionally with some fields overridden."""
+        if not isinstance(name, str):
+            raise ConfigError(f"a SADA preset is named by text, got {_type_name(name)} {name!r}")
         key = name.lower().replace("_", "-")
         if key not in PRESETS:
             raise ConfigError(f"unknown SADA preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
@@ -293,9 +299,6 @@ class SADAConfig:
         unknown = set(values) - known
         if unknown:
             raise ConfigError(f"unknown SADA config keys: {', '.join(sorted(unknown))}")
-        values = dict(values)
-        if isinstance(values.get("acc_range"), list):
-            values["acc_range"] = tuple(values["acc_range"])
         return cls(**values)
 
     def prunes_level(self, level: int, latent_hw: tuple[int, int] | None = None) -> bool:

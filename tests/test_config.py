@@ -93,7 +93,7 @@ def test_step_indices_scale_with_the_number_of_steps():
         ({"max_fix": 1e9}, "max_fix must be a whole number, got float"),
         ({"lagrange_step": "24"}, "lagrange_step must be a whole number, got str '24'"),
         ({"acc_range": (10, 49, 3)}, r"acc_range must be 2 whole numbers \(start, end\), got \(10, 49, 3\)"),
-        ({"acc_range": [10, 49]}, "acc_range must be 2 whole numbers"),
+        ({"acc_range": [10, 49, 3]}, "acc_range must be 2 whole numbers"),  # a list is taken as a pair (issue 27)
         ({"acc_range": (10.0, 49)}, "acc_range item must be a whole number, got float 10.0"),
         ({"seed": -1}, "seed must be in 0..9223372036854775807, got -1"),
         ({"seed": 2**63}, "seed must be in 0..9223372036854775807"),

@@ -467,3 +467,52 @@ def test_ctrl_c_while_the_command_starts_is_exit_130(monkeypatch: pytest.MonkeyP
     assert result.exit_code == 130, result.output + repr(result.exception)
     assert result.output.strip() == "Interrupted."
     assert "Aborted" not in result.output
+
+
+# --- row 17: small ones -----------------------------------------------------------------------------------------
+
+
+def test_a_sada_override_given_twice_is_refused() -> None:
+    from sada_audio import SADAConfig
+    from sada_audio.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="acc_range is given twice"):
+        SADAConfig.preset("musicldm").with_overrides("acc_range=[10,49]; acc_range=[5,40]")
+
+
+def test_benchmark_refuses_a_variant_with_a_key_given_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    variant = "acc_range=[10,49]; acc_range=[5,40]"
+    result = CliRunner().invoke(cli.main, ["benchmark", "-o", str(tmp_path / "b"), "--sada-variant", variant])
+    _one_line_error(result, "acc_range is given twice")
+
+
+def test_sada_config_takes_a_list_as_a_pair_and_a_preset_name_must_be_text() -> None:
+    from sada_audio import SADAConfig
+    from sada_audio.errors import ConfigError
+
+    assert SADAConfig(acc_range=[10, 40]) == SADAConfig(acc_range=(10, 40))
+    assert SADAConfig(acc_range=[10, 40]).acc_range == (10, 40)
+    with pytest.raises(ConfigError, match="acc_range must be 2 whole numbers"):
+        SADAConfig(acc_range=[10, 40, 3])
+    with pytest.raises(ConfigError, match="a SADA preset is named by text, got null None"):
+        SADAConfig.preset(None)  # type: ignore[arg-type]
+
+
+def test_report_md_shows_a_hostile_file_name_as_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sada_audio.evaluation import embeddings
+
+    monkeypatch.setattr(embeddings, "default_embedding_source", lambda: tmp_path / "not-installed")
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)).astype(np.float32)
+    name = "<img src=x onerror=alert(1)>"
+    for side in ("ref", "test"):
+        (tmp_path / side).mkdir()
+        sf.write(tmp_path / side / f"{name}.wav", tone, SR)
+    (tmp_path / "test" / "a|b\nc.wav").write_bytes(b"")  # unusable: listed under Problems
+    out = tmp_path / "out"
+    argv = ["evaluate", str(tmp_path / "ref"), str(tmp_path / "test"), "-o", str(out)]
+    result = CliRunner().invoke(cli.main, [*argv, "--lpips-backbone", str(tmp_path / "none.pth")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "<img" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
+    assert "a\\|b c.wav" in markdown

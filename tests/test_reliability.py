@@ -516,3 +516,28 @@ def test_report_md_shows_a_hostile_file_name_as_text(tmp_path: Path, monkeypatch
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert "<img" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
     assert "a\\|b c.wav" in markdown
+
+
+# --- rows 14 and 15: Windows device names, and CSV line numbers past blank lines -------------------------------
+
+
+@pytest.mark.parametrize("name", ["COM\u00b9", "lpt\u00b3.wav", "CONIN$", "conout$", "COM0", "LPT9"])
+def test_windows_device_names_are_invalid(tmp_path: Path, name: str) -> None:
+    from sada_audio.render import read_manifest
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"name": name, "prompt": "a tone"}) + "\n", encoding="utf-8")
+    (problem,) = read_manifest(manifest).problems
+    assert "Windows device names" in problem.message
+
+
+def test_csv_problems_name_the_right_line_past_blank_lines(tmp_path: Path) -> None:
+    from sada_audio.render import read_manifest
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        'name,prompt\n\na,piano\n\n\nCON,drums\n"b","two\nlines"\n\r\n"NUL",x\nc,\n', encoding="utf-8", newline=""
+    )
+    cues = read_manifest(manifest)
+    assert [(row.line, row.name) for row in cues.rows] == [(3, "a"), (7, "b")]
+    assert [(problem.line, problem.name) for problem in cues.problems] == [(6, "CON"), (10, "NUL"), (11, "c")]

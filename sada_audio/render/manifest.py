@@ -27,8 +27,16 @@ FORMATS = CLIP_FORMATS
 _MAX_NAME_LENGTH = 200
 # the first problems an error names; the others are counted
 _SHOWN_PROBLEMS = 10
-# names Windows reserves for devices, with any extension ("nul.wav" too)
-_DEVICE_NAMES = {"con", "prn", "aux", "nul", *(f"{port}{i}" for port in ("com", "lpt") for i in range(1, 10))}
+# names Windows reserves for devices, with any extension ("nul.wav" too); superscript digits count as digits
+_DEVICE_NAMES = {
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    "conin$",
+    "conout$",
+    *(f"{port}{digit}" for port in ("com", "lpt") for digit in "0123456789\u00b9\u00b2\u00b3"),
+}
 # characters that reorder how a name is displayed (a name could pretend to end in another extension)
 _BIDI_CONTROLS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -189,13 +197,21 @@ def _records(path: Path) -> Iterator[tuple[int, Mapping[str, Any] | None, str | 
             None,
             f"unknown column{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} (known: {', '.join(FIELDS)})",
         )
-    start = reader.line_num + 1
+    # csv skips blank lines without a row: a record starts at the first non-blank line after the one before it
+    lines = io.StringIO(text, newline="").readlines()
+
+    def first_line_after(line: int) -> int:
+        while line < len(lines) and not lines[line].strip("\r\n"):
+            line += 1
+        return line + 1
+
+    start = first_line_after(reader.line_num)
     for record in reader:
         if None in record:
             yield start, None, "more cells than columns"
         else:
             yield start, {key: value for key, value in record.items() if key in FIELDS and value != ""}, None
-        start = reader.line_num + 1
+        start = first_line_after(reader.line_num)
 
 
 class _DuplicateKey(ValueError):

@@ -541,3 +541,29 @@ def test_csv_problems_name_the_right_line_past_blank_lines(tmp_path: Path) -> No
     cues = read_manifest(manifest)
     assert [(row.line, row.name) for row in cues.rows] == [(3, "a"), (7, "b")]
     assert [(problem.line, problem.name) for problem in cues.problems] == [(6, "CON"), (10, "NUL"), (11, "c")]
+
+
+def test_a_row_whose_write_fails_is_failed_and_the_rows_after_it_render(
+    tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: validation now refuses unencodable text, but any ValueError of a clip's write (the
+    UnicodeEncodeError that used to wedge render) fails that row only."""
+    from sada_audio.render import job
+
+    real = job._write_clip
+
+    def write(out_dir: Path, row: object, *args: object) -> object:
+        if row.name == "a":  # type: ignore[attr-defined]
+            "\udc80".encode()
+        return real(out_dir, row, *args)
+
+    monkeypatch.setattr(job, "_write_clip", write)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"name": "a", "prompt": "piano"}\n{"name": "b", "prompt": "drums"}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["render", str(manifest), "-o", str(out), "-m", str(tiny_musicldm_dir), "--steps", "2", "--duration", "0.64"]
+    result = CliRunner().invoke(cli.main, argv)
+    assert result.exit_code == 1, result.output + repr(result.exception)
+    entries = [json.loads(line) for line in (out / "index.jsonl").read_text(encoding="utf-8").split("\n") if line]
+    assert [(entry["name"], entry["status"]) for entry in entries] == [("a", "failed"), ("b", "rendered")]
+    assert "UnicodeEncodeError" in entries[0]["error"]

@@ -218,7 +218,7 @@ def render_batches(
         for index, row in enumerate(rows):
             try:
                 meta = _write_clip(out_dir, row, batch, index, run, run_meta)
-            except (SADAError, OSError) as error:
+            except (SADAError, OSError, ValueError) as error:  # ValueError: e.g. text UTF-8 cannot hold
                 logger.warning("%s failed: %s", row.name, _error_text(error))
                 record(index_entry(row, FAILED, error=_error_text(error)))
             else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import logging
 import os
@@ -149,7 +150,11 @@ def write_audio(path: str | os.PathLike[str], waveform: np.ndarray, sample_rate:
     if peak > 1.0:
         logger.warning("waveform peak %.3f exceeds 1.0; clipping before writing %s", peak, path)
         data = np.clip(data, -1.0, 1.0)
-    write_atomically(path, lambda f: sf.write(f, data, sample_rate, format=file_format, subtype=_SUBTYPE))
+    # encoded in memory, then written in one piece: a full disk is then one OSError from a plain write, not
+    # errors raised inside libsndfile's callbacks (which it reports as ignored exceptions or assertion failures)
+    encoded = io.BytesIO()
+    sf.write(encoded, data, sample_rate, format=file_format, subtype=_SUBTYPE)
+    write_atomically(path, lambda f: f.write(encoded.getbuffer()))
     logger.info("wrote %s (%d samples at %d Hz)", path, data.shape[0], sample_rate)
     return path
 
@@ -230,8 +235,10 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as error:
             tmp.unlink(missing_ok=True)
+            if isinstance(error, OSError) and error.filename is None:
+                error.filename = str(path)  # a failed write() names no file: the error names the destination
             raise
         _fsync_directory(path.parent)
 

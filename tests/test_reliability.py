@@ -4,6 +4,7 @@ into the wrong place, leave a traceback or an empty folder behind."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 from pathlib import Path
@@ -567,3 +568,46 @@ def test_a_row_whose_write_fails_is_failed_and_the_rows_after_it_render(
     entries = [json.loads(line) for line in (out / "index.jsonl").read_text(encoding="utf-8").split("\n") if line]
     assert [(entry["name"], entry["status"]) for entry in entries] == [("a", "failed"), ("b", "rendered")]
     assert "UnicodeEncodeError" in entries[0]["error"]
+
+
+# --- row 8: a full disk is one OSError, not errors inside libsndfile's callbacks ---------------------------------
+
+
+class _FullDisk(io.RawIOBase):
+    """A file on a full disk: every write and seek fails as the kernel's would (ENOSPC)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_a_full_disk_is_one_os_error_from_a_plain_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    from sada_audio import audio as audio_module
+
+    monkeypatch.setattr(audio_module, "write_atomically", lambda path, write: write(_FullDisk()))
+    with pytest.raises(OSError) as raised:
+        audio_module.write_audio(tmp_path / f"x{suffix}", np.zeros(SR, dtype=np.float32), SR)
+    assert raised.value.errno == errno.ENOSPC
+
+
+def test_write_atomically_names_the_destination_of_a_failed_write(tmp_path: Path) -> None:
+    from sada_audio.audio import write_atomically
+
+    def fail(file: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as raised:
+        write_atomically(tmp_path / "x.wav", fail)
+    assert raised.value.filename == str(tmp_path / "x.wav")
+    assert list(tmp_path.iterdir()) == []

@@ -59,15 +59,11 @@ def memory_warning(
 ) -> str | None:
     """A sentence saying that ``waveforms`` waveforms of ``duration_s`` seconds in one call will not fit on
     ``device`` (``available`` bytes, measured if None), or None when they should."""
-    duration = DEFAULT_DURATION_S if duration_s is None else duration_s
-    needed = batch_memory_bytes(waveforms * duration, dtype)
     available = available_memory_bytes(device) if available is None else available
-    if available is None or needed <= available:
+    need = _need_beyond(waveforms, duration_s, dtype, available)
+    if need is None:
         return None
-    return (
-        f"{waveforms} waveform(s) of {duration:g} s in one pipeline call need about {_gigabytes(needed)} of memory "
-        f"in {dtype}, more than the {_gigabytes(available)} free on {device}: expect an out-of-memory error"
-    )
+    return f"{need}, more than the {_gigabytes(available)} free on {device}: expect an out-of-memory error"
 
 
 def memory_refusal(
@@ -75,14 +71,21 @@ def memory_refusal(
 ) -> str | None:
     """A sentence saying that ``waveforms`` waveforms of ``duration_s`` seconds in one call need more memory than
     ``device`` has in all (``total`` bytes, measured if None), so that the call cannot succeed; else None."""
+    total = total_memory_bytes(device) if total is None else total
+    need = _need_beyond(waveforms, duration_s, dtype, total)
+    return None if need is None else f"{need}, more than the {_gigabytes(total)} {device} has in all"
+
+
+def _need_beyond(waveforms: int, duration_s: float | None, dtype: str, limit: int | None) -> str | None:
+    """What the call needs (``N waveform(s) of D s ... need about X GB of memory in DTYPE``) if it is more than
+    ``limit`` bytes; None when it is not, or the limit is unknown."""
     duration = DEFAULT_DURATION_S if duration_s is None else duration_s
     needed = batch_memory_bytes(waveforms * duration, dtype)
-    total = total_memory_bytes(device) if total is None else total
-    if total is None or needed <= total:
+    if limit is None or needed <= limit:
         return None
     return (
         f"{waveforms} waveform(s) of {duration:g} s in one pipeline call need about {_gigabytes(needed)} of memory "
-        f"in {dtype}, more than the {_gigabytes(total)} {device} has in all"
+        f"in {dtype}"
     )
 
 

@@ -47,6 +47,18 @@ def _tool_clip(folder: Path, name: str, suffix: str = ".wav") -> tuple[Path, Pat
     return audio, sidecar
 
 
+def _refused_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], *fragments: str) -> str:
+    """Run ``argv`` in ``tmp_path`` (which holds the manifest m.jsonl and the prompts file p.txt) with model loading
+    forbidden: one Error line holding ``fragments``, and nothing written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    (tmp_path / "m.jsonl").write_text('{"name": "a", "prompt": "a tone"}\n', encoding="utf-8")
+    (tmp_path / "p.txt").write_text("a tone\n", encoding="utf-8")
+    line = _one_line_error(CliRunner().invoke(cli.main, argv), *fragments)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.jsonl", "p.txt"]
+    return line
+
+
 # --- row 1: --overwrite replaces only what the tool made ------------------------------------------------------
 
 
@@ -139,12 +151,7 @@ def test_benchmark_overwrite_never_deletes_a_users_file(tmp_path: Path, monkeypa
     ],
 )
 def test_an_empty_output_path_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
-    (tmp_path / "m.jsonl").write_text('{"name": "a", "prompt": "a tone"}\n', encoding="utf-8")
-    (tmp_path / "p.txt").write_text("a tone\n", encoding="utf-8")
-    _one_line_error(CliRunner().invoke(cli.main, argv), "the path is empty")
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.jsonl", "p.txt"]
+    _refused_before_loading(tmp_path, monkeypatch, argv, "the path is empty")
 
 
 # --- row 11: an output folder that cannot be made is one line -------------------------------------------------
@@ -196,10 +203,6 @@ def test_a_run_that_fails_to_load_its_model_leaves_no_folder(
 def test_non_finite_numbers_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, numbers: list[str]
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
-    (tmp_path / "m.jsonl").write_text('{"name": "a", "prompt": "a tone"}\n', encoding="utf-8")
-    (tmp_path / "p.txt").write_text("a tone\n", encoding="utf-8")
     first = {
         "generate": ["generate", "a tone", "-o", "x.wav"],
         "render": ["render", "m.jsonl", "-o", "out"],
@@ -207,8 +210,7 @@ def test_non_finite_numbers_are_refused(
         "benchmark": ["benchmark", "-o", "out"],
     }[command]
     numbers = [arg for arg in numbers if command != "benchmark" or arg != "--allow-long"]
-    _one_line_error(CliRunner().invoke(cli.main, [*first, *numbers]), "is not a finite number", numbers[0])
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.jsonl", "p.txt"]
+    _refused_before_loading(tmp_path, monkeypatch, [*first, *numbers], "is not a finite number", numbers[0])
 
 
 # --- row 6: the sparsity map is part of the clip's all-or-nothing write ---------------------------------------
@@ -327,11 +329,7 @@ def test_index_statuses_survive_unicode_line_separators(tiny_musicldm_dir: Path,
 def test_unencodable_text_on_the_command_line_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
-    (tmp_path / "m.jsonl").write_text('{"name": "a", "prompt": "a tone"}\n', encoding="utf-8")
-    _one_line_error(CliRunner().invoke(cli.main, argv), "which is no character")
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.jsonl"]
+    _refused_before_loading(tmp_path, monkeypatch, argv, "which is no character")
 
 
 def test_a_manifest_row_with_a_lone_surrogate_is_invalid_and_the_others_render(
@@ -370,11 +368,7 @@ def test_a_manifest_row_with_a_lone_surrogate_is_invalid_and_the_others_render(
 def test_a_name_too_long_for_the_file_system_is_refused_before_loading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
-    (tmp_path / "p.txt").write_text("a tone\n", encoding="utf-8")
-    _one_line_error(CliRunner().invoke(cli.main, argv), "is too long for the file system")
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["p.txt"]
+    _refused_before_loading(tmp_path, monkeypatch, argv, "is too long for the file system")
 
 
 def test_a_manifest_name_too_long_in_bytes_is_an_invalid_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shlex
 import sys
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,10 +24,10 @@ from .common import (
     FiniteFloatRange,
     OutputPath,
     compile_option,
+    dtype_name,
     load_for_command,
     new_folders_removed_on_failure,
     prepare_clip_dirs,
-    progress_bar,
     resolve_scheduler_option,
 )
 from .console import interruptible
@@ -47,6 +51,33 @@ def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 
 def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
     return () if value is None else tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _time_left(seconds: float) -> str:
+    return f"about {seconds:.0f} s left" if seconds < 120 else f"about {seconds / 60:.0f} min left"
+
+
+@contextlib.contextmanager
+def _progress(items: Sequence[Any], label: str) -> Iterator[Any]:
+    """The benchmark's progress (the evaluation's ``Progress``), on stderr: on a terminal a bar with the sampler
+    and its blocks done (``label``), the clip and method running (an item that is text) and the time left; in a
+    log, one line per finished item with the same and the estimated time left."""
+    if sys.stderr.isatty():
+        show = lambda item: item if isinstance(item, str) else None  # noqa: E731
+        with click.progressbar(items, label=label, file=sys.stderr, show_pos=True, item_show_func=show) as bar:
+            yield bar
+        return
+
+    def lines() -> Iterator[Any]:
+        click.echo(f"{label}: {len(items)} to run", err=True)
+        started = time.perf_counter()
+        for done, item in enumerate(items, start=1):
+            yield item
+            left = (time.perf_counter() - started) / done * (len(items) - done)
+            what = f": {item}" if isinstance(item, str) else ""
+            click.echo(f"{label}: {done}/{len(items)} done{what}; {_time_left(left)}", err=True)
+
+    yield lines()
 
 
 @click.command()
@@ -115,6 +146,12 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     "players.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the results of an earlier run in the output folder.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the stopped run in the output folder with the same command line: its finished blocks (a "
+    "sampler's clip with every method, or, compiled, a sampler's method; a latent size's step costs) are kept.",
+)
 @compile_option
 def benchmark(
     output_dir: Path,
@@ -134,6 +171,7 @@ def benchmark(
     quick: bool,
     keep_clips: bool,
     overwrite: bool,
+    resume: bool,
     compile_mode: str,
 ) -> None:
     """Benchmark SADA against DeepCache, ToMe, PAB, AdaptiveDiffusion (and, on transformers, First Block Cache,
@@ -157,27 +195,44 @@ def benchmark(
     base = SADAConfig.preset(preset or "musicldm")
     for variant in sada_variants:
         base.with_overrides(variant)
-    # The library is imported here, not at the top: argument errors are reported without loading torch.
+    # Every mistake in the arguments is answered before the library that needs torch is imported.
     from sada_audio.audio import check_output_path
-    from sada_audio.evaluation.benchmark import BenchmarkSettings, run_benchmark
-    from sada_audio.evaluation.benchmark_report import target_checks, write_benchmark_outputs
-    from sada_audio.evaluation.generate import read_prompts
-    from sada_audio.pipelines import check_compile_mode, parse_device
-    from sada_audio.render.plan import prepare_output_dir
+    from sada_audio.evaluation.benchmark_checkpoint import PROGRESS_DIR, BenchmarkProgress
+    from sada_audio.evaluation.prompts import read_prompts
 
     if output_dir.exists() and not output_dir.is_dir():
         raise click.BadParameter(f"'{output_dir}' is a file, not a folder", param_hint="-o/--output-dir")
+    prompts_read = tuple(read_prompts(prompts_file)) if prompts_file is not None else None
+    stopped = (output_dir / PROGRESS_DIR).exists()
+    if resume and overwrite:
+        raise click.UsageError("--resume continues a stopped run, --overwrite starts over: pass one of them")
+    if resume and not stopped:
+        raise click.UsageError(f"nothing to resume: '{output_dir}' holds no stopped benchmark run")
+    if stopped and not (resume or overwrite):
+        raise click.UsageError(
+            f"'{output_dir}' holds a stopped benchmark run: --resume continues it, --overwrite starts over"
+        )
+    if output_dir.is_dir():  # a new folder is checked once it exists
+        for name in BENCHMARK_RESULT_FILES.values():
+            check_output_path(output_dir / name, overwrite or resume, extensions=(Path(name).suffix,))
+
+    from sada_audio.evaluation.benchmark import BenchmarkSettings, run_benchmark
+    from sada_audio.evaluation.benchmark_report import target_checks, write_benchmark_outputs
+    from sada_audio.pipelines import check_compile_mode, parse_device, resolve_model_id
+    from sada_audio.render.plan import prepare_output_dir
+
     check_compile_mode(compile_mode, parse_device(device))
     # a run refused or failed before it wrote anything leaves no folder behind
     with new_folders_removed_on_failure(output_dir / BENCHMARK_CLIPS_DIR):
         prepare_output_dir(output_dir)
         for name in BENCHMARK_RESULT_FILES.values():
-            check_output_path(output_dir / name, overwrite, extensions=(Path(name).suffix,))
+            check_output_path(output_dir / name, overwrite or resume, extensions=(Path(name).suffix,))
         clip_dir = None
         if keep_clips:
             clip_dir = output_dir / BENCHMARK_CLIPS_DIR
-            prepare_clip_dirs([clip_dir], overwrite, recursive=True)
-        prompts = tuple(read_prompts(prompts_file)) if prompts_file is not None else BenchmarkSettings.prompts
+            if not resume:  # a resumed run keeps the clips of its finished blocks
+                prepare_clip_dirs([clip_dir], overwrite, recursive=True)
+        prompts = prompts_read or BenchmarkSettings.prompts
         settings = BenchmarkSettings(
             schedulers=schedulers or BenchmarkSettings.schedulers,
             steps=steps,
@@ -193,12 +248,23 @@ def benchmark(
         )
         if quick:
             settings = dataclasses.replace(settings, **QUICK, prompts=prompts[:QUICK_PROMPTS], seeds=seeds[:1])
-        with interruptible():
+        # what identifies the run: a resume must ask for the same
+        run = {
+            "settings": settings.to_dict(),
+            "model": resolve_model_id(model),
+            "device": device,
+            "dtype": dtype_name(dtype, device, model),
+            "clips": keep_clips,
+        }
+        start = BenchmarkProgress.resume if resume else BenchmarkProgress.start
+        checkpoint = start(output_dir / PROGRESS_DIR, run)
+        with interruptible("run the same command with --resume to continue it"):
             pipe, _ = load_for_command(model, None, device, dtype, compile_mode)
             pipe.set_progress_bar_config(disable=True)  # one bar: ours
-            results = run_benchmark(pipe, settings, progress=progress_bar, clip_dir=clip_dir)
+            results = run_benchmark(pipe, settings, progress=_progress, clip_dir=clip_dir, checkpoint=checkpoint)
         command = shlex.join(["sada-audio", "benchmark", *sys.argv[2:]]) if sys.argv[1:2] == ["benchmark"] else ""
         paths = write_benchmark_outputs(results, output_dir, command or "sada-audio benchmark")
+        checkpoint.finish()
     if quick:
         click.echo("The targets are defined for the full workload (50 steps, 16 prompts x 2 seeds);")
         click.echo("--quick only checks that every method runs, so its speedups are not comparable with them.")

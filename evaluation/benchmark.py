@@ -39,6 +39,7 @@ from sada_audio.models import model_adapter_for
 from sada_audio.pipelines import set_scheduler
 
 from .accelerators import SADA, Accelerator, Attachment, Baseline, sada_accelerators
+from .benchmark_checkpoint import BenchmarkProgress
 from .evaluate import Progress, no_progress, pair_metrics
 from .peers import peer_accelerators
 from .step_costs import real_size_benches, run_step_costs
@@ -170,12 +171,18 @@ def _interleaved(
     clips: Sequence[ClipRequest],
     sampling: SamplingSettings,
     warm_up: SamplingSettings,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[tuple[Accelerator, int, dict[str, Any]]]:
     """Every method on every clip, clip by clip (baseline, A, B, ..., baseline, A, B, ...): slow drifts of the
-    machine's speed hit every method alike. Each method is attached for one call at a time."""
+    machine's speed hit every method alike. Each method is attached for one call at a time. Only the clips at
+    ``indices`` run (default: all); with none, not even the warm-up calls."""
+    indices = range(len(clips)) if indices is None else indices
+    if not indices:
+        return
     for method in methods:
         _generate(pipe, method, clips[0], warm_up)
-    for index, clip in enumerate(clips):
+    for index in indices:
+        clip = clips[index]
         for method in methods:
             yield method, index, _generate(pipe, method, clip, sampling)
 
@@ -219,8 +226,13 @@ def run_quality(
     settings: BenchmarkSettings,
     progress: Progress = no_progress,
     clip_dir: Path | None = None,
+    checkpoint: BenchmarkProgress | None = None,
 ) -> dict[str, Any]:
     """The quality workload: per scheduler, every method on every prompt x seed, interleaved with the baseline.
+
+    With ``checkpoint`` each block is saved as soon as it is finished (per scheduler: a clip with every method on
+    it, or, with a compiled denoiser, a method with every clip), and the blocks it holds from a stopped run are
+    taken from it instead of run again (their clips are already in ``clip_dir``).
 
     With ``clip_dir`` every clip is written there as FLAC (:func:`clip_path`) with a JSON sidecar (prompt, seed,
     scheduler, label and, for SADA, its statistics with the sparsity map), and its record says where (``audio``).
@@ -239,17 +251,34 @@ def run_quality(
     runs: list[dict[str, Any]] = []
     first_calls: dict[str, dict[str, float]] = {}
     compiled = settings.compile_mode != "none"
-    for scheduler in settings.schedulers:
+    for position, scheduler in enumerate(settings.schedulers):
         set_scheduler(pipe, scheduler)
-        if compiled:
-            first_calls[scheduler] = {}
-            results = _method_by_method(pipe, runnable, clips, sampling, first_calls[scheduler])
-        else:
-            warm_up = dataclasses.replace(sampling, steps=min(settings.warm_up_steps, settings.steps))
-            results = _interleaved(pipe, runnable, clips, sampling, warm_up)
+        # the blocks: per clip (every method on it) or, compiled, per method (every clip)
+        keys = [method.label for method in runnable] if compiled else [f"clip {i + 1}" for i in range(len(clips))]
+        saved = _saved_blocks(checkpoint, scheduler, keys)
+        fresh: dict[str, list[dict[str, Any]]] = {}
         # The baseline (first method) runs every clip before any other method touches it, in either order.
         references: dict[int, dict[str, Any]] = {}
-        with progress(range(len(clips) * len(runnable)), f"{scheduler}: {len(runnable)} methods") as ticks:
+        if compiled:
+            first_calls[scheduler] = {key: block["first_call_s"] for key, block in saved.items()}
+            todo = [method for method in runnable if method.label not in saved]
+            results = _method_by_method(pipe, todo, clips, sampling, first_calls[scheduler])
+            items = [f"{method.label}: clip {i + 1}/{len(clips)}" for method in todo for i in range(len(clips))]
+            if checkpoint is not None and runnable[0].label in saved:  # the baseline's clips, for the others
+                baseline_runs = saved[runnable[0].label]["records"]
+                references = {
+                    i: {"waveform": checkpoint.load_waveform(scheduler, f"baseline {i + 1}"), "wall_s": run["wall_s"]}
+                    for i, run in enumerate(baseline_runs)
+                }
+        else:
+            warm_up = dataclasses.replace(sampling, steps=min(settings.warm_up_steps, settings.steps))
+            indices = [i for i, key in enumerate(keys) if key not in saved]
+            results = _interleaved(pipe, runnable, clips, sampling, warm_up, indices)
+            items = [f"clip {i + 1}/{len(clips)}: {method.label}" for i in indices for method in runnable]
+        label = f"{scheduler} ({position + 1}/{len(settings.schedulers)}), {len(runnable)} methods"
+        if saved:
+            label += f", {len(saved)} of {len(keys)} blocks done before"
+        with progress(items, label) as ticks:
             for _, (method, index, result) in zip(ticks, results, strict=True):
                 clip = clips[index]
                 waveform = result.pop("waveform")
@@ -281,11 +310,28 @@ def run_quality(
                     }
                     audio_path, _ = write_clip([(path, waveform)], sample_rate, path.with_suffix(".json"), meta)
                     record["audio"] = str(audio_path)
-                runs.append(record)
+                key = method.label if compiled else keys[index]
+                fresh.setdefault(key, []).append(record)
+                if checkpoint is not None and compiled and method is runnable[0]:
+                    checkpoint.save_waveform(scheduler, f"baseline {index + 1}", waveform)
+                if checkpoint is not None and (index == len(clips) - 1 if compiled else method is runnable[-1]):
+                    block: dict[str, Any] = {"records": fresh[key]}
+                    if compiled:
+                        block["first_call_s"] = first_calls[scheduler][key]
+                    checkpoint.save(scheduler, keys.index(key), key, block)
+        runs += [run for key in keys for run in (saved[key]["records"] if key in saved else fresh[key])]
     quality: dict[str, Any] = {"skipped": skipped, "runs": runs, "summary": summarise(runs)}
     if compiled:
         quality["first_call_s"] = first_calls
     return quality
+
+
+def _saved_blocks(checkpoint: BenchmarkProgress | None, part: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The blocks among ``keys`` (in plan order) that ``checkpoint`` holds, by key."""
+    if checkpoint is None:
+        return {}
+    blocks = ((key, checkpoint.load(part, position, key)) for position, key in enumerate(keys))
+    return {key: block for key, block in blocks if block is not None}
 
 
 def _mean_kind_counts(kind_lists: list[list[str]]) -> dict[str, float]:
@@ -388,18 +434,31 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def run_benchmark(
-    pipe: Any, settings: BenchmarkSettings, progress: Progress = no_progress, clip_dir: Path | None = None
+    pipe: Any,
+    settings: BenchmarkSettings,
+    progress: Progress = no_progress,
+    clip_dir: Path | None = None,
+    checkpoint: BenchmarkProgress | None = None,
 ) -> dict[str, Any]:
     """Both workloads; the result is what ``results.json`` holds. The step costs are measured on the real-size
     UNet on the pipeline's device, in its precision. With ``clip_dir`` the quality workload's clips are kept
-    there (see :func:`run_quality`)."""
+    there (see :func:`run_quality`). With ``checkpoint`` every finished block is saved there at once, and the
+    blocks it already holds (a stopped run's) are not run again: the quality workload's (see :func:`run_quality`)
+    and the step costs of each latent size."""
     methods, preset = accelerators_for(pipe, settings)
-    quality = run_quality(pipe, methods, settings, progress, clip_dir)
+    quality = run_quality(pipe, methods, settings, progress, clip_dir, checkpoint)
     weight = next(model_adapter_for(pipe).denoiser().parameters())
     benches = real_size_benches(
         settings.latent_frames, settings.cost_batch, settings.steps, settings.cost_repeats, weight.device, weight.dtype
     )
-    costs = run_step_costs(benches, methods, quality["summary"], progress)
+    names = list(benches)
+    costs = {name: block["result"] for name, block in _saved_blocks(checkpoint, "step costs", names).items()}
+    for position, name in enumerate(names):
+        if name not in costs:
+            costs[name] = run_step_costs({name: benches[name]}, methods, quality["summary"], progress)[name]
+            if checkpoint is not None:
+                checkpoint.save("step costs", position, name, {"result": costs[name]})
+    costs = {name: costs[name] for name in names}
     return {
         "settings": settings.to_dict(),
         "sada_preset": preset,

@@ -15,33 +15,15 @@ from typing import Any
 
 from sada_audio.audio import write_clip
 from sada_audio.config import SADAConfig
-from sada_audio.errors import SADAError
 from sada_audio.generation import ClipRequest, SamplingSettings, clip_metadata, generate_batch
 
 from .evaluate import Progress, no_progress
+from .prompts import read_prompts
 
 __all__ = ["read_prompts", "clip_names", "generate_pair_folders"]
 
 _NAME_CHARS = re.compile(r"[^a-z0-9]+")
 _NAME_LENGTH = 40
-
-
-def read_prompts(path: Path) -> list[str]:
-    """One prompt per line; blank lines and lines starting with ``#`` are skipped.
-
-    Raises:
-        SADAError: the file cannot be read, is not UTF-8, or holds no prompt.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise SADAError(f"prompts file '{path}' is not UTF-8 text") from error
-    except OSError as error:
-        raise SADAError(f"cannot read the prompts file '{path}': {error.strerror or error}") from error
-    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise SADAError(f"no prompts in '{path}': write one prompt per line")
-    return prompts
 
 
 def clip_names(prompts: list[str]) -> list[str]:

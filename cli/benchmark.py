@@ -256,10 +256,12 @@ def benchmark(
             "dtype": dtype_name(dtype, device, model),
             "clips": keep_clips,
         }
-        start = BenchmarkProgress.resume if resume else BenchmarkProgress.start
-        checkpoint = start(output_dir / PROGRESS_DIR, run)
+        progress_dir = output_dir / PROGRESS_DIR
+        resumed = BenchmarkProgress.resume(progress_dir, run) if resume else None
         with interruptible("run the same command with --resume to continue it"):
             pipe, _ = load_for_command(model, None, device, dtype, compile_mode)
+            # a new run's progress folder once the model is there: a model that fails to load leaves nothing
+            checkpoint = resumed or BenchmarkProgress.start(progress_dir, run)
             pipe.set_progress_bar_config(disable=True)  # one bar: ours
             results = run_benchmark(pipe, settings, progress=_progress, clip_dir=clip_dir, checkpoint=checkpoint)
         command = shlex.join(["sada-audio", "benchmark", *sys.argv[2:]]) if sys.argv[1:2] == ["benchmark"] else ""

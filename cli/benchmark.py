@@ -33,20 +33,46 @@ from .common import (
 from .console import interruptible
 
 #: What ``--quick`` sets: a smoke run of every method in a few minutes (the test suite runs it).
-QUICK = {"steps": 20, "duration": 2.56, "latent_frames": (32,), "cost_repeats": 1}
+QUICK = {
+    "steps": 20,
+    "duration": 2.56,
+    "latent_frames": (32,),
+    "cost_repeats": 1,
+    "fewer_steps": (10,),
+    "converged_steps": 40,
+}
 QUICK_PROMPTS = 2
 
 
-def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+def _integers(value: str, example: str, ctx: click.Context, param: click.Parameter) -> tuple[int, ...]:
+    """The integers of a comma-separated list, at least one."""
     try:
-        seeds = tuple(int(part) for part in value.split(",") if part.strip())
+        numbers = tuple(int(part) for part in value.split(",") if part.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 0,1", ctx, param) from None
-    if not seeds:
-        raise click.BadParameter("give at least one seed, e.g. 0,1", ctx, param)
+        message = f"{value!r} is not a comma-separated list of integers, e.g. {example}"
+        raise click.BadParameter(message, ctx, param) from None
+    if not numbers:
+        raise click.BadParameter(f"give at least one, e.g. {example}", ctx, param)
+    return numbers
+
+
+def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    seeds = _integers(value, "0,1", ctx, param)
     if not all(0 <= seed <= MAX_SEED for seed in seeds):
         raise click.BadParameter(f"seeds must be in 0..{MAX_SEED}, got {value!r}", ctx, param)
     return seeds
+
+
+def _step_counts(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """A comma-separated list of step counts (>= 1), ``none`` for none; None when the option is not given."""
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return ()
+    counts = _integers(value, "10,18,25", ctx, param)
+    if min(counts) < 1:
+        raise click.BadParameter(f"step counts must be >= 1, got {value!r}", ctx, param)
+    return counts
 
 
 def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
@@ -121,6 +147,26 @@ def _progress(items: Sequence[Any], label: str) -> Iterator[Any]:
     help="A further SADA setting to compare, as overrides of the preset in JSON values, e.g. "
     "'acc_range=[6, 48]; lagrange_int=5' (repeatable).",
 )
+@click.option(
+    "--fewer-steps",
+    callback=_step_counts,
+    metavar="N,N,...",
+    help="Step counts of the fewer-steps peer (the unmodified sampler with fewer steps, on a grid that starts where "
+    "the baseline's starts), or 'none'.  [default: 8,10,12,15,18,22,25,30]",
+)
+@click.option(
+    "--sada-steps",
+    callback=_step_counts,
+    metavar="N,N,...",
+    help="Shorter base runs on which SADA's preset and every --sada-variant also run.  [default: none]",
+)
+@click.option(
+    "--converged-steps",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Steps of the converged reference (DPM++ 2M) every clip is also compared with; 0 = none.",
+)
 @click.option("--duration", default=5.12, show_default=True, type=FiniteFloatRange(min=0, min_open=True))
 @click.option("--guidance", default=2.0, show_default=True, type=FiniteFloatRange(min=0))
 @click.option(
@@ -163,6 +209,9 @@ def benchmark(
     methods: tuple[str, ...],
     preset: str | None,
     sada_variants: tuple[str, ...],
+    fewer_steps: tuple[int, ...] | None,
+    sada_steps: tuple[int, ...] | None,
+    converged_steps: int,
     duration: float,
     guidance: float,
     latent_frames: tuple[int, ...],
@@ -243,11 +292,17 @@ def benchmark(
             methods=methods,
             preset=preset,
             sada_variants=sada_variants,
+            sada_steps=sada_steps or (),
+            fewer_steps=BenchmarkSettings.fewer_steps if fewer_steps is None else fewer_steps,
+            converged_steps=converged_steps or None,
             latent_frames=latent_frames or BenchmarkSettings.latent_frames,
             compile_mode=compile_mode,
         )
         if quick:
-            settings = dataclasses.replace(settings, **QUICK, prompts=prompts[:QUICK_PROMPTS], seeds=seeds[:1])
+            # what the command line names explicitly stays as given
+            given = {"fewer_steps": fewer_steps} if fewer_steps is not None else {}
+            quick_settings = {**QUICK, **given}
+            settings = dataclasses.replace(settings, **quick_settings, prompts=prompts[:QUICK_PROMPTS], seeds=seeds[:1])
         # what identifies the run: a resume must ask for the same
         run = {
             "settings": settings.to_dict(),

@@ -36,6 +36,7 @@ __all__ = [
     "Attachment",
     "Baseline",
     "DenoiserBench",
+    "FewerSteps",
     "SADA",
     "median_time",
     "sada_accelerators",
@@ -135,6 +136,9 @@ class Accelerator(ABC):
     setting: str = ""
     #: PyPI distribution whose version the report states; None for code of this project.
     package: str | None = None
+    #: Sampling steps this method runs instead of the benchmark's (a fewer-steps peer, SADA on a shorter base
+    #: run); None = the benchmark's steps.
+    steps: int | None = None
 
     @property
     def label(self) -> str:
@@ -164,16 +168,34 @@ class _NoAttachment(Attachment):
         return ["full"] * len(self._pipe.scheduler.timesteps)
 
 
-class Baseline(Accelerator):
-    """No acceleration: the reference every speedup and fidelity is measured against."""
-
-    name = "baseline"
+class _Unmodified(Accelerator):
+    """The unmodified pipeline: nothing attaches, every step is a full call."""
 
     def attach(self, pipe: Any) -> Attachment:
         return _NoAttachment(pipe)
 
     def step_costs(self, bench: DenoiserBench) -> dict[str, float]:
         return {"full": bench.time(bench.call)}
+
+
+class Baseline(_Unmodified):
+    """No acceleration: the reference every speedup and fidelity is measured against."""
+
+    name = "baseline"
+
+
+class FewerSteps(_Unmodified):
+    """The unmodified sampler with fewer steps: the first thing to compare a step-skipping accelerator with.
+
+    Fair only on a grid where every step count starts at the baseline's first timestep; the samplers
+    :func:`sada_audio.pipelines.scheduler_from_config` builds use trailing spacing for that (BENCHMARKS.md,
+    "Fair fewer-steps peers")."""
+
+    name = "steps"
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.setting = f"{steps} steps"
 
 
 class _SADAAttachment(Attachment):
@@ -196,9 +218,10 @@ class SADA(Accelerator):
 
     name = "SADA"
 
-    def __init__(self, config: SADAConfig, setting: str) -> None:
+    def __init__(self, config: SADAConfig, setting: str, steps: int | None = None) -> None:
         self.config = config
-        self.setting = setting
+        self.setting = setting if steps is None else f"{setting}, {steps} steps"
+        self.steps = steps
 
     def attach(self, pipe: Any) -> Attachment:
         return _SADAAttachment(apply_sada(pipe, self.config))

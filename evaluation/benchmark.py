@@ -38,7 +38,7 @@ from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
 from sada_audio.models import model_adapter_for
 from sada_audio.pipelines import set_scheduler
 
-from .accelerators import SADA, Accelerator, Attachment, Baseline, sada_accelerators
+from .accelerators import SADA, Accelerator, Attachment, Baseline, FewerSteps, sada_accelerators
 from .benchmark_checkpoint import BenchmarkProgress
 from .evaluate import Progress, no_progress, pair_metrics
 from .peers import peer_accelerators
@@ -111,6 +111,15 @@ class BenchmarkSettings:
     """SADA preset; None = the pipeline family's."""
     sada_variants: tuple[str, ...] = ()
     """Further SADA settings to compare, each overrides of the preset (:meth:`SADAConfig.with_overrides`)."""
+    sada_steps: tuple[int, ...] = ()
+    """Shorter base runs on which the preset and every variant also run (SADA as a multiplier of a short run)."""
+    fewer_steps: tuple[int, ...] = (8, 10, 12, 15, 18, 22, 25, 30)
+    """Step counts of the fewer-steps peer: the unmodified sampler run with fewer steps, on a grid that starts
+    where the baseline's starts (counts at or above ``steps`` are left out)."""
+    converged_steps: int | None = 200
+    """Steps of the converged reference (``converged_scheduler``), the second reference every clip is compared
+    with besides the baseline clip of its sampler; None = none."""
+    converged_scheduler: str = "dpm++"
     latent_frames: tuple[int, ...] = (256, 1024)
     """Latent lengths of the real-size step-cost workloads (256 = 10.24 s); empty = none."""
     cost_batch: int = 2
@@ -129,10 +138,13 @@ def accelerators_for(pipe: Any, settings: BenchmarkSettings) -> tuple[list[Accel
     also the SADA preset name used."""
     preset = settings.preset or model_adapter_for(pipe).family
     config = SADAConfig.preset(preset)
+    sada_settings = [(config, f"preset {preset}")] + [(config.with_overrides(v), v) for v in settings.sada_variants]
     methods: list[Accelerator] = [
         Baseline(),
         *sada_accelerators(config, preset),
-        *(SADA(config.with_overrides(variant), variant) for variant in settings.sada_variants),
+        *(SADA(variant_config, variant) for variant_config, variant in sada_settings[1:]),
+        *(SADA(c, setting, steps) for steps in settings.sada_steps for c, setting in sada_settings),
+        *(FewerSteps(steps) for steps in settings.fewer_steps if steps < settings.steps),
         *peer_accelerators(pipe),
     ]
     wanted = {name.lower() for name in settings.methods}
@@ -165,6 +177,11 @@ def _generate(pipe: Any, method: Accelerator, clip: ClipRequest, sampling: Sampl
         attachment.remove()
 
 
+def _own_steps(method: Accelerator, sampling: SamplingSettings) -> SamplingSettings:
+    """``sampling`` with the method's own step count, if it has one (fewer-steps peers, SADA on a short base)."""
+    return sampling if method.steps is None else dataclasses.replace(sampling, steps=method.steps)
+
+
 def _interleaved(
     pipe: Any,
     methods: Sequence[Accelerator],
@@ -184,7 +201,7 @@ def _interleaved(
     for index in indices:
         clip = clips[index]
         for method in methods:
-            yield method, index, _generate(pipe, method, clip, sampling)
+            yield method, index, _generate(pipe, method, clip, _own_steps(method, sampling))
 
 
 def _method_by_method(
@@ -203,9 +220,10 @@ def _method_by_method(
         torch._dynamo.reset()
         attachment = method.attach(pipe)
         try:
-            first_calls[method.label] = _generate_attached(pipe, attachment, clips[0], sampling)["wall_s"]
+            own = _own_steps(method, sampling)
+            first_calls[method.label] = _generate_attached(pipe, attachment, clips[0], own)["wall_s"]
             for index, clip in enumerate(clips):
-                yield method, index, _generate_attached(pipe, attachment, clip, sampling)
+                yield method, index, _generate_attached(pipe, attachment, clip, own)
         finally:
             attachment.remove()
 
@@ -237,6 +255,9 @@ def run_quality(
     With ``clip_dir`` every clip is written there as FLAC (:func:`clip_path`) with a JSON sidecar (prompt, seed,
     scheduler, label and, for SADA, its statistics with the sparsity map), and its record says where (``audio``).
 
+    With ``settings.converged_steps`` every clip is also compared with a converged run of its prompt and seed
+    (``metrics_converged``; the baseline's too), generated first, once per clip.
+
     Returns ``{"skipped": {label: reason}, "runs": [one record per clip], "summary": [one per scheduler and
     method]}``.
     """
@@ -251,6 +272,7 @@ def run_quality(
     runs: list[dict[str, Any]] = []
     first_calls: dict[str, dict[str, float]] = {}
     compiled = settings.compile_mode != "none"
+    converged = converged_references(pipe, clips, settings, progress)
     for position, scheduler in enumerate(settings.schedulers):
         set_scheduler(pipe, scheduler)
         # the blocks: per clip (every method on it) or, compiled, per method (every clip)
@@ -292,11 +314,14 @@ def run_quality(
                     "label": method.label,
                     "prompt": clip.prompt,
                     "seed": clip.seed,
+                    "steps": method.steps or settings.steps,
                     **result,
                     "speedup": reference["wall_s"] / result["wall_s"],
                 }
                 if method is not runnable[0]:
                     record["metrics"] = pair_metrics(reference["waveform"], waveform, sample_rate, None)
+                if converged:
+                    record["metrics_converged"] = pair_metrics(converged[index], waveform, sample_rate, None)
                 if clip_dir is not None:
                     path = clip_path(clip_dir, scheduler, method.label, prompt_index[clip.prompt], clip.seed)
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -324,6 +349,20 @@ def run_quality(
     if compiled:
         quality["first_call_s"] = first_calls
     return quality
+
+
+def converged_references(
+    pipe: Any, clips: Sequence[ClipRequest], settings: BenchmarkSettings, progress: Progress = no_progress
+) -> list[Any]:
+    """The converged run of every clip (``settings.converged_steps`` of ``settings.converged_scheduler``), the
+    reference no sampler's own baseline can stand in for; empty without ``converged_steps``."""
+    if settings.converged_steps is None:
+        return []
+    set_scheduler(pipe, settings.converged_scheduler)
+    sampling = SamplingSettings(steps=settings.converged_steps, duration=settings.duration, guidance=settings.guidance)
+    label = f"converged reference: {settings.converged_scheduler}, {settings.converged_steps} steps"
+    with progress(clips, label) as items:
+        return [generate_batch(pipe, [clip], sampling, accelerate=False).waveforms[0, 0] for clip in items]
 
 
 def _saved_blocks(checkpoint: BenchmarkProgress | None, part: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -356,6 +395,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "method": group[0]["method"],
             "setting": group[0]["setting"],
             "clips": len(group),
+            "steps": group[0].get("steps"),
             "wall_s": statistics.median(run["wall_s"] for run in group),
             "speedup": statistics.median(ratios),
             "speedup_min": min(ratios),
@@ -365,10 +405,13 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in ("nfe", "pruned_token_share"):
             if key in group[0]:
                 entry[key] = statistics.fmean(run[key] for run in group)
-        if "metrics" in group[0]:
-            entry["fidelity"] = {
-                metric: statistics.fmean(run["metrics"][metric] for run in group) for metric in FIDELITY_METRICS
-            }
+        for key, name in (("metrics", "fidelity"), ("metrics_converged", "fidelity_converged")):
+            if key in group[0]:
+                entry[name] = {
+                    metric: statistics.fmean(run[key][metric] for run in group) for metric in FIDELITY_METRICS
+                }
+                # the worst clip: a mean can hide one broken clip
+                entry[f"{name}_worst_mel_psnr"] = min(run[key]["mel_psnr"] for run in group)
         summary.append(entry)
     for scheduler in {entry["scheduler"] for entry in summary}:
         entries = [e for e in summary if e["scheduler"] == scheduler and "fidelity" in e]

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from sada_audio.audio import write_atomically, write_json, write_text
 from sada_audio.choices import BENCHMARK_RESULT_FILES
 
+from .accelerators import FewerSteps
 from .benchmark_html import benchmark_page
 from .report import json_ready
 from .tables import markdown_table
@@ -106,6 +107,13 @@ def _kinds(kind_counts: dict[str, float]) -> str:
     return ", ".join(f"{count:g} {kind}" for kind, count in kind_counts.items())
 
 
+def _mean_and_worst(entry: dict[str, Any], name: str) -> str:
+    """``mean (worst)`` log-mel PSNR of a summary entry against one reference; empty without it."""
+    if name not in entry:
+        return ""
+    return f"{entry[name]['mel_psnr']:.2f} ({entry[f'{name}_worst_mel_psnr']:.2f})"
+
+
 def _quality_lines(summary: list[dict[str, Any]]) -> list[str]:
     header = [
         "sampler",
@@ -114,7 +122,8 @@ def _quality_lines(summary: list[dict[str, Any]]) -> list[str]:
         "NFE",
         "steps by kind",
         "pruned tokens",
-        "log-mel PSNR dB",
+        "log-mel PSNR dB (worst clip)",
+        "vs converged: log-mel PSNR dB (worst)",
         "log-mel SSIM",
         "log-mel L1",
         "MR-STFT",
@@ -133,7 +142,8 @@ def _quality_lines(summary: list[dict[str, Any]]) -> list[str]:
                 _number(e.get("nfe"), 1),
                 _kinds(e["step_kinds"]),
                 "" if "pruned_token_share" not in e else f"{e['pruned_token_share']:.1%}",
-                _number(fidelity.get("mel_psnr"), 2),
+                _mean_and_worst(e, "fidelity"),
+                _mean_and_worst(e, "fidelity_converged"),
                 _number(fidelity.get("mel_ssim"), 4),
                 _number(fidelity.get("log_mel_l1"), 4),
                 _number(fidelity.get("mr_stft"), 3),
@@ -230,37 +240,55 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
 
 def speedup_fidelity_figure(results: dict[str, Any], path: Path) -> None:
-    """One panel per sampler: speedup against log-mel PSNR, one point per method and setting, the Pareto
-    front drawn as a step line."""
+    """One panel per sampler and reference (the sampler's baseline clip; the converged run, where measured):
+    speedup against log-mel PSNR, one point per method and setting, the fewer-steps peer (the unmodified sampler
+    with fewer steps) as a line, and the Pareto front as a dashed line."""
     summary = results["quality"]["summary"]
     schedulers = list(dict.fromkeys(e["scheduler"] for e in summary))
-    figure = Figure(figsize=(6.5 * len(schedulers), 5))
-    axes = figure.subplots(1, len(schedulers), squeeze=False)
+    references = [("fidelity", "baseline clip")]
+    if any("fidelity_converged" in e for e in summary):
+        steps = results["settings"].get("converged_steps")
+        references.append(("fidelity_converged", f"converged run ({steps} steps)"))
+    figure = Figure(figsize=(6.5 * len(schedulers), 5 * len(references)))
+    axes = figure.subplots(len(references), len(schedulers), squeeze=False)
     families = list(dict.fromkeys(e["method"] for e in summary if "fidelity" in e))
     colours = {family: f"C{i % 10}" for i, family in enumerate(families)}
-    for axis, scheduler in zip(axes[0], schedulers, strict=True):
-        entries = [e for e in summary if e["scheduler"] == scheduler and "fidelity" in e]
-        for e in entries:
-            x, y = e["speedup"], e["fidelity"]["mel_psnr"]
-            axis.scatter(x, y, color=colours[e["method"]], s=40, zorder=3, label=e["method"])
-            axis.annotate(e["setting"] or e["method"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-        front = sorted((e for e in entries if e["on_pareto_front"]), key=lambda e: e["speedup"])
-        axis.plot(
-            [e["speedup"] for e in front],
-            [e["fidelity"]["mel_psnr"] for e in front],
-            color="black",
-            linestyle="--",
-            linewidth=1,
-            zorder=2,
-            label="Pareto front",
-        )
-        handles, labels = axis.get_legend_handles_labels()
-        unique = dict(zip(labels, handles, strict=True))
-        axis.legend(unique.values(), unique.keys(), fontsize=8)
-        axis.set_xlabel("speedup (median over clips)")
-        axis.set_ylabel("log-mel PSNR vs baseline (dB)")
-        axis.set_title(f"{scheduler}, {results['settings']['steps']} steps")
-        axis.grid(alpha=0.3)
+    for row, (key, reference) in zip(axes, references, strict=True):
+        for axis, scheduler in zip(row, schedulers, strict=True):
+            entries = [e for e in summary if e["scheduler"] == scheduler and key in e]
+            for e in entries:
+                x, y = e["speedup"], e[key]["mel_psnr"]
+                axis.scatter(x, y, color=colours.get(e["method"], "grey"), s=40, zorder=3, label=e["method"])
+                name = e["setting"] or e["method"]
+                axis.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            plain = sorted((e for e in entries if e["method"] == FewerSteps.name), key=lambda e: e["speedup"])
+            if plain:
+                axis.plot(
+                    [e["speedup"] for e in plain],
+                    [e[key]["mel_psnr"] for e in plain],
+                    color=colours[FewerSteps.name],
+                    linewidth=1.5,
+                    zorder=2,
+                    label="plain sampler, fewer steps",
+                )
+            if key == "fidelity":
+                front = sorted((e for e in entries if e["on_pareto_front"]), key=lambda e: e["speedup"])
+                axis.plot(
+                    [e["speedup"] for e in front],
+                    [e[key]["mel_psnr"] for e in front],
+                    color="black",
+                    linestyle="--",
+                    linewidth=1,
+                    zorder=2,
+                    label="Pareto front",
+                )
+            handles, labels = axis.get_legend_handles_labels()
+            unique = dict(zip(labels, handles, strict=True))
+            axis.legend(unique.values(), unique.keys(), fontsize=8)
+            axis.set_xlabel("speedup (median over clips)")
+            axis.set_ylabel(f"log-mel PSNR vs {reference} (dB)")
+            axis.set_title(f"{scheduler}, {results['settings']['steps']} steps")
+            axis.grid(alpha=0.3)
     figure.tight_layout()
     write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=110))
 

@@ -163,6 +163,7 @@ def scheduler_zoo(prediction_type: str = "epsilon") -> dict[str, object]:
         EDMEulerScheduler,
         EulerDiscreteScheduler,
         FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler,
     )
 
     config = sd_betas_config(prediction_type)
@@ -172,6 +173,8 @@ def scheduler_zoo(prediction_type: str = "epsilon") -> dict[str, object]:
         "euler-karras": EulerDiscreteScheduler(**config, use_karras_sigmas=True),
         "edm": EDMEulerScheduler(prediction_type=prediction_type),
         "dpm++": DPMSolverMultistepScheduler(**config, algorithm_type="dpmsolver++", solver_order=2),
+        "dpm++3m": DPMSolverMultistepScheduler(**config, algorithm_type="dpmsolver++", solver_order=3),
+        "unipc": UniPCMultistepScheduler(**config, solver_order=2, predict_x0=True, solver_type="bh2"),
         "edm-dpm++": EDMDPMSolverMultistepScheduler(prediction_type=prediction_type),
         # flow matching has no prediction type: the model always predicts the velocity (SD3 / Flux shift)
         "flow": FlowMatchEulerDiscreteScheduler(shift=3.0),

@@ -16,7 +16,7 @@ MODEL_ALIASES: dict[str, str] = {
 }
 
 #: ``--scheduler`` choices (see :func:`sada_audio.pipelines.scheduler_from_config`).
-SCHEDULER_CHOICES: tuple[str, ...] = ("ddim", "euler", "euler-karras", "dpm++")
+SCHEDULER_CHOICES: tuple[str, ...] = ("ddim", "euler", "euler-karras", "dpm++", "dpm++3m", "unipc")
 
 #: Other names accepted for a sampler: ``edm`` was the first name of Euler on Karras sigmas (it is not diffusers'
 #: ``EDMEulerScheduler``, which expects EDM-trained models).

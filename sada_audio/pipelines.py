@@ -34,6 +34,7 @@ from diffusers import (
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
 )
 
 from sada_audio._compat import repair_clap, repair_language_model
@@ -409,11 +410,17 @@ def scheduler_from_config(config: Any, name: str) -> Any:
 
     ``ddim``: DDIM. ``euler``: Euler. ``euler-karras`` (alias ``edm``): Euler on the EDM (Karras) sigma schedule
     -- the EDM-style sampler for VP-trained models such as MusicLDM (diffusers' ``EDMEulerScheduler`` expects
-    EDM-trained models and is not offered). ``dpm++``: 2nd-order multistep DPM-Solver++.
+    EDM-trained models and is not offered). ``dpm++``: 2nd-order multistep DPM-Solver++ (DPM++ 2M). ``dpm++3m``:
+    its 3rd-order variant. ``unipc``: UniPC (2nd-order predictor-corrector, B(h) = bh2), the other solver made
+    for few steps.
 
-    The training schedule (betas), ``prediction_type`` and other explicitly configured values are kept;
-    values the current config only has as defaults (e.g. DDIM's "leading" ``timestep_spacing`` in the
-    released configs) become the new scheduler's own defaults, as diffusers' ``from_config`` does.
+    Every choice uses ``"trailing"`` timestep spacing, so that every step count starts at the end of the
+    training schedule (t = 999 of 1000): with the released configs' ``"leading"`` spacing each step count
+    starts at another noise level (DPM++ at t = 951 for 50 steps, 947 for 22, 901 for 100) and a run with
+    fewer or more steps is not the same trajectory sampled more coarsely or finely (BENCHMARKS.md, "Fair
+    fewer-steps peers"). The training schedule (betas), ``prediction_type`` and other explicitly configured
+    values are kept; values the current config only has as defaults become the new scheduler's own defaults,
+    as diffusers' ``from_config`` does.
 
     Raises:
         ConfigError: ``name`` is not one of :data:`SCHEDULER_CHOICES` or their aliases (the message lists them).
@@ -421,16 +428,26 @@ def scheduler_from_config(config: Any, name: str) -> Any:
     key = resolve_scheduler_name(name)
     # The sigma-schedule flags are set explicitly for every choice, so that switching from "euler-karras" back to
     # "euler" (whose config then carries use_karras_sigmas=True) really gives plain Euler.
-    plain_sigmas = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
+    common = {
+        "use_karras_sigmas": False,
+        "use_exponential_sigmas": False,
+        "use_beta_sigmas": False,
+        "timestep_spacing": "trailing",
+    }
     if key == "ddim":
-        scheduler = DDIMScheduler.from_config(config)
+        scheduler = DDIMScheduler.from_config(config, timestep_spacing="trailing")
     elif key == "euler":
-        scheduler = EulerDiscreteScheduler.from_config(config, **plain_sigmas)
+        scheduler = EulerDiscreteScheduler.from_config(config, **common)
     elif key == "euler-karras":
-        scheduler = EulerDiscreteScheduler.from_config(config, **{**plain_sigmas, "use_karras_sigmas": True})
-    elif key == "dpm++":
+        scheduler = EulerDiscreteScheduler.from_config(config, **{**common, "use_karras_sigmas": True})
+    elif key in ("dpm++", "dpm++3m"):
+        order = 3 if key == "dpm++3m" else 2
         scheduler = DPMSolverMultistepScheduler.from_config(
-            config, **plain_sigmas, algorithm_type="dpmsolver++", solver_order=2
+            config, **common, algorithm_type="dpmsolver++", solver_order=order
+        )
+    elif key == "unipc":
+        scheduler = UniPCMultistepScheduler.from_config(
+            config, **common, solver_order=2, predict_x0=True, solver_type="bh2", disable_corrector=[]
         )
     else:
         raise ConfigError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_CHOICES)}")

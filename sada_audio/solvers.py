@@ -117,9 +117,11 @@ class DDIMAdapter(SolverAdapter):
 
 
 class DPMSolverMultistepAdapter(SolverAdapter):
-    """DPM-Solver++ multistep: its ``sigmas`` already are the VP solver time sigma / alpha."""
+    """DPM-Solver++ multistep (any order) and UniPC: their ``sigmas`` already are the VP solver time
+    sigma / alpha. UniPC's corrector refines the state with the model output at that state, so the output
+    SADA reconstructs for a skipped step feeds the corrector too, as a real call's would."""
 
-    scheduler_classes = ("DPMSolverMultistepScheduler",)
+    scheduler_classes = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 
     def _alpha_sigma(self, n: int) -> tuple[float, float]:
         vp_time = float(self.scheduler.sigmas[n])

@@ -23,7 +23,7 @@ from sada_audio.method.criterion import (
 )
 from sada_audio.solvers import solver_adapter_for
 
-SCHEDULERS = ["ddim", "euler", "euler-karras", "edm", "dpm++"]
+SCHEDULERS = ["ddim", "euler", "euler-karras", "edm", "dpm++", "dpm++3m", "unipc"]
 MIXTURE = GaussianMixtureData()
 NOISE = latent_noise((2, 4, 24, 12))
 

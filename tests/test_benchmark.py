@@ -105,6 +105,30 @@ def test_bad_sada_variants_are_refused_before_loading(tmp_path, monkeypatch, var
     assert not (tmp_path / "out").exists()
 
 
+def test_fewer_steps_below_the_baseline_and_sada_on_shorter_bases(tiny_musicldm):
+    settings = BenchmarkSettings(
+        steps=20,
+        methods=("sada", "steps"),
+        sada_variants=("lagrange_int=3",),
+        sada_steps=(12,),
+        fewer_steps=(8, 20, 30),
+    )
+    methods, _ = accelerators_for(tiny_musicldm, settings)
+    # counts at or above the baseline's are no peer of it; the preset and the variant also run on 12 steps
+    assert [(m.label, m.steps) for m in methods if m.steps is not None] == [
+        ("SADA (preset musicldm, 12 steps)", 12),
+        ("SADA (lagrange_int=3, 12 steps)", 12),
+        ("steps (8 steps)", 8),
+    ]
+
+
+@pytest.mark.parametrize(("value", "message"), [("8,x", "comma-separated list of integers"), ("0,8", ">= 1")])
+def test_bad_step_counts_are_a_one_line_error(tmp_path, value, message):
+    result = CliRunner().invoke(main, ["benchmark", "-o", str(tmp_path / "out"), "--fewer-steps", value])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_seeds_outside_64_bits_are_refused(tmp_path):
     result = CliRunner().invoke(main, ["benchmark", "-o", str(tmp_path / "out"), "--seeds", "0,-1"])
     assert result.exit_code == 2 and "seeds must be in 0..9223372036854775807" in result.output
@@ -149,8 +173,14 @@ def test_quick_mode_writes_results_table_and_plot(quick_run):
     assert {e["scheduler"] for e in summary} == {"ddim", "dpm++"}
     steps = results["settings"]["steps"]
     for entry in summary:
-        assert sum(entry["step_kinds"].values()) == pytest.approx(steps)
+        assert sum(entry["step_kinds"].values()) == pytest.approx(entry["steps"])
         assert entry["speedup_min"] <= entry["speedup"] <= entry["speedup_max"]
+    # the fewer-steps peer ran its own step count; every clip was also compared with the converged run
+    (plain,) = [e for e in summary if e["method"] == "steps" and e["scheduler"] == "ddim"]
+    assert plain["steps"] == 10 and plain["step_kinds"] == {"full": 10} and plain["label"] == "steps (10 steps)"
+    assert all("fidelity_converged" in e for e in summary)
+    assert all(e["fidelity_converged_worst_mel_psnr"] <= e["fidelity_converged"]["mel_psnr"] for e in summary)
+    assert results["settings"]["converged_steps"] == 40
     sada = next(e for e in summary if e["label"] == "SADA (preset musicldm)" and e["scheduler"] == "ddim")
     assert sada["nfe"] < steps
     assert 20 < sada["fidelity"]["mel_psnr"] < 80
@@ -205,4 +235,7 @@ def test_methods_filter_and_sada_variants(tiny_musicldm):
     assert methods[3].config == preset.replace(stepwise=False, tokenwise=True, shallow="off")
     assert methods[-1].config == preset.replace(max_interval=6, max_lagrange_int=6)
     everything, _ = accelerators_for(tiny_musicldm, BenchmarkSettings())
+    assert [(m.label, m.steps) for m in everything if m.name == "steps"] == [
+        (f"steps ({n} steps)", n) for n in (8, 10, 12, 15, 18, 22, 25, 30)
+    ]
     assert {"DeepCache", "ToMe", "PAB", "AdaptiveDiffusion", "First Block Cache"} <= {m.name for m in everything}

@@ -20,6 +20,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     UNet2DConditionModel,
+    UniPCMultistepScheduler,
 )
 from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -58,6 +59,8 @@ SCHEDULER_CLASSES = {
     "euler": EulerDiscreteScheduler,
     "euler-karras": EulerDiscreteScheduler,
     "dpm++": DPMSolverMultistepScheduler,
+    "dpm++3m": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
 }
 
 

@@ -605,3 +605,20 @@ def test_write_atomically_names_the_destination_of_a_failed_write(tmp_path: Path
         write_atomically(tmp_path / "x.wav", fail)
     assert raised.value.filename == str(tmp_path / "x.wav")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_benchmarks_clips_are_recognised_as_its_own(tiny_musicldm, tmp_path: Path) -> None:
+    """What row 1's --overwrite relies on: every file the quality workload writes is recognised as the tool's."""
+    from sada_audio.evaluation.accelerators import Baseline
+    from sada_audio.evaluation.benchmark import BenchmarkSettings, run_quality
+
+    settings = BenchmarkSettings(
+        schedulers=("ddim",), steps=4, prompts=("a tone",), seeds=(0,), duration=0.64, converged_steps=None
+    )
+    clips = tmp_path / "clips"
+    run_quality(tiny_musicldm, [Baseline()], settings, clip_dir=clips)
+    owned, foreign = clip_folder_files(clips, recursive=True)
+    assert foreign == [] and sorted(path.suffix for path in owned) == [".flac", ".json"]
+    with pytest.raises(SADAError, match="already holds clips of an earlier run"):
+        check_clip_folder(clips, False, recursive=True)
+    assert check_clip_folder(clips, True, recursive=True) == owned

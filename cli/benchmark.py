@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from sada_audio.choices import BENCHMARK_CLIPS_DIR, BENCHMARK_RESULT_FILES
 from sada_audio.config import MAX_SEED, SADAConfig
@@ -181,7 +182,8 @@ def _progress(items: Sequence[Any], label: str) -> Iterator[Any]:
 @click.option(
     "--quick",
     is_flag=True,
-    help="Smoke run in a few minutes: 2 prompts, 1 seed, 20 steps, 2.56 s, step costs at latent length 32.",
+    help="Smoke run in a few minutes: 2 prompts, 1 seed, 20 steps, 2.56 s, step costs at latent length 32 "
+    "(--steps, --duration, --frames, --fewer-steps and --converged-steps given with it are kept).",
 )
 @click.option(
     "--clips/--no-clips",
@@ -299,9 +301,13 @@ def benchmark(
             compile_mode=compile_mode,
         )
         if quick:
-            # what the command line names explicitly stays as given
-            given = {"fewer_steps": fewer_steps} if fewer_steps is not None else {}
-            quick_settings = {**QUICK, **given}
+            # what the command line names explicitly (--steps, --duration, --frames, ...) stays as given
+            ctx = click.get_current_context()
+            quick_settings = {
+                key: value
+                for key, value in QUICK.items()
+                if key not in ctx.params or ctx.get_parameter_source(key) != ParameterSource.COMMANDLINE
+            }
             settings = dataclasses.replace(settings, **quick_settings, prompts=prompts[:QUICK_PROMPTS], seeds=seeds[:1])
         # what identifies the run: a resume must ask for the same
         run = {

@@ -622,3 +622,36 @@ def test_the_benchmarks_clips_are_recognised_as_its_own(tiny_musicldm, tmp_path:
     with pytest.raises(SADAError, match="already holds clips of an earlier run"):
         check_clip_folder(clips, False, recursive=True)
     assert check_clip_folder(clips, True, recursive=True) == owned
+
+
+# --- row 9 (rest): --quick keeps what the command line gives explicitly ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ([], {"steps": 20, "duration": 2.56, "latent_frames": (32,)}),
+        (["--duration", "1.28"], {"steps": 20, "duration": 1.28, "latent_frames": (32,)}),
+        (["--steps", "8", "--frames", "64"], {"steps": 8, "duration": 2.56, "latent_frames": (64,)}),
+    ],
+)
+def test_quick_keeps_the_explicit_steps_duration_and_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: list[str], expected: dict
+) -> None:
+    from types import SimpleNamespace
+
+    from sada_audio.cli import benchmark as cli_benchmark
+    from sada_audio.evaluation.benchmark_checkpoint import BenchmarkProgress
+
+    settings: dict = {}
+
+    def start(directory: Path, run: dict) -> None:
+        settings.update(run["settings"])
+        raise SADAError("stopped by the test once the settings are known")
+
+    pipe = SimpleNamespace(set_progress_bar_config=lambda **kwargs: None)
+    monkeypatch.setattr(cli_benchmark, "load_for_command", lambda *args: (pipe, 0.0))
+    monkeypatch.setattr(BenchmarkProgress, "start", staticmethod(start))
+    result = CliRunner().invoke(cli.main, ["benchmark", "-o", str(tmp_path / "b"), "--quick", *given])
+    _one_line_error(result, "stopped by the test")
+    assert {key: settings[key] for key in expected} == expected

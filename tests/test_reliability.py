@@ -655,3 +655,18 @@ def test_quick_keeps_the_explicit_steps_duration_and_frames(
     result = CliRunner().invoke(cli.main, ["benchmark", "-o", str(tmp_path / "b"), "--quick", *given])
     _one_line_error(result, "stopped by the test")
     assert {key: settings[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_evaluate_generate_never_clears_a_folder_through_a_symlink(
+    tmp_path: Path, tiny_musicldm_dir: Path, monkeypatch: pytest.MonkeyPatch, overwrite: list[str]
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a tone\n", encoding="utf-8")
+    elsewhere = _tool_clip(tmp_path / "elsewhere", "000_a-tone")  # clips the tool made, in another folder
+    (tmp_path / "proj").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "proj" / "reference")
+    monkeypatch.setattr(cli_common, "load_pipeline", _no_load)
+    argv = ["evaluate", "--generate", str(prompts), "-o", str(tmp_path / "proj"), "-m", str(tiny_musicldm_dir)]
+    _one_line_error(CliRunner().invoke(cli.main, [*argv, *overwrite]), "reference' is a symlink")
+    assert all(path.exists() for path in elsewhere)

@@ -153,7 +153,13 @@ def check_clip_folder(directory: Path, overwrite: bool, *, recursive: bool = Fal
         SADAError: the folder holds anything a sada-audio command did not make (with or without ``overwrite``:
             only what the tool made is ever replaced), or clips of an earlier run and ``overwrite`` is false.
     """
-    if _lstat(directory) is not None and not directory.is_dir():
+    info = _lstat(directory)
+    if info is not None and stat.S_ISLNK(info.st_mode):
+        raise SADAError(
+            f"'{directory}' is a symlink: sada-audio does not write through one (remove it or choose another "
+            "output folder)"
+        )
+    if info is not None and not stat.S_ISDIR(info.st_mode):
         raise SADAError(f"'{directory}' is a file, not a folder")
     owned, foreign = clip_folder_files(directory, recursive=recursive)
     if foreign:

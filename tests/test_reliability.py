@@ -670,3 +670,11 @@ def test_evaluate_generate_never_clears_a_folder_through_a_symlink(
     argv = ["evaluate", "--generate", str(prompts), "-o", str(tmp_path / "proj"), "-m", str(tiny_musicldm_dir)]
     _one_line_error(CliRunner().invoke(cli.main, [*argv, *overwrite]), "reference' is a symlink")
     assert all(path.exists() for path in elsewhere)
+
+
+def test_a_benchmark_with_an_unknown_method_leaves_no_folder(tmp_path: Path) -> None:
+    """The issue's case: the method names are checked once the model is loaded, after the folders exist."""
+    out = tmp_path / "b"
+    result = CliRunner().invoke(cli.main, ["benchmark", "-o", str(out), "--quick", "--methods", "Nope"])
+    _one_line_error(result, "unknown method(s) nope")
+    assert not out.exists()

@@ -267,7 +267,7 @@ def benchmark(
         for name in BENCHMARK_RESULT_FILES.values():
             check_output_path(output_dir / name, overwrite or resume, extensions=(Path(name).suffix,))
 
-    from sada_audio.evaluation.benchmark import BenchmarkSettings, run_benchmark
+    from sada_audio.evaluation.benchmark import BenchmarkSettings, accelerators_for, run_benchmark
     from sada_audio.evaluation.benchmark_report import target_checks, write_benchmark_outputs
     from sada_audio.pipelines import check_compile_mode, parse_device, resolve_model_id
     from sada_audio.render.plan import prepare_output_dir
@@ -321,6 +321,7 @@ def benchmark(
         resumed = BenchmarkProgress.resume(progress_dir, run) if resume else None
         with interruptible("run the same command with --resume to continue it"):
             pipe, _ = load_for_command(model, None, device, dtype, compile_mode)
+            accelerators_for(pipe, settings)  # unknown --methods fail here, before the progress folder is made
             # a new run's progress folder once the model is there: a model that fails to load leaves nothing
             checkpoint = resumed or BenchmarkProgress.start(progress_dir, run)
             pipe.set_progress_bar_config(disable=True)  # one bar: ours

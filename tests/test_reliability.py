@@ -638,20 +638,17 @@ def test_the_benchmarks_clips_are_recognised_as_its_own(tiny_musicldm, tmp_path:
 def test_quick_keeps_the_explicit_steps_duration_and_frames(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: list[str], expected: dict
 ) -> None:
-    from types import SimpleNamespace
-
     from sada_audio.cli import benchmark as cli_benchmark
-    from sada_audio.evaluation.benchmark_checkpoint import BenchmarkProgress
+    from sada_audio.evaluation import benchmark as evaluation_benchmark
 
     settings: dict = {}
 
-    def start(directory: Path, run: dict) -> None:
-        settings.update(run["settings"])
+    def methods(pipe: object, run_settings: object) -> None:
+        settings.update(run_settings.to_dict())  # type: ignore[attr-defined]
         raise SADAError("stopped by the test once the settings are known")
 
-    pipe = SimpleNamespace(set_progress_bar_config=lambda **kwargs: None)
-    monkeypatch.setattr(cli_benchmark, "load_for_command", lambda *args: (pipe, 0.0))
-    monkeypatch.setattr(BenchmarkProgress, "start", staticmethod(start))
+    monkeypatch.setattr(cli_benchmark, "load_for_command", lambda *args: (None, 0.0))
+    monkeypatch.setattr(evaluation_benchmark, "accelerators_for", methods)
     result = CliRunner().invoke(cli.main, ["benchmark", "-o", str(tmp_path / "b"), "--quick", *given])
     _one_line_error(result, "stopped by the test")
     assert {key: settings[key] for key in expected} == expected

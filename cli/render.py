@@ -131,8 +131,9 @@ def render(
     """
     # The library is imported here, not at the top: argument errors are reported without loading torch.
     from sada_audio.evaluation.html_report import write_render_index
+    from sada_audio.generation import sampler_request
     from sada_audio.memory import DEFAULT_DURATION_S
-    from sada_audio.pipelines import resolve_model_id
+    from sada_audio.pipelines import local_scheduler, resolve_model_id
     from sada_audio.render import (
         FAILED,
         INVALID,
@@ -167,9 +168,12 @@ def render(
         # tells is loaded first
         choice = sada_choice(accelerate, sada_level, sada_overrides)
         sada_config, loaded = config_before_loading(choice, model), None
-        if choice is not None and sada_config is None:
+        local = local_scheduler(model, scheduler)  # the sampler, from a local model's config
+        sampler = None if local is None else sampler_request(local)
+        if (choice is not None and sada_config is None) or sampler is None:
             loaded = load_for_command(model, scheduler, device, dtype, compile_mode)
-            sada_config = config_after_loading(choice, None, loaded[0])
+            sada_config = config_after_loading(choice, sada_config, loaded[0])
+            sampler = sampler_request(loaded[0].scheduler)
         run = RenderRun(
             model,
             resolve_model_id(model),
@@ -180,6 +184,7 @@ def render(
             compile_mode,
             sada_config=None if sada_config is None else sada_config.to_dict(),
             sada_choice=None if choice is None else choice.to_dict(),
+            sampler=sampler,
         )
         started = time.perf_counter()
         with RenderJob(cues, out_dir, run, batch_size=batch_size, state=state, overwrite=overwrite) as job:

@@ -227,6 +227,17 @@ def generate_batch(
     return GeneratedBatch(waveforms, pipeline_sample_rate(pipe), wall_time, config, stats)
 
 
+def scheduler_settings(scheduler: Any) -> dict[str, Any]:
+    """What tells samplers of one class apart (``euler-karras`` is Euler on Karras sigmas): the sigma schedule,
+    the timestep spacing, the prediction type, the solver's algorithm and order, where ``scheduler`` has them."""
+    return {key: scheduler.config[key] for key in _SCHEDULER_KEYS if key in scheduler.config}
+
+
+def sampler_request(scheduler: Any) -> dict[str, Any]:
+    """The sampler a clip ran with, as a render request records it: the class and :func:`scheduler_settings`."""
+    return {"class": type(scheduler).__name__, **scheduler_settings(scheduler)}
+
+
 def run_metadata(
     pipe: Any, model: str, model_id: str, device: str, dtype: str, compile_mode: str = "none"
 ) -> dict[str, Any]:
@@ -237,10 +248,7 @@ def run_metadata(
         "model_id": model_id,
         "pipeline_class": type(pipe).__name__,
         "scheduler_class": type(pipe.scheduler).__name__,
-        # the sigma schedule and spacing tell samplers of one class apart ("euler-karras" is Euler on Karras sigmas)
-        "scheduler_config": {
-            key: pipe.scheduler.config[key] for key in _SCHEDULER_KEYS if key in pipe.scheduler.config
-        },
+        "scheduler_config": scheduler_settings(pipe.scheduler),
         "device": device,
         "dtype": dtype,
         "compile": compile_mode,

@@ -155,32 +155,12 @@ def family_of_model(model: str) -> str | None:
     None otherwise."""
     # imported here: they need torch and diffusers, and listing the levels must not
     from .models import MODEL_ADAPTERS
-    from .pipelines import pipeline_class_name, resolve_model_id
+    from .pipelines import pipeline_class_name
 
     class_name = pipeline_class_name(model)
-    if class_name is None:
-        class_name = _cached_pipeline_class(resolve_model_id(model))
+    if not isinstance(class_name, str):  # unknown, or a model_index.json edited by hand
+        return None
     return next(
         (adapter.pipeline_classes[class_name] for adapter in MODEL_ADAPTERS if class_name in adapter.pipeline_classes),
         None,
     )
-
-
-def _cached_pipeline_class(repo_id: str) -> str | None:
-    """The ``_class_name`` of a Hub repository's ``model_index.json`` in the local Hub cache (no network)."""
-    import json
-
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        path = try_to_load_from_cache(repo_id, "model_index.json")
-    except (ValueError, OSError):  # not a valid repository id
-        return None
-    if not isinstance(path, str):
-        return None
-    try:
-        with open(path, encoding="utf-8") as index:
-            name = json.load(index).get("_class_name")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return name if isinstance(name, str) else None

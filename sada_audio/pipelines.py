@@ -130,15 +130,30 @@ _ALIAS_PIPELINES = {
 }
 
 
+def model_file(model: str, relative: str) -> Path | None:
+    """The file ``relative`` (e.g. ``scheduler/scheduler_config.json``) of ``model``, where it is on disk: in a
+    local pipeline folder (or the embedded model's), else in the local Hub cache; None otherwise. Never downloads."""
+    local = Path(resolve_model_id(model)).expanduser() / relative
+    if local.is_file() or looks_like_path(model.strip()):
+        return local if local.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(resolve_model_id(model), relative)
+    except ValueError:  # not a valid repository id
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
 def pipeline_class_name(model: str) -> str | None:
-    """The pipeline class ``model`` names, where known without a download: a short name (or its Hub id), or a
-    local folder's ``model_index.json``; None otherwise."""
+    """The pipeline class ``model`` names, where known without a download: a short name (or its Hub id), or the
+    ``model_index.json`` of a local folder or of the local Hub cache; None otherwise."""
     key = model.strip().lower()
     for alias, repo_id in MODEL_ALIASES.items():
         if key in (alias, repo_id.lower()):
             return _ALIAS_PIPELINES.get(alias)
-    index = Path(model).expanduser() / "model_index.json"
-    if index.is_file():
+    index = model_file(model, "model_index.json")
+    if index is not None:
         with contextlib.suppress(OSError, ValueError):
             return json.loads(index.read_text(encoding="utf-8")).get("_class_name")
     return None
@@ -481,10 +496,13 @@ def check_steps(scheduler: Any, steps: int) -> None:
 
 
 def local_scheduler(model: str, name: str | None) -> Any | None:
-    """The scheduler a local pipeline directory (or the embedded model) would run with ``--scheduler name``, built
-    from its config alone, without loading any weights; None for a Hub model or an unreadable config."""
-    config_path = Path(resolve_model_id(model)).expanduser() / "scheduler" / "scheduler_config.json"
+    """The scheduler a local pipeline directory (or the embedded model, or a model in the local Hub cache) would run
+    with ``--scheduler name``, built from its config alone, without loading any weights; None for a Hub model not
+    in the cache or an unreadable config."""
+    config_path = model_file(model, "scheduler/scheduler_config.json")
     try:
+        if config_path is None:
+            return None
         config = json.loads(config_path.read_text(encoding="utf-8"))
         scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -73,7 +73,8 @@ def test_a_changed_preset_renders_again_exactly_the_clips_it_made(
         assert meta["sada_config"] == meta["render_request"]["sada_config"] == new.to_dict()
         assert (meta["sada_level"], meta["sada_overrides"]) == ("default", "")
     model = str(tiny_musicldm_dir)
-    run = RenderRun(model, model, None, True, "cpu", "float32", sada_config=new.to_dict())
+    sampler = _sidecar(out, "a")["render_request"]["sampler"]
+    run = RenderRun(model, model, None, True, "cpu", "float32", sada_config=new.to_dict(), sampler=sampler)
     assert changed_settings(_sidecar(out, "a"), rows["a"], run) == []
     assert changed_settings(_sidecar(out, "a"), rows["a"], run.__class__(**{**run.__dict__, "sada_config": None})) == [
         "sada_config"
@@ -115,6 +116,55 @@ def test_sidecars_from_before_the_config_was_requested_count_with_the_config_the
         "cpu",
         "float32",
         sada_config=SADAConfig.preset("musicldm").to_dict(),
+        sampler=_sidecar(out, "a")["render_request"]["sampler"],
     )
     plan = plan_render(rows, run, out, batch_size=1)
     assert list(plan.done) == ["a"] and plan.changed == {"b": ["sada_config"]}
+
+
+def test_the_sampler_is_part_of_the_request(tiny_musicldm_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path / "cues.jsonl", ["a", "b", "c"])
+    _render(manifest, out, tiny_musicldm_dir, "--scheduler", "dpm++")
+    for name in ("a", "b", "c"):  # known before loading, the sampler is the one the clip ran with
+        meta = _sidecar(out, name)
+        assert meta["render_request"]["sampler"] == {"class": meta["scheduler_class"], **meta["scheduler_config"]}
+        assert meta["render_request"]["sampler"]["class"] == "DPMSolverMultistepScheduler"
+    # a: rendered by a release whose dpm++ spaced its timesteps otherwise; b: by one that did not record the
+    # sampler in the request (it counts with the scheduler_config it recorded)
+    meta = _sidecar(out, "a")
+    meta["render_request"]["sampler"]["timestep_spacing"] = "an older spacing"
+    (out / "a.json").write_text(json.dumps(meta), encoding="utf-8")
+    meta = _sidecar(out, "b")
+    del meta["render_request"]["sampler"]
+    (out / "b.json").write_text(json.dumps(meta), encoding="utf-8")
+    result = _render(manifest, out, tiny_musicldm_dir, "--scheduler", "dpm++")
+    assert _statuses(out) == {"a": "rendered", "b": "skipped", "c": "skipped"}
+    assert "Rendering 1 clip again: their settings changed (sampler: 1)" in result.stderr
+    # another sampler is another request for every clip
+    result = _render(manifest, out, tiny_musicldm_dir, "--scheduler", "ddim")
+    assert set(_statuses(out).values()) == {"rendered"}
+    assert "Rendering 3 clips again: their settings changed (sampler: 3, scheduler: 3)" in result.stderr
+
+
+def test_a_model_in_the_local_hub_cache_is_resolved_without_loading(
+    tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    from sada_audio.levels import family_of_model
+    from sada_audio.pipelines import local_scheduler
+
+    revision = "0" * 40
+    repo = tmp_path / "hub" / "models--sada-audio-tests--tiny-musicldm"
+    (repo / "snapshots" / revision / "scheduler").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision, encoding="utf-8")
+    for name in ("model_index.json", "scheduler/scheduler_config.json"):
+        (repo / "snapshots" / revision / name).write_bytes((tiny_musicldm_dir / name).read_bytes())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert family_of_model("sada-audio-tests/tiny-musicldm") == "musicldm"
+    scheduler = local_scheduler("sada-audio-tests/tiny-musicldm", "dpm++")
+    assert type(scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert family_of_model("sada-audio-tests/not-cached") is None
+    assert local_scheduler("sada-audio-tests/not-cached", None) is None

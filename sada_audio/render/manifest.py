@@ -77,6 +77,10 @@ class RenderRun:
     the pipeline's family (a run of the library that resolved nothing)."""
     sada_choice: dict[str, str] | None = None
     """What the command line asked for (``sada_level``, ``sada_overrides``): recorded in the sidecars only."""
+    sampler: dict[str, Any] | None = None
+    """The sampler as it runs: its class and :func:`~sada_audio.generation.scheduler_settings` (timestep spacing,
+    sigmas, ...); part of each clip's request, so that a release that changes what a ``--scheduler`` name means
+    renders its clips again. None: not known (a run of the library that resolved nothing)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class RenderRow:
             "format": self.format,
             "model_id": run.model_id,
             "scheduler": run.scheduler,
+            "sampler": run.sampler,
             "accelerate": "sada" if run.accelerate else "none",
             "sada_config": run.sada_config if run.accelerate else None,
             "dtype": run.dtype,

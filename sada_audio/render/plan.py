@@ -55,12 +55,14 @@ def read_sidecar(out_dir: Path, row: RenderRow) -> dict[str, Any] | None:
 
 def recorded_request(meta: dict[str, Any]) -> dict[str, Any] | None:
     """The request a sidecar says its clip was rendered for; None if it records none. Sidecars written before
-    the request held the SADA config get the config they recorded beside it (the one the clip ran with)."""
+    the request held the SADA config and the sampler get those they recorded beside it (what the clip ran with)."""
     request = meta.get("render_request")
     if not isinstance(request, dict):
         return None
     if "sada_config" not in request:
         request = {**request, "sada_config": meta.get("sada_config") if request.get("accelerate") == "sada" else None}
+    if "sampler" not in request and isinstance(meta.get("scheduler_config"), dict):
+        request = {**request, "sampler": {"class": meta.get("scheduler_class"), **meta["scheduler_config"]}}
     return request
 
 

@@ -201,7 +201,9 @@ BAD_INPUTS = {
     "unknown dtype": Bad(["--dtype", "float64"], "--dtype"),
     "bad device": Bad(["--device", "toaster"], "toaster"),
     "too many steps": Bad(["--steps", "1000"], "1000 steps do not fit DDIMScheduler, trained with 1000 timesteps"),
-    "too many dpm++ steps": Bad(["--scheduler", "dpm++", "--steps", "1001"], "1001 steps do not fit DPMSolverMultistepScheduler"),
+    "too many dpm++ steps": Bad(
+        ["--scheduler", "dpm++", "--steps", "1001"], "1001 steps do not fit DPMSolverMultistepScheduler"
+    ),
     "seed past 64 bits": Bad(["--seed", "18446744073709551616"], "--seed"),
     "negative seed": Bad(["--seed", "-1"], "--seed"),
     "too long": Bad(["--duration", "1000"], "1000 s is longer than the 120 s limit"),

@@ -272,7 +272,7 @@ def run_quality(
     runs: list[dict[str, Any]] = []
     first_calls: dict[str, dict[str, float]] = {}
     compiled = settings.compile_mode != "none"
-    converged = converged_references(pipe, clips, settings, progress)
+    converged = converged_references(pipe, clips, settings, progress, checkpoint)
     for position, scheduler in enumerate(settings.schedulers):
         set_scheduler(pipe, scheduler)
         # the blocks: per clip (every method on it) or, compiled, per method (every clip)
@@ -352,17 +352,34 @@ def run_quality(
 
 
 def converged_references(
-    pipe: Any, clips: Sequence[ClipRequest], settings: BenchmarkSettings, progress: Progress = no_progress
+    pipe: Any,
+    clips: Sequence[ClipRequest],
+    settings: BenchmarkSettings,
+    progress: Progress = no_progress,
+    checkpoint: BenchmarkProgress | None = None,
 ) -> list[Any]:
     """The converged run of every clip (``settings.converged_steps`` of ``settings.converged_scheduler``), the
-    reference no sampler's own baseline can stand in for; empty without ``converged_steps``."""
+    reference no sampler's own baseline can stand in for; empty without ``converged_steps``. With ``checkpoint``
+    each is saved as it is made and a resumed run takes the saved ones."""
     if settings.converged_steps is None:
         return []
     set_scheduler(pipe, settings.converged_scheduler)
     sampling = SamplingSettings(steps=settings.converged_steps, duration=settings.duration, guidance=settings.guidance)
     label = f"converged reference: {settings.converged_scheduler}, {settings.converged_steps} steps"
-    with progress(clips, label) as items:
-        return [generate_batch(pipe, [clip], sampling, accelerate=False).waveforms[0, 0] for clip in items]
+    references = []
+    with progress(range(len(clips)), label) as indices:
+        for index in indices:
+            name = f"clip {index + 1}"
+            try:
+                waveform = None if checkpoint is None else checkpoint.load_waveform("converged", name)
+            except FileNotFoundError:
+                waveform = None
+            if waveform is None:
+                waveform = generate_batch(pipe, [clips[index]], sampling, accelerate=False).waveforms[0, 0]
+                if checkpoint is not None:
+                    checkpoint.save_waveform("converged", name, waveform)
+            references.append(waveform)
+    return references
 
 
 def _saved_blocks(checkpoint: BenchmarkProgress | None, part: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:

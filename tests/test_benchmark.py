@@ -239,3 +239,27 @@ def test_methods_filter_and_sada_variants(tiny_musicldm):
         (f"steps ({n} steps)", n) for n in (8, 10, 12, 15, 18, 22, 25, 30)
     ]
     assert {"DeepCache", "ToMe", "PAB", "AdaptiveDiffusion", "First Block Cache"} <= {m.name for m in everything}
+
+
+def test_converged_references_are_saved_and_a_resumed_run_takes_them(tiny_musicldm, tmp_path, monkeypatch):
+    from sada_audio.evaluation import benchmark as benchmark_module
+    from sada_audio.evaluation.benchmark import converged_references
+    from sada_audio.evaluation.benchmark_checkpoint import BenchmarkProgress
+    from sada_audio.generation import ClipRequest
+
+    settings = BenchmarkSettings(steps=8, duration=0.64, converged_steps=12, prompts=("slow piano",), seeds=(0, 1))
+    clips = [ClipRequest("slow piano", seed) for seed in settings.seeds]
+    real_generate, calls = benchmark_module.generate_batch, []
+
+    def counting(pipe, batch, sampling, accelerate):
+        calls.append((batch[0].seed, sampling.steps, type(pipe.scheduler).__name__))
+        return real_generate(pipe, batch, sampling, accelerate=accelerate)
+
+    monkeypatch.setattr(benchmark_module, "generate_batch", counting)
+    run = {"settings": settings.to_dict()}
+    first = converged_references(tiny_musicldm, clips, settings, checkpoint=BenchmarkProgress.start(tmp_path, run))
+    assert calls == [(0, 12, "DPMSolverMultistepScheduler"), (1, 12, "DPMSolverMultistepScheduler")]
+    again = converged_references(tiny_musicldm, clips, settings, checkpoint=BenchmarkProgress.resume(tmp_path, run))
+    assert len(calls) == 2  # nothing generated again
+    assert all((a == b).all() for a, b in zip(first, again, strict=True))
+    assert converged_references(tiny_musicldm, clips, BenchmarkSettings(converged_steps=None)) == []

@@ -263,3 +263,15 @@ def test_converged_references_are_saved_and_a_resumed_run_takes_them(tiny_musicl
     assert len(calls) == 2  # nothing generated again
     assert all((a == b).all() for a, b in zip(first, again, strict=True))
     assert converged_references(tiny_musicldm, clips, BenchmarkSettings(converged_steps=None)) == []
+
+
+def test_a_short_run_is_priced_at_a_step_inside_it():
+    """``benchmark --steps 8`` used to fail in the step costs: the priced step (10) lay past the run's end."""
+    from sada_audio.evaluation.accelerators import Baseline
+    from sada_audio.evaluation.step_costs import unet_bench
+    from tests.support.tiny_pipelines import _musicldm_unet
+
+    bench = unet_bench(_musicldm_unet().eval(), frames=16, batch=1, steps=8, repeats=1)
+    assert bench.step == 4 and len(bench.scheduler.timesteps) == 8
+    assert Baseline().step_costs(bench)["full"] > 0
+    assert unet_bench(_musicldm_unet().eval(), frames=16, batch=1, steps=50, repeats=1).step == 10

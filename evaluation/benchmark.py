@@ -16,6 +16,7 @@ Two kinds of workload:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import platform
@@ -40,7 +41,8 @@ from sada_audio.pipelines import set_scheduler
 
 from .accelerators import SADA, Accelerator, Attachment, Baseline, FewerSteps, sada_accelerators
 from .benchmark_checkpoint import BenchmarkProgress
-from .evaluate import Progress, no_progress, pair_metrics
+from .embeddings import set_metrics
+from .evaluate import Progress, no_progress, pair_metrics, read_clip
 from .peers import peer_accelerators
 from .step_costs import real_size_benches, run_step_costs
 
@@ -390,6 +392,30 @@ def _saved_blocks(checkpoint: BenchmarkProgress | None, part: str, keys: Sequenc
     return {key: block for key, block in blocks if block is not None}
 
 
+def add_set_metrics(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> None:
+    """Distribution metrics of every method's set of clips, read from their files: FAD against the baseline's set
+    of the same sampler and the CLAP scores of both sets (:func:`.embeddings.set_metrics`, the embedded model's
+    CLAP), as ``set_metrics`` of each summary entry but the baselines'."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["scheduler"], run["label"]), []).append(run)
+    baseline_audio = {
+        (r["scheduler"], r["prompt"], r["seed"]): r.get("audio") for r in runs if r["method"] == Baseline.name
+    }
+    read = functools.cache(lambda path: read_clip(Path(path)))
+    for entry in summary:
+        group = groups[(entry["scheduler"], entry["label"])]
+        references = [baseline_audio.get((r["scheduler"], r["prompt"], r["seed"])) for r in group]
+        if "fidelity" not in entry or not all(references) or not all("audio" in r for r in group):
+            continue  # the baseline itself, or clips not kept
+        entry["set_metrics"], _ = set_metrics(
+            None,
+            [(read(path).waveform, read(path).sample_rate) for path in references],
+            [(read(r["audio"]).waveform, read(r["audio"]).sample_rate) for r in group],
+            [r["prompt"] for r in group],
+        )
+
+
 def _mean_kind_counts(kind_lists: list[list[str]]) -> dict[str, float]:
     totals: Counter[str] = Counter()
     for kinds in kind_lists:
@@ -507,6 +533,8 @@ def run_benchmark(
     and the step costs of each latent size."""
     methods, preset = accelerators_for(pipe, settings)
     quality = run_quality(pipe, methods, settings, progress, clip_dir, checkpoint)
+    if clip_dir is not None:
+        add_set_metrics(quality["summary"], quality["runs"])
     weight = next(model_adapter_for(pipe).denoiser().parameters())
     benches = real_size_benches(
         settings.latent_frames, settings.cost_batch, settings.steps, settings.cost_repeats, weight.device, weight.dtype

@@ -114,6 +114,15 @@ def _mean_and_worst(entry: dict[str, Any], name: str) -> str:
     return f"{entry[name]['mel_psnr']:.2f} ({entry[f'{name}_worst_mel_psnr']:.2f})"
 
 
+def _set_cells(metrics: dict[str, Any] | None) -> list[str]:
+    """The FAD and ``CLAP score (the baseline's)`` cells of a method's set; empty where not measured."""
+    if not metrics:
+        return ["", ""]
+    fad, clap = metrics.get("fad"), metrics.get("clap_score")
+    clap_text = f"{clap['test']:.3f} ({clap['reference']:.3f})" if isinstance(clap, dict) else str(clap or "")
+    return [_number(fad, 4), clap_text]
+
+
 def _quality_lines(summary: list[dict[str, Any]]) -> list[str]:
     header = [
         "sampler",
@@ -128,6 +137,8 @@ def _quality_lines(summary: list[dict[str, Any]]) -> list[str]:
         "log-mel L1",
         "MR-STFT",
         "SI-SDR dB",
+        "FAD vs baseline set",
+        "CLAP score (baseline)",
         "Pareto",
         "dominated by",
     ]
@@ -148,6 +159,7 @@ def _quality_lines(summary: list[dict[str, Any]]) -> list[str]:
                 _number(fidelity.get("log_mel_l1"), 4),
                 _number(fidelity.get("mr_stft"), 3),
                 _number(fidelity.get("si_sdr"), 2),
+                *_set_cells(e.get("set_metrics")),
                 {True: "yes", False: "no", None: ""}[e.get("on_pareto_front")],
                 ", ".join(e.get("dominated_by", [])),
             ]

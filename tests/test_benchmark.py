@@ -183,6 +183,9 @@ def test_quick_mode_writes_results_table_and_plot(quick_run):
     assert results["settings"]["converged_steps"] == 40
     sada = next(e for e in summary if e["label"] == "SADA (preset musicldm)" and e["scheduler"] == "ddim")
     assert sada["nfe"] < steps
+    # distribution metrics of each method's set against the baseline's, from the kept clips
+    assert all("set_metrics" in e for e in summary if e["method"] != "baseline")
+    assert sada["set_metrics"]["fad"] >= 0 and sada["set_metrics"]["clap_score"]["clips"] == 2
     assert 20 < sada["fidelity"]["mel_psnr"] < 80
     assert any(e["on_pareto_front"] for e in summary if "fidelity" in e)
     # the step costs of every method that can run on the real-size UNet (here at a short latent)

@@ -32,3 +32,6 @@ def presets() -> None:
         click.echo("")
     click.echo("Measured on the embedded tiny-musicldm (5.12 s clips, guidance 2), 50 steps; speedups are of the whole")
     click.echo("pipeline against the unaccelerated one on the same machine (est.: estimated from the calls).")
+    click.echo("They compare SADA with the same sampler at 50 steps (DDIM and DPM++ on the leading spacing of that")
+    click.echo("time). With DPM++ or UniPC, plain fewer steps at equal cost are as faithful or more (e.g. --scheduler")
+    click.echo("unipc --steps 18 --accelerate none): README, 'SADA or fewer steps?'.")

@@ -430,12 +430,11 @@ def scheduler_from_config(config: Any, name: str) -> Any:
     for few steps.
 
     Every choice uses ``"trailing"`` timestep spacing, so that every step count starts at the end of the
-    training schedule (t = 999 of 1000): with the released configs' ``"leading"`` spacing each step count
-    starts at another noise level (DPM++ at t = 951 for 50 steps, 947 for 22, 901 for 100) and a run with
-    fewer or more steps is not the same trajectory sampled more coarsely or finely (BENCHMARKS.md, "Fair
-    fewer-steps peers"). The training schedule (betas), ``prediction_type`` and other explicitly configured
-    values are kept; values the current config only has as defaults become the new scheduler's own defaults,
-    as diffusers' ``from_config`` does.
+    training schedule: with the released configs' ``"leading"`` spacing each step count starts at another noise
+    level, so a run with fewer or more steps is not the same trajectory sampled more coarsely or finely
+    (BENCHMARKS.md, "Fair fewer-steps peers"). The training schedule (betas), ``prediction_type`` and other
+    explicitly configured values are kept; values the current config only has as defaults become the new
+    scheduler's own defaults, as diffusers' ``from_config`` does.
 
     Raises:
         ConfigError: ``name`` is not one of :data:`SCHEDULER_CHOICES` or their aliases (the message lists them).

@@ -27,8 +27,9 @@ NOT_SHIPPED = (
     "pruned_call_times",
 )
 # The package's Python code was 0.63 MB with the trainer, fixtures and research scripts, 0.50 MB after they
-# moved out; the budget leaves room to grow without letting them back in unnoticed.
-CODE_BUDGET_BYTES = 560_000
+# moved out, 0.60 MB with the levels, the benchmark's resume, peers and references and the reliability checks
+# (2026-12-07); the budget leaves room to grow without letting the trainer (about 0.13 MB) back in unnoticed.
+CODE_BUDGET_BYTES = 640_000
 
 
 def test_every_source_package_is_listed_for_installation():

@@ -60,9 +60,13 @@ def unet_bench(
     return DenoiserBench(unet, scheduler, sample.to(weight), kwargs, repeats=repeats, step=step, clock=clock)
 
 
-def implied_speedup(kind_counts: dict[str, float], costs: dict[str, float], baseline_full: float) -> float:
-    """End-to-end speedup of a schedule with these mean counts of each step kind, priced with ``costs``."""
-    steps = sum(kind_counts.values())
+def implied_speedup(
+    kind_counts: dict[str, float], costs: dict[str, float], baseline_full: float, baseline_steps: float | None = None
+) -> float:
+    """End-to-end speedup of a schedule with these mean counts of each step kind, priced with ``costs``, over
+    ``baseline_steps`` full steps of ``baseline_full`` (by default as many steps as the schedule has: a method
+    that runs fewer steps, such as the fewer-steps peer, must give the baseline's count)."""
+    steps = sum(kind_counts.values()) if baseline_steps is None else baseline_steps
     return steps * baseline_full / sum(count * costs[kind] for kind, count in kind_counts.items())
 
 
@@ -105,9 +109,17 @@ def run_step_costs(
                     entry["shallow_call_deep_runs"] = list(deep_runs)
                 entries.append(entry)
         baseline_full = entries[0]["costs"]["full"]
+        # per scheduler, the baseline's step count: every schedule is priced against the same full run
+        baseline_steps = {
+            summary["scheduler"]: sum(summary["step_kinds"].values())
+            for summary in quality_summary
+            if summary["label"] == entries[0]["label"]
+        }
         for entry in entries:
             entry["implied_speedup"] = {
-                summary["scheduler"]: implied_speedup(summary["step_kinds"], entry["costs"], baseline_full)
+                summary["scheduler"]: implied_speedup(
+                    summary["step_kinds"], entry["costs"], baseline_full, baseline_steps.get(summary["scheduler"])
+                )
                 for summary in quality_summary
                 if summary["label"] == entry["label"]
             }

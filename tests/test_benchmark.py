@@ -30,6 +30,8 @@ def test_implied_speedup_prices_each_step_kind():
     assert implied_speedup({"full": 20, "skipped": 20, "pruned": 10}, costs, 1.0) == pytest.approx(50 / 25.2)
     # a method whose full step is slower than the baseline's (hooks) is charged for it
     assert implied_speedup({"full": 50}, {"full": 1.1}, 1.0) == pytest.approx(1 / 1.1)
+    # fewer steps are priced against the baseline's 50, not against as many steps of the baseline
+    assert implied_speedup({"full": 10}, {"full": 1.0}, 1.0, baseline_steps=50) == pytest.approx(5.0)
 
 
 def _run(label: str, speedup: float, psnr: float | None, ssim: float = 0.9) -> dict:
@@ -192,6 +194,11 @@ def test_quick_mode_writes_results_table_and_plot(quick_run):
     (bench,) = results["step_costs"].values()
     assert bench["entries"][0]["label"] == "baseline"
     assert all(cost > 0 for entry in bench["entries"] for cost in entry["costs"].values())
+    # the fewer-steps peer is priced against the baseline's step count, not against as many baseline steps
+    baseline_full = bench["entries"][0]["costs"]["full"]
+    plain_costs = next(e for e in bench["entries"] if e["label"] == "steps (10 steps)")
+    expected = steps * baseline_full / (10 * plain_costs["costs"]["full"])
+    assert plain_costs["implied_speedup"]["ddim"] == pytest.approx(expected)
     assert (output / "speedup_fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (output / "results.md").read_text()
     assert "| ddim | SADA (preset musicldm) |" in report

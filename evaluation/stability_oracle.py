@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluation.policies import forced_skips
 from sada_audio import SADAConfig, SADAHandle, apply_sada
 from sada_audio.method.criterion import (
     extrapolate_gradient,
@@ -50,7 +51,7 @@ from sada_audio.method.criterion import (
     relative_change,
     stability,
 )
-from sada_audio.method.engine import schedule_letters
+from sada_audio.method.planner import plan_step, schedule_letters
 from sada_audio.solvers import solver_adapter_for
 
 logger = logging.getLogger(__name__)
@@ -269,8 +270,8 @@ class AnalyticModel:
         noise = latent_noise(self.shape, seed=clip)
         if forced is None and config is None:
             return run_sampler(self.denoiser, self.scheduler, noise, 50)[0]
-        with SADAHandle(self.denoiser, self.scheduler, config or forced_config()) as handle:
-            handle.engine.forced_skips = forced
+        policy = plan_step if forced is None else forced_skips(forced)
+        with SADAHandle(self.denoiser, self.scheduler, config or forced_config(), policy=policy) as handle:
             out = run_sampler(self.denoiser, self.scheduler, noise, 50)[0]
             self.last_calls = handle.stats.model_calls
         return out
@@ -305,9 +306,8 @@ class EmbeddedModel:
     def run(self, clip: str, forced: frozenset[int] | None = None, config: SADAConfig | None = None) -> torch.Tensor:
         if forced is None and config is None:
             return self._call(clip)
-        handle = apply_sada(self.pipe, config or forced_config())
+        handle = apply_sada(self.pipe, config or forced_config(), plan_step if forced is None else forced_skips(forced))
         try:
-            handle.engine.forced_skips = forced
             out = self._call(clip)
             self.last_calls = handle.stats.model_calls
             self.last_modes = list(handle.stats.step_modes)

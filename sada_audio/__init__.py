@@ -20,8 +20,9 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .apply import SADAHandle, apply_sada
-    from .method.engine import SADAStats, StepMode
+    from .apply import SADAHandle, apply_sada, handle_of
+    from .method.engine import SADAStats
+    from .method.planner import Plan, PlanInputs, Reason, StepMode, plan_step
     from .models import supported_pipelines
     from .solvers import supported_schedulers
 
@@ -30,8 +31,13 @@ if TYPE_CHECKING:
 _LAZY = {
     "SADAHandle": ".apply",
     "apply_sada": ".apply",
+    "handle_of": ".apply",
     "SADAStats": ".method.engine",
-    "StepMode": ".method.engine",
+    "StepMode": ".method.planner",
+    "Plan": ".method.planner",
+    "PlanInputs": ".method.planner",
+    "Reason": ".method.planner",
+    "plan_step": ".method.planner",
     "supported_pipelines": ".models",
     "supported_schedulers": ".solvers",
 }
@@ -51,6 +57,9 @@ __all__ = [
     "PRESETS",
     "ConfigError",
     "ModelNotFoundError",
+    "Plan",
+    "PlanInputs",
+    "Reason",
     "SADAConfig",
     "SADAError",
     "SADAHandle",
@@ -60,6 +69,8 @@ __all__ = [
     "UnsupportedSchedulerError",
     "__version__",
     "apply_sada",
+    "handle_of",
+    "plan_step",
     "supported_pipelines",
     "supported_schedulers",
 ]

@@ -12,8 +12,8 @@ Five attachments, all undone by :meth:`SADAHandle.remove`:
   and ``step`` (feed a skipped step's reconstruction to the unmodified solver, then let the engine
   read the step's ODE quantities).
 
-The hooks share one :class:`_RunState`, cleared when a sampling call starts; the handle plans each
-model call in eager Python and sets every hook's part in it before the denoiser runs.
+The hooks share the engine's :class:`~.method.engine.SamplingRun`, new at every sampling call; the handle
+reads each model call's plan in eager Python and sets every hook's part in it before the denoiser runs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,7 +31,8 @@ from torch import nn
 from .config import SADAConfig
 from .errors import SADAError
 from .hooks import register_hook, remove_hook
-from .method.engine import SADAEngine, SADAStats, StepMode
+from .method.engine import PlanningPolicy, SADAEngine, SADAStats, SamplingRun, StepMode
+from .method.planner import plan_step
 from .method.tokens import level_grid
 from .models import DenoiserLayout, ModelAdapter, TokenBlock, model_adapter_for
 from .solvers import SolverAdapter, check_scheduler, check_step_arguments, solver_adapter_for
@@ -54,28 +54,6 @@ _PRUNE = 3  # the kept tokens only, the others from the cached residual
 _REUSE = 4  # a deep block on a shallow step: its cached output, not run
 
 
-@dataclass
-class _RunState:
-    """What the hooks of one handle share during a sampling call; cleared when a call starts."""
-
-    grid: tuple[int, int] | None = None
-    """Token grid of the latest denoiser call."""
-    slot: int = 0
-    """Index of the latest denoiser call within its step (Flux's true CFG calls twice per step)."""
-    feeder_outputs: dict[int, Any] = field(default_factory=dict)
-    """Last output of every feeder module (by index): the stand-in on a skipped step."""
-    deep_outputs: dict[tuple[int, int], Any] = field(default_factory=dict)
-    """Output of every deep block (by block index and slot) in the last call that ran it."""
-    deep_batch: dict[int, int] = field(default_factory=dict)
-    """Batch size of the call (by slot) whose deep outputs are cached."""
-
-    def clear(self) -> None:
-        self.grid, self.slot = None, 0
-        self.feeder_outputs.clear()
-        self.deep_outputs.clear()
-        self.deep_batch.clear()
-
-
 class _DenoiserHook(ModelHook):
     def __init__(self, handle: SADAHandle) -> None:
         super().__init__()
@@ -92,7 +70,7 @@ class _DenoiserHook(ModelHook):
         if replaced is not None:
             return replaced
         output = self.fn_ref.original_forward(*args, **kwargs)
-        handle._finish_model_call()
+        handle.end_model_call()
         return output
 
 
@@ -111,14 +89,15 @@ class _FeederHook(ModelHook):
         if last is not None:
             return last
         output = self.fn_ref.original_forward(*args, **kwargs)
-        self.handle.run.feeder_outputs[self.index] = output
+        self.handle.engine.run.feeder_outputs[self.index] = output
         return output
 
 
 class _TokenBlockHook(ModelHook):
     """Runs inside the denoiser, so possibly traced by dynamo: no engine state, no tensor-valued branching,
     only the per-call plan that :meth:`SADAHandle._prepare_blocks` set (``action``, ``kept``, ``cache_in``).
-    Its results (``cache_out``, token counts) are attributes that the handle collects after the call."""
+    Its results (``cache_out``, token counts, whether it pruned) are attributes the handle collects after the
+    call."""
 
     def __init__(self, handle: SADAHandle, block: TokenBlock, index: int) -> None:
         super().__init__()
@@ -133,6 +112,7 @@ class _TokenBlockHook(ModelHook):
         self.cache_out: torch.Tensor | None = None
         self.computed = 0
         self.total = 0
+        self.pruned = False
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         forward, layout, action = self.fn_ref.original_forward, self.layout, self.action
@@ -169,6 +149,7 @@ class _TokenBlockHook(ModelHook):
         cache = cache.index_copy(1, kept, computed[:, prefix:] - kept_tokens)
         self.cache_out = cache
         self.computed = kept.shape[0]
+        self.pruned = True
         merged = tokens + cache
         if prefix:
             merged = torch.cat([computed[:, :prefix], merged], dim=1)
@@ -222,6 +203,8 @@ class SADAHandle:
         feeders: Sequence[nn.Module] = (),
         scheduler_owner: Any = None,
         deep_blocks: Sequence[nn.Module] = (),
+        policy: PlanningPolicy = plan_step,
+        solver_adapter: Callable[[Any], SolverAdapter] = solver_adapter_for,
     ) -> None:
         if hasattr(denoiser, "_sada_handle"):
             raise SADAError("SADA is already applied to this model; call remove() on the first handle")
@@ -232,17 +215,15 @@ class SADAHandle:
             )
         check_scheduler(scheduler)
         self.config = config
-        self.engine = SADAEngine(config)
-        self.solver_adapter: Callable[[Any], SolverAdapter] = solver_adapter_for
-        """How each sampling run reads its scheduler's ODE quantities (:func:`~.solvers.solver_adapter_for`).
-        Research hook: a study sets another reading of the same sampler before a run (the flow-matching
-        reading in ``tools/family_nfe.py --analytic``); nothing in sampling changes it."""
+        self.engine = SADAEngine(config, policy)
+        # How each sampling run reads its scheduler's ODE quantities; a study may pass another reading of the
+        # same sampler (the flow-matching reading in ``tools/family_nfe.py --analytic``).
+        self._solver_adapter = solver_adapter
         self._denoiser = denoiser
         self._owner = scheduler_owner
         self._scheduler: Any = None
         self._layout = layout or DenoiserLayout()
         self._input_name = next(iter(inspect.signature(denoiser.forward).parameters), "sample")
-        self.run = _RunState()
         self._block_hooks: list[_TokenBlockHook] = []
         self._deep_hooks: list[_DeepBlockHook] = []
         # (module, whether its hook registry was created for SADA)
@@ -267,8 +248,12 @@ class SADAHandle:
     @property
     def stats(self) -> SADAStats:
         """Statistics of the last (or current) sampling call."""
-        self._finish_model_call()
         return self.engine.stats
+
+    @property
+    def run(self) -> SamplingRun | None:
+        """State of the current (or last) sampling call, for inspection: its step, plan, token grid and caches."""
+        return self.engine.run
 
     @torch.compiler.disable
     def _before_model_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -277,17 +262,18 @@ class SADAHandle:
         engine = self._sync_scheduler()
         # The latent is the first argument, whether passed by position or by name.
         sample = args[0] if args else kwargs[self._input_name]
-        self.run.grid = self._layout.latent_grid(sample, kwargs)
+        grid = self._layout.latent_grid(sample, kwargs)
         replacement = self._replacement()
         if replacement is not None:
             repeats, remainder = divmod(sample.shape[0], replacement.shape[0])
             if remainder == 0:
+                engine.run.grid = grid  # (the scheduler wrapper maps the step's output with it)
                 # Every guidance branch gets the same output, so the pipeline's guidance
                 # arithmetic returns it unchanged; the scheduler wrapper uses it directly anyway.
                 output = replacement.to(sample.dtype).repeat(repeats, *([1] * (replacement.dim() - 1)))
                 return self._layout.wrap_output(output, kwargs.get("return_dict", True))
-            engine.fall_back()
-        self.begin_model_call(self.run.grid, sample.device, sample.shape[0])
+            engine.fall_back("a batch the reconstruction does not divide")
+        self.begin_model_call(grid, sample.device, sample.shape[0])
         return None
 
     def begin_model_call(
@@ -295,26 +281,25 @@ class SADAHandle:
     ) -> None:
         """A denoiser call on a latent with token grid ``grid`` (and ``batch`` rows) is about to run (the
         denoiser hook says so; tests and benches that call blocks directly say it themselves): plan every
-        token block's and deep block's part."""
-        self._finish_model_call()
+        token block's and deep block's part; :meth:`end_model_call` collects their results."""
+        self.end_model_call()
         self.engine.begin_model_call(grid)
-        # Pipelines that call the denoiser twice per step (Flux's true CFG) get one cache per call of the step.
-        self.run.slot = self.engine.call_in_step
         self._prepare_blocks(device)
         self._prepare_deep_blocks(batch)
 
     def _prepare_blocks(self, device: torch.device | str | None) -> None:
         """Set what every token block does in this call: the decisions a traced block must not make."""
-        engine, slot = self.engine, self.run.slot
+        # Pipelines that call the denoiser twice per step (Flux's true CFG) get one cache per call of the step.
+        engine, run = self.engine, self.engine.run
         for hook in self._block_hooks:
             kept = engine.kept_tokens(hook.level, device)
-            cache = engine.block_caches.get((hook.index, slot))
+            cache = run.block_caches.get((hook.index, run.slot))
             if kept is not None and cache is not None:
                 hook.action, hook.kept, hook.cache_in = _PRUNE, kept, cache
-                height, width = level_grid(engine.latent_hw, hook.level)
+                height, width = level_grid(run.grid, hook.level)
                 hook.grid_tokens = height * width
             else:
-                caches = engine.config.prunes_level(hook.level, engine.latent_hw)
+                caches = engine.config.prunes_level(hook.level, run.grid)
                 hook.action, hook.kept, hook.cache_in = (_FULL_STORE if caches else _FULL), None, None
 
     def _prepare_deep_blocks(self, batch: int | None) -> None:
@@ -322,10 +307,10 @@ class SADAHandle:
         ran it; without them it runs as a full call, and every other call caches the deep outputs."""
         if not self._deep_hooks:
             return
-        run, engine = self.run, self.engine
-        shallow = engine.mode() is StepMode.SHALLOW
+        engine = self.engine
+        run, shallow = engine.run, engine.mode() is StepMode.SHALLOW
         if shallow and (run.deep_batch.get(run.slot) != batch or (0, run.slot) not in run.deep_outputs):
-            engine.run_in_full()
+            engine.fall_back("no deep features of this call's batch")
             shallow = False
         for hook in self._deep_hooks:
             if shallow:
@@ -336,28 +321,32 @@ class SADAHandle:
             run.deep_batch[run.slot] = batch
 
     @torch.compiler.disable
-    def _finish_model_call(self) -> None:
-        """Collect what the blocks of the last call left: their new cached residuals and outputs, token counts."""
-        engine, slot = self.engine, self.run.slot
+    def end_model_call(self) -> None:
+        """Collect what the blocks of the last call left: their new cached residuals and outputs, token counts
+        (the denoiser hook calls it after every call; callers of :meth:`begin_model_call` call it themselves)."""
+        engine, run = self.engine, self.engine.run
         for hook in self._block_hooks:
             if hook.action == _OFF:
                 continue
             if hook.cache_out is not None:
                 # A CUDA-graph replay reuses its output memory: keep the residual in memory of our own.
-                engine.block_caches[(hook.index, slot)] = _own_copy(hook.cache_out)
+                run.block_caches[(hook.index, run.slot)] = _own_copy(hook.cache_out)
             if hook.total:
-                engine.count_tokens(hook.computed, hook.total)
+                engine.count_tokens(hook.computed, hook.total, hook.pruned)
             hook.action, hook.kept, hook.cache_in, hook.cache_out = _OFF, None, None, None
             hook.computed = hook.total = 0
+            hook.pruned = False
         for deep in self._deep_hooks:
             if deep.cache_out is not None:
-                self.run.deep_outputs[(deep.index, slot)] = _own_copy(deep.cache_out)
+                run.deep_outputs[(deep.index, run.slot)] = _own_copy(deep.cache_out)
             deep.action, deep.cache_in, deep.cache_out = _OFF, None, None
 
     def remove(self) -> None:
         """Detach every hook and wrapper; the pipeline behaves exactly as before ``apply_sada``."""
         if self._removed:
             return
+        if self.engine.running:
+            self.end_model_call()  # the stats then count the last call's tokens
         for module, created_registry in self._hooked:
             remove_hook(module, _HOOK_NAME, created_registry)
         self._unwrap_scheduler()
@@ -389,7 +378,7 @@ class SADAHandle:
         def step_with_sada(
             model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any
         ) -> Any:
-            if not engine.running or engine.step >= engine.stats.num_steps:
+            if not engine.running or engine.run.step >= engine.stats.num_steps:
                 return step(model_output, timestep, sample, *args, **kwargs)
             check_step_arguments(kwargs)
             replacement = engine.reconstructed_output()
@@ -397,7 +386,7 @@ class SADAHandle:
                 model_output = self._layout.from_grid(replacement).to(model_output.dtype)
             result = step(model_output, timestep, sample, *args, **kwargs)
             next_sample = result[0] if isinstance(result, tuple) else result.prev_sample
-            to_grid, grid = self._layout.to_grid, self.run.grid or self._layout.latent_grid(sample, {})
+            to_grid, grid = self._layout.to_grid, engine.run.grid or self._layout.latent_grid(sample, {})
             engine.after_step(to_grid(model_output, grid), to_grid(sample, grid), to_grid(next_sample, grid))
             return result
 
@@ -422,15 +411,14 @@ class SADAHandle:
 
     def _start(self, scheduler: Any) -> None:
         """A new sampling run: fresh engine state, no stand-in outputs or deep features from an earlier run."""
-        self._finish_model_call()
-        self.engine.start(self.solver_adapter(scheduler))
-        self.run.clear()
+        if self.engine.running:
+            self.end_model_call()
+        self.engine.start(self._solver_adapter(scheduler))
 
     @torch.compiler.disable
     def _feeder_stand_in(self, index: int) -> Any:
         """Feeder ``index``'s last output if the current step is skipped (its module need not run), else None."""
-        self._sync_scheduler()
-        last = self.run.feeder_outputs.get(index)
+        last = self._sync_scheduler().run.feeder_outputs.get(index)
         return last if last is not None and self._replacement() is not None else None
 
     def _replacement(self) -> torch.Tensor | None:
@@ -442,16 +430,17 @@ class SADAHandle:
         if replacement is None:
             return None
         if not torch.isfinite(replacement).all():
-            self.engine.fall_back()
+            self.engine.fall_back("non-finite reconstruction")
             return None
         return self._layout.from_grid(replacement)
 
 
-def apply_sada(pipe: Any, config: SADAConfig | None = None) -> SADAHandle:
+def apply_sada(pipe: Any, config: SADAConfig | None = None, policy: PlanningPolicy = plan_step) -> SADAHandle:
     """Attach SADA to a diffusers pipeline in place and return its handle.
 
     With ``config=None`` the preset of the pipeline's family is used. The handle's ``stats``
     describe the last call; ``remove()`` (or leaving a ``with`` block) restores the pipeline.
+    ``policy`` plans every step (:func:`~.method.planner.plan_step`; a study passes its own).
     """
     adapter: ModelAdapter = model_adapter_for(pipe)
     config = config if config is not None else SADAConfig.preset(adapter.family)
@@ -466,6 +455,12 @@ def apply_sada(pipe: Any, config: SADAConfig | None = None) -> SADAHandle:
         feeders=adapter.feeder_modules(),
         scheduler_owner=pipe,
         deep_blocks=adapter.deep_blocks(),
+        policy=policy,
     )
     logger.info("SADA applied to %s (%s preset values)", type(pipe).__name__, adapter.family)
     return handle
+
+
+def handle_of(pipe: Any) -> SADAHandle | None:
+    """The SADA handle attached to ``pipe`` (by :func:`apply_sada`), or None."""
+    return getattr(model_adapter_for(pipe).denoiser(), "_sada_handle", None)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from evaluation.policies import always_stable
 from sada_audio import SADAConfig, SADAHandle
 from sada_audio.analytic import (
     AnalyticDenoiser,
@@ -145,8 +146,7 @@ def test_extrapolated_reconstruction_beats_reuse_at_equal_skips():
     errors, calls = {}, {}
     for reconstruction in ("extrapolate", "reuse", "predicted_state"):
         config = SADAConfig(tokenwise=False, lagrange_step=None, max_interval=1, reconstruction=reconstruction)
-        with SADAHandle(denoiser, scheduler, config) as handle:
-            handle.engine.always_stable = True
+        with SADAHandle(denoiser, scheduler, config, policy=always_stable) as handle:
             out, _ = run_sampler(denoiser, scheduler, NOISE, 50)
             calls[reconstruction] = handle.stats.model_calls
         errors[reconstruction] = relative_error(out, baseline)
@@ -248,7 +248,7 @@ def test_sada_on_flow_matching_skips_steps_and_stays_on_the_trajectory():
 
 
 def test_an_injected_solver_adapter_reads_every_run_and_the_sigma_reading_of_flow_matching_is_less_accurate():
-    """The handle's ``solver_adapter`` research hook (``tools/family_nfe.py --analytic``): it builds the
+    """The handle's ``solver_adapter`` argument (``tools/family_nfe.py --analytic``): it builds the
     reading of each run; the default one changes nothing, the other reading of the same sampler (Euler in
     ``t = sigma``, ``a = 1``) skips the same steps with a larger deviation."""
     from sada_audio.solvers import FlowMatchEulerAdapter
@@ -270,13 +270,12 @@ def test_an_injected_solver_adapter_reads_every_run_and_the_sigma_reading_of_flo
     baseline, _ = run_sampler(denoiser, scheduler, NOISE, 50)
     outputs, skipped = {}, {}
     for name, reading in (("shipped", None), ("default", solver_adapter_for), ("sigma", InSigma)):
-        with SADAHandle(denoiser, scheduler, SADAConfig.preset("flux")) as handle:
-            if reading is not None:
-                handle.solver_adapter = recorded(reading)
+        adapter = {} if reading is None else {"solver_adapter": recorded(reading)}
+        with SADAHandle(denoiser, scheduler, SADAConfig.preset("flux"), **adapter) as handle:
             outputs[name], _ = run_sampler(denoiser, scheduler, NOISE, 50)
             skipped[name] = handle.stats.skipped_steps
             if reading is not None:
-                assert handle.engine._solver is built[-1]
+                assert handle.run.solver is built[-1]
                 assert torch.equal(run_sampler(denoiser, scheduler, NOISE, 50)[0], outputs[name])
     assert [type(adapter) for adapter in built] == [FlowMatchEulerAdapter] * 2 + [InSigma] * 2
     assert torch.equal(outputs["default"], outputs["shipped"])
@@ -330,8 +329,7 @@ def test_sde_sampler_gets_noise_free_reconstructions():
     deviations = {}
     for reconstruction in ("extrapolate", "predicted_state"):
         config = SADAConfig(tokenwise=False, lagrange_step=None, max_interval=1, reconstruction=reconstruction)
-        with SADAHandle(denoiser, scheduler, config) as handle:
-            handle.engine.always_stable = True
+        with SADAHandle(denoiser, scheduler, config, policy=always_stable) as handle:
             deviations[reconstruction] = relative_error(run(50), baseline)
-            assert handle.engine._solver.stochastic and handle.stats.model_calls < 35
+            assert handle.run.solver.stochastic and handle.stats.model_calls < 35
     assert deviations["extrapolate"] == deviations["predicted_state"] < 0.3

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from evaluation.policies import always_stable, forced_skips
 from sada_audio import SADAConfig, SADAHandle
 from sada_audio.analytic import (
     AnalyticDenoiser,
@@ -13,7 +14,7 @@ from sada_audio.analytic import (
     scheduler_zoo,
 )
 from sada_audio.method.criterion import published_gradient, published_stability, relative_change
-from sada_audio.method.engine import schedule_letters
+from sada_audio.method.planner import schedule_letters
 
 NOISE = latent_noise((2, 4, 24, 12))
 
@@ -87,7 +88,7 @@ def test_published_criterion_falls_back_to_ours_without_training_betas(caplog: p
     config = SADAConfig(tokenwise=False, lagrange_step=None, criterion="published")
     with caplog.at_level("WARNING", logger="sada_audio"), SADAHandle(denoiser, scheduler, config) as handle:
         published_run = run_sampler(denoiser, scheduler, NOISE, 50)
-        assert handle.engine.criterion == "consistent"
+        assert handle.run.criterion == "consistent"
     assert "needs a scheduler with training betas" in caplog.text and "uses criterion 'consistent'" in caplog.text
     with SADAHandle(denoiser, scheduler, config.replace(criterion="consistent")):
         torch.testing.assert_close(run_sampler(denoiser, scheduler, NOISE, 50), published_run, rtol=0, atol=0)
@@ -97,16 +98,15 @@ def test_forced_skips_replace_the_criterion():
     scheduler = scheduler_zoo()["ddim"]
     denoiser = AnalyticDenoiser(GaussianMixtureData(), scheduler)
     config = SADAConfig(tokenwise=False, lagrange_step=None)
-    with SADAHandle(denoiser, scheduler, config) as handle:
-        handle.engine.forced_skips = frozenset({2, 12, 13, 30, 49})
+    with SADAHandle(denoiser, scheduler, config, policy=forced_skips(frozenset({2, 12, 13, 30, 49}))) as handle:
         run_sampler(denoiser, scheduler, NOISE, 50)
         # step 2 has too little history, step 49 lies outside acc_range (10, 47)
         assert handle.stats.skipped_steps == [12, 13, 30]
 
 
 def test_always_stable_skips_every_step_the_limits_allow_on_every_run():
-    """The ablations' research hook: the criterion skips nothing here, the hook every step that acc_range
-    (10, 47) and max_interval allow, on this run and the next."""
+    """The ablations' planning policy: the criterion skips nothing here, the policy every step that acc_range
+    (10, 47) and max_interval allow, on every run."""
     scheduler = scheduler_zoo()["ddim"]
     denoiser = AnalyticDenoiser(GaussianMixtureData(), scheduler)
     for max_interval, skipped in ((1, list(range(10, 47, 2))), (2, [s for s in range(10, 47) if s % 3 != 0])):
@@ -114,7 +114,7 @@ def test_always_stable_skips_every_step_the_limits_allow_on_every_run():
         with SADAHandle(denoiser, scheduler, config) as handle:
             run_sampler(denoiser, scheduler, NOISE, 50)
             assert handle.stats.skipped_steps == []
-            handle.engine.always_stable = True
+        with SADAHandle(denoiser, scheduler, config, policy=always_stable) as handle:
             for _ in range(2):
                 run_sampler(denoiser, scheduler, NOISE, 50)
                 assert handle.stats.skipped_steps == skipped

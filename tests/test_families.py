@@ -16,6 +16,7 @@ from diffusers import EDMDPMSolverMultistepScheduler, FlowMatchEulerDiscreteSche
 
 from sada_audio import SADAConfig, SADAHandle, UnsupportedModelError, UnsupportedSchedulerError, apply_sada
 from sada_audio.models import denoiser_of, model_adapter_for
+from sada_audio.solvers import solver_adapter_for
 from tests.support.tiny_pipelines import (
     IMAGE_SIZE,
     STABLE_AUDIO_FRAMES,
@@ -108,7 +109,7 @@ def test_unet_token_pruning_on_rectangular_latents(pipes, family):
     with apply_sada(pipes[family], SADAConfig.preset(family, max_fix=8)) as handle:
         latent = generate(pipes[family], steps=30)
         stats = handle.stats
-        assert handle.engine.latent_hw == (IMAGE_SIZE[0] // 2, IMAGE_SIZE[1] // 2)
+        assert handle.run.grid == (IMAGE_SIZE[0] // 2, IMAGE_SIZE[1] // 2)
     assert torch.isfinite(latent).all() and stats.pruned_steps and stats.pruned_fraction > 0.05
 
 
@@ -148,7 +149,7 @@ def test_flux_token_grid_and_token_pruning_with_rotary_positions(pipes):
         latent = generate(pipe, steps=30)
         stats = handle.stats
         # 32 x 48 image -> x2 VAE -> 16 x 24 latent -> 2 x 2 packing -> 8 x 12 tokens
-        assert handle.engine.latent_hw == (8, 12)
+        assert handle.run.grid == (8, 12)
     assert torch.isfinite(latent).all() and stats.skipped_steps
     assert stats.pruned_steps and stats.pruned_fraction > 0.05
 
@@ -160,7 +161,7 @@ def test_flux_true_cfg_calls_keep_separate_token_caches(pipes):
     with apply_sada(pipe, config) as handle:
         latent = generate(pipe, steps=30, true_cfg_scale=2.0, negative_prompt="blurry")
         stats = handle.stats
-        slots = {slot for _, slot in handle.engine.block_caches}
+        slots = {slot for _, slot in handle.run.block_caches}
     assert torch.isfinite(latent).all() and slots == {0, 1}
     assert stats.model_calls == 2 * (30 - len(stats.skipped_steps)) and stats.pruned_fraction > 0.05
 
@@ -170,13 +171,13 @@ def test_stable_audio_token_pruning_keeps_the_global_token(pipes):
     with apply_sada(pipe, SADAConfig.preset("stable-audio", tokenwise=True, max_fix=4)) as handle:
         latent = generate(pipe, steps=30)
         stats = handle.stats
-        assert handle.engine.latent_hw == (STABLE_AUDIO_FRAMES, 1)
+        assert handle.run.grid == (STABLE_AUDIO_FRAMES, 1)
     assert torch.isfinite(latent).all() and stats.pruned_steps and stats.pruned_fraction > 0.05
 
 
 def _pruned_block_output(handle, block, kwargs, grid, kept_all):
     """Run ``block`` once in full (fills its cache), then pruned; returns (pruned output, kept indices)."""
-    from sada_audio.method.engine import StepMode
+    from sada_audio.method.planner import StepMode
 
     engine = handle.engine
     engine.force_plan(StepMode.FULL)
@@ -212,7 +213,7 @@ def test_flux_pruned_block_uses_the_kept_tokens_rotary_rows(pipes, stream):
         for max_fix, kept_all in ((1000, True), (0, False)):
             config = SADAConfig(tokenwise=True, max_downsample=1, sx=2, sy=2, max_fix=max_fix)
             with SADAHandle(torch.nn.Identity(), scheduler, config, blocks=blocks) as handle:
-                handle._start(scheduler)
+                handle.engine.start(solver_adapter_for(scheduler))
                 pruned, kept = _pruned_block_output(handle, block, kwargs, grid, kept_all)
             if kept_all:
                 everything = pruned
@@ -245,7 +246,7 @@ def test_stable_audio_scheduler_sde_runs_with_skips_and_is_seeded(pipes):
         with apply_sada(pipe) as handle:
             accelerated = generate(pipe)
             stats = handle.stats
-            assert handle.engine._solver.stochastic
+            assert handle.run.solver.stochastic
             assert torch.equal(generate(pipe), accelerated)
         assert torch.equal(generate(pipe), baseline)
     finally:

@@ -21,7 +21,7 @@ import torch
 from sada_audio import apply_sada
 from sada_audio.choices import SCHEDULER_CHOICES
 from sada_audio.levels import levels_for, resolve_sada_config
-from sada_audio.method.engine import schedule_letters
+from sada_audio.method.planner import schedule_letters
 from sada_audio.pipelines import set_scheduler
 from tests.support.tiny_pipelines import (
     IMAGE_SIZE,

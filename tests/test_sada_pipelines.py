@@ -12,7 +12,7 @@ from sada_audio import (
     UnsupportedSchedulerError,
     apply_sada,
 )
-from sada_audio.method.engine import schedule_letters
+from sada_audio.method.planner import schedule_letters
 from sada_audio.pipelines import set_scheduler
 
 FAMILIES = ("musicldm", "audioldm", "audioldm2")
@@ -89,7 +89,7 @@ def test_token_pruning_on_odd_rectangular_latents_with_batch_and_guidance(pipeli
     with apply_sada(pipe, config) as handle:
         audio = two_prompts_two_waveforms()
         stats = handle.stats
-        assert handle.engine.latent_hw == (25, 16)
+        assert handle.run.grid == (25, 16)
     assert audio.shape == baseline.shape == (4, 16000)
     assert torch.isfinite(torch.from_numpy(audio)).all()
     assert stats.pruned_steps and stats.pruned_fraction > 0.05
@@ -178,4 +178,4 @@ def test_denoiser_called_with_keyword_latent(pipelines):
             sample=latent, timestep=pipe.scheduler.timesteps[0], encoder_hidden_states=None, class_labels=labels
         )
         assert isinstance(by_name, UNet2DConditionOutput) and handle.stats.model_calls == 1
-        assert handle.engine.latent_hw == (16, 16)
+        assert handle.run.grid == (16, 16)

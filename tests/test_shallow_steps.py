@@ -13,8 +13,9 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
+from evaluation.policies import always_stable
 from sada_audio import ConfigError, SADAConfig, SADAError, SADAHandle, StepMode, apply_sada
-from sada_audio.method.engine import schedule_letters
+from sada_audio.method.planner import schedule_letters
 from sada_audio.models import unet_deep_blocks
 from sada_audio.pipelines import set_scheduler
 from tests.support.configs import FIXED_PHASE
@@ -54,7 +55,7 @@ def deep_runs(unet: nn.Module, handle: SADAHandle) -> Iterator[list[int]]:
     called; their hooks decide whether anything inside runs)."""
     steps: list[int] = []
     inner = [module for block in unet_deep_blocks(unet) for module in block.modules() if module is not block]
-    hooks = [module.register_forward_pre_hook(lambda *_: steps.append(handle.engine.step)) for module in inner]
+    hooks = [module.register_forward_pre_hook(lambda *_: steps.append(handle.run.step)) for module in inner]
     try:
         yield steps
     finally:
@@ -132,8 +133,7 @@ def test_the_audio_preset_runs_early_steps_the_criterion_calls_stable_shallow_in
     with apply_sada(pipe, config) as handle, deep_runs(pipe.unet, handle) as deep:
         generate(pipe)
         guided, guided_deep = handle.stats.step_modes, sorted(set(deep))
-        deep.clear()
-        handle.engine.always_stable = True
+    with apply_sada(pipe, config, policy=always_stable) as handle:
         generate(pipe)
         every = handle.stats.step_modes
     # steps 0-2 before acc_range, 3 seeds the phase, 5 is 2 steps after the last deep call, 7 begins the phase
@@ -173,12 +173,13 @@ def test_a_planned_shallow_step_without_deep_features_runs_in_full():
 
     with handle, deep_runs(unet, handle) as steps:
         full = call_as(StepMode.SHALLOW)
-        assert handle.engine.mode() is StepMode.FULL and steps, "nothing cached yet: runs in full"
+        assert handle.run.plan.mode is StepMode.FULL and steps, "nothing cached yet: runs in full"
+        assert handle.run.plan.reason == "fall-back"
         steps.clear()
         shallow = call_as(StepMode.SHALLOW)
-        assert not steps and handle.engine.mode() is StepMode.SHALLOW
+        assert not steps and handle.run.plan.mode is StepMode.SHALLOW
         call_as(StepMode.SHALLOW, batch=1)
-        assert steps and handle.engine.mode() is StepMode.FULL, "another batch size: runs in full"
+        assert steps and handle.run.plan.mode is StepMode.FULL, "another batch size: runs in full"
     # same input and time: the cached deep features are this input's own, so the outer level gives the same
     assert torch.equal(shallow, full)
     assert no_hooks_left(unet)

@@ -7,7 +7,7 @@ noise predictor is known, so every difference below is due to the sampler, never
 Error = relative L2 distance of the final sample to the unaccelerated run of the same seed.
 
 Table 1 runs SADA as shipped (the stability criterion decides). Table 2 forces every step the
-limits allow (acc_range, max_interval) to be skipped (the engine's ``always_stable`` research hook),
+limits allow (acc_range, max_interval) to be skipped (the ``always_stable`` planning policy of ``evaluation.policies``),
 so that the reconstructions of a skipped step are compared on identical skipped steps.
 """
 
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-from sada_audio import SADAConfig, SADAHandle
+from evaluation.policies import always_stable
+from sada_audio import SADAConfig, SADAHandle, plan_step
 from sada_audio.analytic import (
     AnalyticDenoiser,
     GaussianMixtureData,
@@ -41,8 +42,7 @@ def run_table(steps: int, force_skips: bool, max_interval: int) -> list[str]:
             config = SADAConfig(
                 tokenwise=False, reconstruction=reconstruction, lagrange_step=lagrange, max_interval=max_interval
             )
-            with SADAHandle(denoiser, scheduler, config) as handle:
-                handle.engine.always_stable = force_skips
+            with SADAHandle(denoiser, scheduler, config, policy=always_stable if force_skips else plan_step) as handle:
                 out, _ = run_sampler(denoiser, scheduler, noise, steps)
                 cells.append(f"{handle.stats.model_calls} / {relative_error(out, baseline):.4f}")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -204,9 +204,8 @@ def analytic_rows(steps: int) -> list[dict[str, Any]]:
             return run_sampler(denoiser, scheduler, noise, n, seed=0)[0]
 
         baseline, reference = run(steps), run(8 * steps)
-        with SADAHandle(denoiser, scheduler, SADAConfig.preset(preset)) as handle:
-            if reading is not None:
-                handle.solver_adapter = reading
+        adapter = {} if reading is None else {"solver_adapter": reading}
+        with SADAHandle(denoiser, scheduler, SADAConfig.preset(preset), **adapter) as handle:
             accelerated = run(steps)
             nfe = handle.stats.model_calls
         rows.append(

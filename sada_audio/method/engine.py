@@ -1,19 +1,20 @@
-"""Per-call SADA state: records the solver's gradients, applies the criterion, plans every step.
+"""Per-call SADA state: records the solver's gradients, asks the planner for every step, records what ran.
 
 The engine is driven by three events that the hooks forward to it: a new sampling run starts
-(:meth:`SADAEngine.start`), the denoiser is about to be called (:meth:`plan`), and the solver has
-finished a step (:meth:`after_step`). All state lives in one object that is rebuilt at every
-call, so two calls with the same seed give the same output.
+(:meth:`SADAEngine.start`), the denoiser is about to be called (:meth:`SADAEngine.begin_model_call`), and the
+solver has finished a step (:meth:`SADAEngine.after_step`). All state of a call lives in one
+:class:`SamplingRun`, rebuilt at every call, so two calls with the same seed give the same output. What a step
+does is decided by one function, :func:`~.planner.plan_step`; what it executed is recorded in one place,
+:meth:`SADAEngine.after_step`.
 """
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,35 +24,20 @@ from ..config import SADAConfig, StepBounds
 from .criterion import (
     Stability,
     extrapolate_gradient,
-    lagrange_data_prediction,
     published_gradient,
     published_stability,
     relative_change,
     stability,
 )
+from .planner import LagrangePhase, Limits, Plan, PlanInputs, Reason, StepMode, plan_step
 from .sparsity_map import SparsityMap
 from .tokens import kept_token_indices, level_grid
 
 logger = logging.getLogger(__name__)
 
-
-class StepMode(enum.StrEnum):
-    FULL = "full"
-    """A real model call computing every token (refreshes the token caches)."""
-    PRUNED = "pruned"
-    """A real model call in which transformer blocks compute only the selected tokens."""
-    SKIPPED = "skipped"
-    """No model call: the solver gets an output rebuilt from its own history."""
-    SHALLOW = "shallow"
-    """A model call in which only the UNet's outermost level runs, on the deep blocks' cached outputs."""
-
-
-_MODE_LETTERS = {StepMode.FULL: "f", StepMode.PRUNED: "p", StepMode.SHALLOW: "h", StepMode.SKIPPED: "s"}
-
-
-def schedule_letters(step_modes: Sequence[str]) -> str:
-    """A schedule as one letter per step (``SADAStats.step_modes`` in): f full, p pruned, h shallow, s skipped."""
-    return "".join(_MODE_LETTERS[StepMode(mode)] for mode in step_modes)
+PlanningPolicy = Callable[[PlanInputs], Plan]
+"""Plans a step from its inputs: :func:`~.planner.plan_step`, or a study's own (an oracle's chosen skips, a
+criterion that always says "stable") built on it."""
 
 
 class ODECoordinates(Protocol):
@@ -79,7 +65,12 @@ class SADAStats:
     pruned_steps: list[int] = field(default_factory=list)
     shallow_steps: list[int] = field(default_factory=list)
     step_modes: list[str] = field(default_factory=list)
-    """Mode of every step in order: "full", "pruned", "shallow" or "skipped"."""
+    """Mode every step was executed in, in order: "full", "pruned", "shallow" or "skipped"."""
+    step_reasons: list[str] = field(default_factory=list)
+    """Why every step got its mode (a :class:`~.planner.Reason`: "criterion stable", "lagrange", "anchor", ...)."""
+    anchor_steps: list[int] = field(default_factory=list)
+    """Steps whose data predictions became Lagrange anchors (an adaptive phase's first anchors are earlier calls
+    the anchor probe read)."""
     fallbacks: int = 0
     """Planned skips that ran the model instead because the reconstruction was not finite."""
     tokens_computed: int = 0
@@ -96,6 +87,19 @@ class SADAStats:
     def nfe_ratio(self) -> float:
         return self.model_calls / self.num_steps if self.num_steps else 1.0
 
+    def record(self, step: int, plan: Plan, anchors: list[int]) -> None:
+        """Step ``step`` ran as ``plan`` says (its executed mode and reason); ``anchors``: steps that became anchors."""
+        self.step_modes.append(plan.mode.value)
+        self.step_reasons.append(plan.reason.value)
+        self.anchor_steps.extend(anchors)
+        steps_of_mode = {
+            StepMode.SKIPPED: self.skipped_steps,
+            StepMode.PRUNED: self.pruned_steps,
+            StepMode.SHALLOW: self.shallow_steps,
+        }
+        if plan.mode in steps_of_mode:
+            steps_of_mode[plan.mode].append(step)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "num_steps": self.num_steps,
@@ -104,6 +108,8 @@ class SADAStats:
             "pruned_steps": list(self.pruned_steps),
             "shallow_steps": list(self.shallow_steps),
             "step_modes": list(self.step_modes),
+            "step_reasons": list(self.step_reasons),
+            "anchor_steps": sorted(self.anchor_steps),
             "fallbacks": self.fallbacks,
             "pruned_fraction": round(self.pruned_fraction, 6),
             "nfe_ratio": round(self.nfe_ratio, 6),
@@ -130,27 +136,66 @@ class _History:
         return len(self.times)
 
 
-class SADAEngine:
-    """Plans and records one sampling call at a time."""
+@dataclass
+class SamplingRun:
+    """Everything one sampling call holds: the step, its plan, the solver's history, the Lagrange phase, the
+    limit counters, the token caches and the hooks' stand-in outputs. A new call starts a new one."""
 
-    def __init__(self, config: SADAConfig) -> None:
+    solver: ODECoordinates
+    criterion: str
+    """The criterion this run reads (``published`` falls back to ``consistent`` where the scheduler lacks it)."""
+    bounds: StepBounds
+    phase: LagrangePhase
+    stats: SADAStats
+    generator: torch.Generator
+    """Draws the per-window token representatives."""
+    step: int = 0
+    plan: Plan = Plan(StepMode.FULL)
+    """The current step's plan, as executed so far (a fall-back replaces it)."""
+    reconstructed: torch.Tensor | None = None
+    """The current step's rebuilt model output, when it is skipped."""
+    pruned_in_step: bool = False
+    """Some token block of the current step computed only its kept tokens."""
+    limits: Limits = field(default_factory=Limits)
+    history: _History = field(default_factory=_History)
+    last_called_output: torch.Tensor | None = None
+    """The last model output actually computed (the published criterion reads it on skipped steps)."""
+    token_momentum: torch.Tensor | None = None
+    kept: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Kept-token indices of the current step, by level."""
+    grid: tuple[int, int] | None = None
+    """Token grid of the latest denoiser call."""
+    slot: int = 0
+    """Index of the latest denoiser call within its step (Flux's true CFG calls twice per step)."""
+    last_call_step: int = -1
+    block_caches: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    """Residual of every pruned-level block's last computation, by (block index, slot)."""
+    feeder_outputs: dict[int, Any] = field(default_factory=dict)
+    """Last output of every feeder module (by index): the stand-in on a skipped step."""
+    deep_outputs: dict[tuple[int, int], Any] = field(default_factory=dict)
+    """Output of every deep block (by block index and slot) in the last call that ran it."""
+    deep_batch: dict[int, int] = field(default_factory=dict)
+    """Batch size of the call (by slot) whose deep outputs are cached."""
+
+
+class SADAEngine:
+    """Plans and records one sampling call at a time.
+
+    ``policy`` plans each step (:func:`~.planner.plan_step`); a study passes its own to change the decision
+    without touching the engine."""
+
+    def __init__(self, config: SADAConfig, policy: PlanningPolicy = plan_step) -> None:
         self.config = config
-        self.stats = SADAStats()
-        self._solver: ODECoordinates | None = None
-        self.forced_skips: frozenset[int] | None = None
-        """Research hook (the oracle study): skip exactly these steps (where three gradients are known and
-        the step lies in ``acc_range``) instead of asking the criterion; kept across runs."""
-        self.always_stable = False
-        """Research hook (ablations of the reconstructions): the step-wise criterion says "stable" after every
-        step, so every step the limits allow (``acc_range``, ``max_interval``, the Lagrange phase's anchors) is
-        skipped and the reconstructions are compared on the same steps; kept across runs."""
+        self.policy = policy
+        self.run: SamplingRun | None = None
+        self._no_run_stats = SADAStats()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self, solver: ODECoordinates) -> None:
         """Forget everything from earlier calls; a new run of ``solver.num_steps`` steps begins."""
-        self.criterion = self.config.criterion
-        if self.criterion == "published" and not _supports_published_criterion(solver):
+        criterion = self.config.criterion
+        if criterion == "published" and not _supports_published_criterion(solver):
             # The audio presets use the published criterion; on a scheduler it cannot read (no training betas,
             # e.g. EDM or flow matching) the run keeps going with ours rather than failing half-way.
             logger.warning(
@@ -158,126 +203,105 @@ class SADAEngine:
                 "%s has none, so this run uses criterion 'consistent'",
                 type(getattr(solver, "scheduler", None)).__name__,
             )
-            self.criterion = "consistent"
-        self._solver = solver
-        self.bounds: StepBounds = self.config.bounds(solver.num_steps)
-        self.step = 0
-        self.stats = SADAStats(num_steps=solver.num_steps)
-        self._history = _History()
-        self._modes: dict[int, StepMode] = {}
-        self._reconstructed: dict[int, torch.Tensor] = {}
-        self._anchor_times: deque = deque(maxlen=self.config.lagrange_term)
-        self._anchors: deque = deque(maxlen=self.config.lagrange_term)
-        self._adaptive = self.config.anchor_tolerance is not None and self.bounds.lagrange_step is not None
-        # The fixed phase begins at lagrange_step; an adaptive one when the anchor probe allows it.
-        self._phase_start: int | None = None if self._adaptive else self.bounds.lagrange_step
-        self._next_anchor: int | None = self._phase_start
-        self._anchor_interval = self.config.lagrange_int
-        self._called: dict[int, tuple[float, torch.Tensor]] = {}
-        """Adaptive phase, before it begins: (time, data prediction) of the recent real calls."""
-        self._skip_streak = 0
-        self._last_called_output: torch.Tensor | None = None
-        self._pruned_since_refresh = 0
-        self._deep_step = -1
-        """Last step whose model call ran the deep blocks (their cached outputs are that old)."""
-        self._token_momentum: torch.Tensor | None = None
-        self._kept: dict[int, torch.Tensor] = {}
-        self._generator = torch.Generator().manual_seed(self.config.seed)
-        self.block_caches: dict[tuple[int, int], torch.Tensor] = {}
-        """Residual of every pruned-level block's last computation, by (block index, call in step)."""
-        self.latent_hw: tuple[int, int] | None = None
-        self.call_in_step = 0
-        """Index of the current model call within its step (Flux's true CFG calls twice per step)."""
-        self._last_call_step = -1
-        logger.debug("SADA run of %d steps, bounds %s", solver.num_steps, self.bounds)
+            criterion = "consistent"
+        bounds = self.config.bounds(solver.num_steps)
+        self.run = SamplingRun(
+            solver=solver,
+            criterion=criterion,
+            bounds=bounds,
+            phase=LagrangePhase(self.config, bounds),
+            stats=SADAStats(num_steps=solver.num_steps),
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
+        logger.debug("SADA run of %d steps, bounds %s", solver.num_steps, bounds)
 
     @property
     def running(self) -> bool:
-        return self._solver is not None
+        return self.run is not None
+
+    @property
+    def stats(self) -> SADAStats:
+        """Statistics of the last (or current) sampling call."""
+        return self._no_run_stats if self.run is None else self.run.stats
 
     def force_plan(self, mode: StepMode, token_momentum: torch.Tensor | None = None) -> None:
-        """Override the plan of the current step (diagnostics and benchmarks; sampling never calls it)."""
-        self._modes[self.step] = mode
+        """Override the plan of the current step (cost measurements; sampling never calls it)."""
+        run = self.run
+        run.plan, run.reconstructed = Plan(mode, reason=Reason.FORCED), None
         if token_momentum is not None:
-            self._token_momentum = token_momentum
+            run.token_momentum = token_momentum
         # A forced plan stands for a new step: the next model call is its first, with freshly drawn tokens.
-        self._last_call_step = -1
+        run.last_call_step = -1
 
     # -- denoiser side -----------------------------------------------------------------------------
 
     def mode(self) -> StepMode:
         """Mode of the current step (the denoiser call about to happen)."""
-        return self._modes.get(self.step, StepMode.FULL)
+        return StepMode.FULL if self.run is None else self.run.plan.mode
 
     def reconstructed_output(self) -> torch.Tensor | None:
         """The model output that replaces the current step's call, if the step is skipped."""
-        return self._reconstructed.get(self.step) if self.mode() is StepMode.SKIPPED else None
+        return None if self.run is None else self.run.reconstructed
 
-    def fall_back(self) -> None:
-        """The planned skip of the current step is replaced by a full model call."""
-        self._modes[self.step] = StepMode.FULL
-        self._reconstructed.pop(self.step, None)
-        self._skip_streak = 0
-        self.stats.fallbacks += 1
-        logger.warning("SADA: non-finite reconstruction at step %d, running the model instead", self.step)
-
-    def run_in_full(self) -> None:
-        """The planned shallow step of the current step runs as a full call (no deep features fit the call)."""
-        self._modes[self.step] = StepMode.FULL
+    def fall_back(self, why: str) -> None:
+        """The current step runs as a full model call instead of its plan (``why``: for the log)."""
+        run = self.run
+        if run.plan.mode is StepMode.SKIPPED:
+            run.stats.fallbacks += 1
+            logger.warning("SADA: %s at step %d, running the model instead", why, run.step)
+        run.plan, run.reconstructed = Plan(StepMode.FULL, run.plan.is_anchor, Reason.FALL_BACK), None
 
     def begin_model_call(self, latent_hw: tuple[int, int]) -> None:
         """A denoiser call of the current step is about to run on a latent with token grid ``latent_hw``."""
-        first_in_step = self.step != self._last_call_step
-        self.call_in_step = 0 if first_in_step else self.call_in_step + 1
-        self._last_call_step = self.step
-        if first_in_step or latent_hw != self.latent_hw:
+        run = self.run
+        first_in_step = run.step != run.last_call_step
+        run.slot = 0 if first_in_step else run.slot + 1
+        run.last_call_step = run.step
+        if first_in_step or latent_hw != run.grid:
             # Kept-token indices are drawn once per step and level, and shared by every call of the step.
-            self._kept = {}
-        self.latent_hw = latent_hw
-        self.stats.model_calls += 1
+            run.kept = {}
+        run.grid = latent_hw
+        run.stats.model_calls += 1
 
     def kept_tokens(self, level: int, device: torch.device | str | None = None) -> torch.Tensor | None:
         """Sorted indices (on ``device``) of the grid tokens a block at ``level`` computes in the current
         step, or None for all tokens. With ``config.kept_tokens`` their number is fixed per level."""
-        config = self.config
+        config, run = self.config, self.run
         if (
-            self.mode() is not StepMode.PRUNED
-            or not config.prunes_level(level, self.latent_hw)
-            or self._token_momentum is None
-            or self.latent_hw is None
+            run.plan.mode is not StepMode.PRUNED
+            or not config.prunes_level(level, run.grid)
+            or run.token_momentum is None
+            or run.grid is None
         ):
             return None
-        if level not in self._kept:
-            grid = level_grid(self.latent_hw, level)
+        if level not in run.kept:
+            grid = level_grid(run.grid, level)
             budget = None if config.kept_tokens is None else max(1, round(config.kept_tokens * grid[0] * grid[1]))
             kept = kept_token_indices(
-                self._token_momentum, grid, config.sx, config.sy, config.max_fix, self._generator, budget
+                run.token_momentum, grid, config.sx, config.sy, config.max_fix, run.generator, budget
             )
-            self.stats.sparsity.record(self.step, level, grid, self.latent_hw, kept)
+            run.stats.sparsity.record(run.step, level, grid, run.grid, kept)
             # One copy per step and level; the blocks then index on the model's device without host syncs.
-            self._kept[level] = kept.to(device) if device is not None else kept
-        return self._kept[level]
+            run.kept[level] = kept.to(device) if device is not None else kept
+        return run.kept[level]
 
-    def count_tokens(self, computed: int, total: int) -> None:
-        self.stats.tokens_computed += computed
-        self.stats.tokens_total += total
+    def count_tokens(self, computed: int, total: int, pruned: bool) -> None:
+        """A token block computed ``computed`` of its ``total`` tokens; ``pruned``: only its kept ones."""
+        stats = self.run.stats
+        stats.tokens_computed += computed
+        stats.tokens_total += total
+        self.run.pruned_in_step |= pruned
 
     # -- solver side ---------------------------------------------------------------------------
 
     def after_step(self, model_output: torch.Tensor, sample: torch.Tensor, next_sample: torch.Tensor) -> None:
         """Record step ``n`` (output fed to the solver, state before and after) and plan step ``n+1``."""
-        solver, n = self._solver, self.step
-        mode = self.mode()
-        self._reconstructed.pop(n, None)
-        self.stats.step_modes.append(mode.value)
-        if mode is StepMode.SKIPPED:
-            self.stats.skipped_steps.append(n)
-        elif mode is StepMode.PRUNED:
-            self.stats.pruned_steps.append(n)
-        elif mode is StepMode.SHALLOW:
-            self.stats.shallow_steps.append(n)
-        if mode is StepMode.FULL or mode is StepMode.PRUNED:
-            self._deep_step = n
+        run = self.run
+        solver, n = run.solver, run.step
+        executed = run.plan
+        if executed.mode is StepMode.PRUNED and not run.pruned_in_step:
+            # every token block ran in full (no kept tokens or caches fit): the step refreshed the caches
+            executed = Plan(StepMode.FULL, executed.is_anchor, Reason.FALL_BACK)
 
         with torch.no_grad():
             # One float32 copy of each state: fp16 / bf16 pipelines keep full-precision ODE bookkeeping.
@@ -287,85 +311,52 @@ class SADAEngine:
             gradient = solver.to_gradient(output, state, n)
             z_now = state / a_now
             x0_now = z_now - t_now * gradient
-            self._lagrange_bookkeeping(n, mode, t_now, x0_now)
-            self._history.push(t_now, gradient, x0_now)
-            if self.criterion == "published":
+            # What the step executed, recorded once: the stats, the phase and the limits all read it.
+            anchors = run.phase.record(n, executed.mode, t_now, x0_now)
+            run.limits.record(n, executed.mode)
+            run.stats.record(n, executed, anchors)
+            run.history.push(t_now, gradient, x0_now)
+            if run.criterion == "published":
                 # As published, a skipped step's gradient reads the last model output actually computed
                 # (the skipped call returned it) at the current state, not the reconstruction.
-                if mode is not StepMode.SKIPPED or self._last_called_output is None:
-                    self._last_called_output = output
-                self._history.published.appendleft(self._published_gradient(self._last_called_output, z_now, n))
-            self.step = n + 1
-            if self.step >= solver.num_steps:
+                if executed.mode is not StepMode.SKIPPED or run.last_called_output is None:
+                    run.last_called_output = output
+                run.history.published.appendleft(self._published_gradient(run.last_called_output, z_now, n))
+            run.step = n + 1
+            run.plan, run.reconstructed, run.pruned_in_step = Plan(StepMode.FULL), None, False
+            if run.step >= solver.num_steps:
                 return
-            a_next, t_next = solver.ode_time(self.step)
+            a_next, t_next = solver.ode_time(run.step)
             # The criterion is computed only where planning reads it: on a GPU it is most of the engine's
             # cost per step. Once computed, it is reused by the token selection and the reconstruction.
             verdict = functools.cache(lambda: self._stability(next_state / a_next, z_now, a_next, t_next))
             self._plan_next(verdict, next_state, a_next, t_next)
 
-    def _lagrange_bookkeeping(self, n: int, mode: StepMode, t_now: float, x0_now: torch.Tensor) -> None:
-        """After step ``n``: let the anchor probe begin an adaptive phase, record a real call's data prediction
-        where it is an anchor (the probe then sets an adaptive phase's next interval), schedule the next anchor."""
-        # A shallow step's deeper features are stale: its data prediction neither seeds nor probes anchors.
-        called = mode is not StepMode.SKIPPED and mode is not StepMode.SHALLOW
-        if self._adaptive and self._phase_start is None and not self._begin_phase(n, called, t_now, x0_now):
-            return
-        if n != self._next_anchor:
-            return
-        if called and self._in_phase(n):
-            if self._adaptive and n != self._phase_start and self._anchors:
-                config = self.config
-                within = self._probe(n, self._anchor_times, self._anchors, t_now, x0_now) <= config.anchor_tolerance
-                widest = config.max_lagrange_int or config.lagrange_int
-                self._anchor_interval = min(self._anchor_interval + 1, widest) if within else config.lagrange_int
-            self._anchor_times.append(t_now)
-            self._anchors.append(x0_now)
-        self._next_anchor = n + self._anchor_interval
-
-    def _begin_phase(self, n: int, called: bool, t_now: float, x0_now: torch.Tensor) -> bool:
-        """Whether an adaptive phase begins at step ``n`` (then seeded with the calls the probe read)."""
-        bounds = self.bounds
-        if called and bounds.accelerated(n) and n >= bounds.lagrange_step:
-            nodes = self._probe_nodes(n)
-            within = nodes is not None and self._probe(n, *nodes, t_now, x0_now) <= self.config.anchor_tolerance
-            if within or n >= bounds.lagrange_latest:
-                logger.debug("SADA: adaptive Lagrange phase begins at step %d", n)
-                self._phase_start = self._next_anchor = n
-                self._called.clear()
-                self._anchor_times.extend(nodes[0] if nodes else [])
-                self._anchors.extend(nodes[1] if nodes else [])
-                return True
-        if called:
-            self._remember_call(n, t_now, x0_now)
-        return False
-
-    def _remember_call(self, n: int, t: float, x0: torch.Tensor) -> None:
-        self._called[n] = (t, x0)
-        span = self.config.lagrange_term * self.config.lagrange_int
-        for old in [step for step in self._called if step <= n - span]:
-            del self._called[old]
-
-    def _probe_nodes(self, n: int) -> tuple[list[float], list[torch.Tensor]] | None:
-        """The anchors the phase would hold at ``n`` had it begun earlier: the real calls ``lagrange_int`` apart
-        before ``n`` (up to ``lagrange_term``, oldest first), or None when the nearest one was not called."""
-        steps = [n - k * self.config.lagrange_int for k in range(self.config.lagrange_term, 0, -1)]
-        if steps[-1] not in self._called:
-            return None
-        known = [self._called[step] for step in steps if step in self._called]
-        return [t for t, _ in known], [x0 for _, x0 in known]
-
-    def _probe(
-        self, n: int, times: Sequence[float], anchors: Sequence[torch.Tensor], t: float, x0: torch.Tensor
-    ) -> float:
-        """The anchor probe at step ``n``: relative error of the Lagrange extrapolation through ``anchors`` (one
-        anchor: kept constant) to the step's data prediction ``x0`` at solver time ``t``."""
-        error = relative_change(x0, lagrange_data_prediction(list(times), list(anchors), t))
-        logger.debug("SADA: anchor probe at step %d: %.4f", n, error)
-        return error
+    def _plan_next(
+        self, verdict: Callable[[], Stability], next_state: torch.Tensor, a_next: float, t_next: float
+    ) -> None:
+        """Plan step ``run.step`` with the policy; ``verdict()``: the stability criterion on the step just made."""
+        run, config = self.run, self.config
+        step = run.step
+        if config.tokenwise and len(run.history) == 3 and run.bounds.accelerated(step):
+            # Token maps are tiny (H x W); selection runs on the CPU whatever the model's device.
+            run.token_momentum = verdict().token_momentum().cpu()
+        inputs = PlanInputs(
+            step=step,
+            bounds=run.bounds,
+            config=config,
+            phase=run.phase,
+            limits=run.limits,
+            known_gradients=len(run.history),
+            stable=lambda: verdict().stable,
+        )
+        run.plan = self.policy(inputs)
+        if run.plan.mode is StepMode.SKIPPED:
+            x0 = self._reconstruct_data_prediction(verdict, next_state, a_next, t_next)
+            run.reconstructed = run.solver.from_data_prediction(x0, next_state, step)
 
     def _published_gradient(self, output: torch.Tensor, z: torch.Tensor, n: int) -> torch.Tensor:
-        solver = self._solver
+        solver = self.run.solver
         scheduler = solver.scheduler
         _, t = solver.ode_time(n)
         alpha = 1.0 / math.sqrt(1.0 + t * t)
@@ -375,104 +366,36 @@ class SADAEngine:
 
     def _stability(self, z_next: torch.Tensor, z_now: torch.Tensor, a_next: float, t_next: float) -> Stability:
         """The configured criterion's verdict on the step just made (``z``: scaled states)."""
-        history, criterion = self._history, self.criterion
-        if criterion == "published":
-            _, t_now = self._solver.ode_time(self.step - 1)
+        run = self.run
+        history = run.history
+        if run.criterion == "published":
+            _, t_now = run.solver.ode_time(run.step - 1)
             return published_stability(
                 z_next,
                 z_now,
                 list(history.published),
-                self._solver.num_steps,
+                run.solver.num_steps,
                 alpha_now=1.0 / math.sqrt(1.0 + t_now * t_now),
                 alpha_next=1.0 / math.sqrt(1.0 + t_next * t_next),
                 scale_next=a_next,
             )
         verdict = stability(z_next, z_now, list(history.gradients), list(history.times), t_next)
-        if criterion == "data_change":
+        if run.criterion == "data_change":
             newest, previous = history.data_predictions
             verdict.decided = relative_change(newest, previous) <= self.config.change_threshold
         return verdict
-
-    def _in_phase(self, step: int) -> bool:
-        return self._phase_start is not None and self.bounds.accelerated(step) and step >= self._phase_start
-
-    def _probing(self, step: int) -> bool:
-        """An adaptive phase may begin at ``step``: the anchor probe needs its data prediction, so it is called."""
-        return self._adaptive and self._phase_start is None and step >= self.bounds.lagrange_step
-
-    def _plan_next(
-        self, verdict: Callable[[], Stability], next_state: torch.Tensor, a_next: float, t_next: float
-    ) -> None:
-        """Plan step ``self.step``; ``verdict()``: the stability criterion on the step just made."""
-        config, step = self.config, self.step
-        mode = StepMode.FULL
-        # Skipping needs three known gradients (the criterion and the extrapolation read them).
-        if len(self._history) == 3 and self.bounds.accelerated(step):
-            if config.tokenwise:
-                # Token maps are tiny (H x W); selection runs on the CPU whatever the model's device.
-                self._token_momentum = verdict().token_momentum().cpu()
-            can_skip = config.stepwise and self._skip_streak < config.max_interval
-            # Lagrange anchors are computed in full: the extrapolating polynomial amplifies their errors. A step
-            # at which an adaptive phase may begin may become its first anchor.
-            anchor = (self._in_phase(step) and step == self._next_anchor) or self._probing(step)
-            if self.forced_skips is not None:
-                if step in self.forced_skips:
-                    mode = StepMode.SKIPPED
-            elif can_skip and self._in_phase(step):
-                if not anchor and len(self._anchors) >= 2:
-                    mode = StepMode.SKIPPED
-            elif config.shallow != "replace_skips" and can_skip and not self._probing(step) and self._stable(verdict):
-                mode = StepMode.SKIPPED
-            if mode is StepMode.FULL and not anchor and self._shallow_allowed(step, verdict):
-                mode = StepMode.SHALLOW
-            if (
-                mode is StepMode.FULL
-                and not anchor
-                and config.tokenwise
-                and self._pruned_since_refresh < config.max_interval
-            ):
-                mode = StepMode.PRUNED
-        if mode is StepMode.SKIPPED:
-            x0 = self._reconstruct_data_prediction(verdict, next_state, a_next, t_next)
-            self._reconstructed[step] = self._solver.from_data_prediction(x0, next_state, step)
-        self._skip_streak = self._skip_streak + 1 if mode is StepMode.SKIPPED else 0
-        if mode is StepMode.FULL or mode is StepMode.PRUNED:  # (a shallow step leaves the token caches be)
-            self._pruned_since_refresh = self._pruned_since_refresh + 1 if mode is StepMode.PRUNED else 0
-        self._modes[step] = mode
-
-    def _seeds_anchor(self, step: int) -> bool:
-        """Whether the anchor probe at the first step an adaptive phase may begin reads ``step``'s data
-        prediction (one of the calls ``lagrange_int`` apart before ``lagrange_step``): such a call is never
-        shallow, whose stale deep features would keep the phase from beginning there."""
-        first = self.bounds.lagrange_step
-        return self._adaptive and first is not None and step < first and (first - step) % self.config.lagrange_int == 0
-
-    def _shallow_allowed(self, step: int, verdict: Callable[[], Stability]) -> bool:
-        """Whether ``step``, about to be a real call, may be shallow: its deep features are at most
-        ``shallow_max_age`` steps old, it seeds no Lagrange anchor, and with ``shallow="stable"`` (or
-        ``"replace_skips"``) the step is one that the criterion (or the late phase's rhythm) calls stable
-        but is not skipped (a limit forbids it, or ``"replace_skips"`` runs such steps shallow instead)."""
-        config = self.config
-        if config.shallow == "off" or step - self._deep_step > config.shallow_max_age or self._seeds_anchor(step):
-            return False
-        if config.shallow == "accelerated":
-            return True
-        return self._in_phase(step) or self._stable(verdict)
-
-    def _stable(self, verdict: Callable[[], Stability]) -> bool:
-        """The criterion's step-wise verdict (computed only when read), or "stable" under :attr:`always_stable`."""
-        return self.always_stable or verdict().stable
 
     def _reconstruct_data_prediction(
         self, verdict: Callable[[], Stability], next_state: torch.Tensor, a_next: float, t_next: float
     ) -> torch.Tensor:
         """Data prediction ``x0 = z - t * y`` of the skipped next step."""
-        if self._in_phase(self.step):
-            return lagrange_data_prediction(list(self._anchor_times), list(self._anchors), t_next)
+        run = self.run
+        if run.phase.in_phase(run.step):
+            return run.phase.extrapolate(t_next)
         z_next = next_state / a_next
-        ys, times = list(self._history.gradients), list(self._history.times)
+        ys, times = list(run.history.gradients), list(run.history.times)
         reconstruction = self.config.reconstruction
-        if reconstruction == "extrapolate" and self._solver.stochastic:
+        if reconstruction == "extrapolate" and run.solver.stochastic:
             # Extrapolating noisy gradients amplifies the injected noise (unstable on the analytic
             # model); the multistep-predicted state is noise-free and measured best there.
             reconstruction = "predicted_state"

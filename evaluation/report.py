@@ -31,7 +31,7 @@ REPORT_NAME = "report.md"
 FIGURES_DIR = "figures"
 #: Every figure a run may write; a run that writes fewer removes the others' stale copies.
 FIGURE_NAMES = {"worst": "worst_pair.png", "median": "median_pair.png", "steps": "step_modes.png"}
-_STEP_MODES = ("full", "pruned", "shallow", "skipped")
+_STEP_MODES = tuple(MODE_COLOURS)
 _STEP_COLOURS = ListedColormap([MODE_COLOURS[mode] for mode in _STEP_MODES])
 _MAX_STEP_ROWS = 40
 

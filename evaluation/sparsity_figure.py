@@ -1,9 +1,11 @@
-"""Drawing a clip's sparsity map: where SADA ran the model in full, pruned tokens, or skipped the step.
+"""Drawing a clip's sparsity map: where SADA ran the model in full, pruned tokens, or skipped the step, and why.
 
-Reads the SADA statistics of a sidecar (``SADAStats.to_dict``): ``step_modes`` and, when steps pruned tokens,
+Reads the SADA statistics of a sidecar (``SADAStats.to_dict``): ``step_modes``, ``step_reasons`` and
+``anchor_steps`` (sidecars written before them lack the last two) and, when steps pruned tokens,
 ``sparsity_map`` (see :mod:`sada_audio.method.sparsity_map`). Two panels: step x latent time (how much of each
-time frame every step recomputed: full 100 %, skipped 0 %, pruned the measured share) with the step modes in a
-strip beside it, and latent time x frequency (how often each token was recomputed over the pruned steps).
+time frame every step recomputed: full 100 %, skipped 0 %, pruned the measured share) with a strip beside it of
+the step modes (Lagrange anchors marked) and of the reason of every step, and latent time x frequency (how often
+each token was recomputed over the pruned steps).
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from sada_audio.audio import write_atomically
 from sada_audio.errors import SADAError
+from sada_audio.method.planner import STEP_MODES, Reason
 
-__all__ = ["MODE_COLOURS", "step_time_grid", "sparsity_figure", "sparsity_png", "write_sparsity_png"]
+__all__ = ["MODE_COLOURS", "REASON_COLOURS", "step_time_grid", "sparsity_figure", "sparsity_png", "write_sparsity_png"]
 
 #: Colour of each step mode in the strip; a mode not listed here (a future one) is drawn in black.
-MODE_COLOURS = {"full": "#4c72b0", "pruned": "#dd8452", "shallow": "#55a868", "skipped": "#e8e8e8"}
+MODE_COLOURS = dict(zip(STEP_MODES, ("#4c72b0", "#dd8452", "#55a868", "#e8e8e8"), strict=True))
+#: Colour of each step reason in the strip (matplotlib's tab20, one per reason, in the planner's order).
+REASON_COLOURS = dict(zip((reason.value for reason in Reason), colormaps["tab20"].colors, strict=False))
 _OTHER_COLOUR = "#000000"
 _DEFAULT_ROWS = 64
 
@@ -54,19 +60,26 @@ def sparsity_figure(stats: dict[str, Any], title: str | None = None, *, scale: f
     if not isinstance(step_modes, list) or not step_modes:
         raise SADAError("no SADA step modes to draw: the clip was generated without SADA")
     sparsity = stats.get("sparsity_map")
-    figure = Figure(figsize=(9 * scale, 2.8 * scale), layout="constrained")
-    strip_axis, steps_axis, tokens_axis = figure.subplots(1, 3, width_ratios=(0.5, 10, 7))
-    modes = list(dict.fromkeys(step_modes))
-    colours = ListedColormap([MODE_COLOURS.get(mode, _OTHER_COLOUR) for mode in modes])
-    strip = np.array([[modes.index(mode)] for mode in step_modes])
-    strip_axis.imshow(strip, aspect="auto", cmap=colours, vmin=-0.5, vmax=len(modes) - 0.5, interpolation="nearest")
-    strip_axis.set(xticks=[], ylabel="denoising step")
+    reasons = stats.get("step_reasons")
+    reasons = reasons if isinstance(reasons, list) and len(reasons) == len(step_modes) else None
+    figure = Figure(figsize=(9 * scale, (3.2 if reasons else 2.8) * scale), layout="constrained")
+    strip_axis, steps_axis, tokens_axis = figure.subplots(1, 3, width_ratios=(1.0 if reasons else 0.5, 10, 7))
+    columns = [(step_modes, MODE_COLOURS)] + ([(reasons, REASON_COLOURS)] if reasons else [])
+    # one categorical strip per column: the modes, then (where recorded) the reasons
+    names = list(dict.fromkeys(name for values, _ in columns for name in values))
+    colours = ListedColormap([next((c[n] for _, c in columns if n in c), _OTHER_COLOUR) for n in names])
+    strip = np.array([[names.index(values[step]) for values, _ in columns] for step in range(len(step_modes))])
+    strip_axis.imshow(strip, aspect="auto", cmap=colours, vmin=-0.5, vmax=len(names) - 0.5, interpolation="nearest")
+    anchors = [step for step in stats.get("anchor_steps") or [] if isinstance(step, int) and step < len(step_modes)]
+    if anchors:
+        strip_axis.scatter([0] * len(anchors), anchors, marker="D", s=6 * scale, color="white", edgecolors="black")
+    strip_axis.set(xticks=[], ylabel="denoising step" + ("\n(mode | reason; \u25c6 anchor)" if reasons else ""))
     figure.legend(
-        [Rectangle((0, 0), 1, 1, color=colours(i)) for i in range(len(modes))],
-        modes,
+        [Rectangle((0, 0), 1, 1, color=colours(i)) for i in range(len(names))],
+        names,
         loc="outside lower left",
         fontsize=7,
-        ncols=len(modes),
+        ncols=min(len(names), 6),
         frameon=False,
     )
     steps_axis.imshow(

@@ -29,7 +29,7 @@ from diffusers.hooks import ModelHook
 from torch import nn
 
 from .config import SADAConfig
-from .errors import SADAError
+from .errors import SADAError, UnsupportedModelError
 from .hooks import register_hook, remove_hook
 from .method.engine import PlanningPolicy, SADAEngine, SADAStats, SamplingRun, StepMode
 from .method.planner import plan_step
@@ -462,5 +462,10 @@ def apply_sada(pipe: Any, config: SADAConfig | None = None, policy: PlanningPoli
 
 
 def handle_of(pipe: Any) -> SADAHandle | None:
-    """The SADA handle attached to ``pipe`` (by :func:`apply_sada`), or None."""
-    return getattr(model_adapter_for(pipe).denoiser(), "_sada_handle", None)
+    """The SADA handle attached to ``pipe`` (by :func:`apply_sada`), or None (also for a pipeline SADA does not
+    support)."""
+    try:
+        denoiser = model_adapter_for(pipe).denoiser()
+    except UnsupportedModelError:
+        return None
+    return getattr(denoiser, "_sada_handle", None)

@@ -28,7 +28,7 @@ import torch
 from diffusers import AudioLDMPipeline, MusicLDMPipeline
 
 from sada_audio._compat import encode_prompt_alone, execution_device
-from sada_audio.apply import apply_sada
+from sada_audio.apply import apply_sada, handle_of
 from sada_audio.audio import pipeline_sample_rate
 from sada_audio.config import MAX_SEED, SADAConfig
 from sada_audio.errors import SADAError
@@ -196,7 +196,7 @@ def generate_batch(
     else:
         prompts = clips[0].prompt if len(clips) == 1 else [clip.prompt for clip in clips]
         text_inputs = {"prompt": prompts, "negative_prompt": _negative_prompts(clips)}
-    attached = getattr(pipe.unet, "_sada_handle", None)
+    attached = handle_of(pipe)
     reuse = accelerate and attached is not None and sada_config in (None, attached.config)
     handle = attached if reuse else apply_sada(pipe, sada_config) if accelerate else None
     try:

@@ -42,6 +42,10 @@ def test_sada_runs_for_the_call_only_and_is_recorded(tiny_musicldm: DiffusionPip
     assert np.isfinite(batch.waveforms).all()
     assert batch.sada_stats["num_steps"] == 50
     assert batch.model_calls < 50
+    # the sidecar says why every step ran as it did, and which steps were Lagrange anchors
+    stats = batch.sada_stats
+    assert len(stats["step_reasons"]) == 50 and stats["anchor_steps"]
+    assert {stats["step_reasons"][step] for step in stats["skipped_steps"]} <= {"criterion stable", "lagrange"}
     assert batch.sada_config["max_interval"] >= 1
     registry = getattr(tiny_musicldm.unet, "_diffusers_hook", None)
     assert registry is None or not registry.hooks  # removed again after the call

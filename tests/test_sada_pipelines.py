@@ -11,6 +11,7 @@ from sada_audio import (
     UnsupportedModelError,
     UnsupportedSchedulerError,
     apply_sada,
+    handle_of,
 )
 from sada_audio.method.planner import schedule_letters
 from sada_audio.pipelines import set_scheduler
@@ -179,3 +180,10 @@ def test_denoiser_called_with_keyword_latent(pipelines):
         )
         assert isinstance(by_name, UNet2DConditionOutput) and handle.stats.model_calls == 1
         assert handle.run.grid == (16, 16)
+
+
+def test_handle_of_finds_the_attached_handle(tiny_musicldm):
+    assert handle_of(tiny_musicldm) is None and handle_of(object()) is None
+    with apply_sada(tiny_musicldm) as handle:
+        assert handle_of(tiny_musicldm) is handle
+    assert handle_of(tiny_musicldm) is None

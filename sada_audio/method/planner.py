@@ -28,18 +28,20 @@ logger = logging.getLogger(__name__)
 
 
 class StepMode(enum.StrEnum):
+    """What a step does, most work first."""
+
     FULL = "full"
     """A real model call computing every token (refreshes the token caches)."""
     PRUNED = "pruned"
     """A real model call in which transformer blocks compute only the selected tokens."""
-    SKIPPED = "skipped"
-    """No model call: the solver gets an output rebuilt from its own history."""
     SHALLOW = "shallow"
     """A model call in which only the UNet's outermost level runs, on the deep blocks' cached outputs."""
+    SKIPPED = "skipped"
+    """No model call: the solver gets an output rebuilt from its own history."""
 
 
 STEP_MODES: tuple[str, ...] = tuple(mode.value for mode in StepMode)
-"""The mode names, as ``SADAStats.step_modes`` and the sidecars write them."""
+"""The mode names, most work first, as ``SADAStats.step_modes``, the sidecars and the figures write them."""
 _MODE_LETTERS = {StepMode.FULL: "f", StepMode.PRUNED: "p", StepMode.SHALLOW: "h", StepMode.SKIPPED: "s"}
 
 

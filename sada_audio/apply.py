@@ -28,12 +28,11 @@ import torch
 from diffusers.hooks import ModelHook
 from torch import nn
 
-from .config import SADAConfig
+from .config import SADAConfig, level_grid
 from .errors import SADAError, UnsupportedModelError
 from .hooks import register_hook, remove_hook
 from .method.engine import PlanningPolicy, SADAEngine, SADAStats, SamplingRun, StepMode
 from .method.planner import plan_step
-from .method.tokens import level_grid
 from .models import DenoiserLayout, ModelAdapter, TokenBlock, model_adapter_for
 from .solvers import SolverAdapter, check_scheduler, check_step_arguments, solver_adapter_for
 

@@ -79,6 +79,14 @@ def parse_overrides(text: str) -> dict[str, Any]:
     return changes
 
 
+def level_grid(latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
+    """Token grid at a resolution level: each stride-2 downsampler maps a size ``s`` to ``ceil(s / 2)``."""
+    height, width = latent_hw
+    for _ in range(level):
+        height, width = math.ceil(height / 2), math.ceil(width / 2)
+    return height, width
+
+
 @dataclass(frozen=True)
 class StepBounds:
     """The step indices of one sampling run, after scaling the config to its number of steps."""
@@ -313,9 +321,7 @@ class SADAConfig:
             factor = 2**level
         else:
             height, width = latent_hw
-            level_h, level_w = height, width
-            for _ in range(level):
-                level_h, level_w = math.ceil(level_h / 2), math.ceil(level_w / 2)
+            level_h, level_w = level_grid(latent_hw, level)
             factor = math.ceil(math.sqrt((height * width) // (level_h * level_w)))
         return factor <= self.max_downsample
 

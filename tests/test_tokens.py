@@ -8,7 +8,8 @@ from diffusers import DDIMScheduler
 from diffusers.models.attention import BasicTransformerBlock
 
 from sada_audio import SADAConfig, SADAHandle, StepMode
-from sada_audio.method.tokens import kept_token_indices, level_grid, unstable_tokens, window_representatives
+from sada_audio.config import level_grid
+from sada_audio.method.tokens import kept_token_indices, unstable_tokens, window_representatives
 from sada_audio.models import TokenBlock
 from sada_audio.solvers import solver_adapter_for
 

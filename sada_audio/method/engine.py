@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..config import SADAConfig, StepBounds
+from ..config import SADAConfig, StepBounds, level_grid
 from .criterion import (
     Stability,
     extrapolate_gradient,
@@ -31,7 +31,7 @@ from .criterion import (
 )
 from .planner import LagrangePhase, Limits, Plan, PlanInputs, Reason, StepMode, plan_step
 from .sparsity_map import SparsityMap
-from .tokens import kept_token_indices, level_grid
+from .tokens import kept_token_indices
 
 logger = logging.getLogger(__name__)
 

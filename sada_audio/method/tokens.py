@@ -8,14 +8,6 @@ import torch
 import torch.nn.functional as F
 
 
-def level_grid(latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
-    """Token grid at a resolution level: each stride-2 downsampler maps a size ``s`` to ``ceil(s / 2)``."""
-    height, width = latent_hw
-    for _ in range(level):
-        height, width = math.ceil(height / 2), math.ceil(width / 2)
-    return height, width
-
-
 def window_representatives(grid: tuple[int, int], sx: int, sy: int, generator: torch.Generator) -> torch.Tensor:
     """Boolean mask ``(h*w,)`` with one random token of every ``sx x sy`` window (edge windows may be smaller)."""
     height, width = grid

@@ -180,3 +180,15 @@ def test_stats_record_the_executed_mode_the_reason_and_the_anchors_of_every_step
     assert stats.anchor_steps[:2] == [24, 28] and set(stats.step_reasons[:10]) == {"warm-up"}
     record = stats.to_dict()
     assert record["step_reasons"] == stats.step_reasons and record["anchor_steps"] == stats.anchor_steps
+
+
+def test_a_planned_pruned_step_without_pruned_blocks_is_recorded_as_the_full_call_it_was():
+    """The counter drift, end to end: a denoiser without token blocks runs every planned pruned step in full, so
+    the steps are recorded full ("fall-back") and refresh the caches (the token limit never forces a refresh)."""
+    scheduler = scheduler_zoo()["ddim"]
+    denoiser = AnalyticDenoiser(GaussianMixtureData(), scheduler)
+    with SADAHandle(denoiser, scheduler, SADAConfig(lagrange_step=None, stepwise=False)) as handle:
+        run_sampler(denoiser, scheduler, latent_noise((1, 4, 16, 8)), 50)
+        stats = handle.stats
+    assert stats.pruned_steps == [] and stats.fallbacks == 0
+    assert stats.step_reasons[10:47] == ["fall-back"] * 37 and set(stats.step_modes) == {"full"}

@@ -227,7 +227,7 @@ class SADAEngine:
     def force_plan(self, mode: StepMode, token_momentum: torch.Tensor | None = None) -> None:
         """Override the plan of the current step (cost measurements; sampling never calls it)."""
         run = self.run
-        run.plan, run.reconstructed = Plan(mode, reason=Reason.FORCED), None
+        run.plan, run.reconstructed, run.pruned_in_step = Plan(mode, reason=Reason.FORCED), None, False
         if token_momentum is not None:
             run.token_momentum = token_momentum
         # A forced plan stands for a new step: the next model call is its first, with freshly drawn tokens.

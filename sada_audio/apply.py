@@ -189,7 +189,9 @@ class SADAHandle:
     """SADA attached to one denoiser and scheduler; ``remove()`` restores them exactly.
 
     Use :func:`apply_sada` for pipelines; the constructor is the lower-level entry for a custom
-    sampling loop (a denoiser module called once per step, then the scheduler's ``step``).
+    sampling loop (a denoiser module called once per step, then the scheduler's ``step``). ``policy`` plans
+    every step (:func:`~.method.planner.plan_step`) and ``solver_adapter`` reads each run's scheduler
+    (:func:`~.solvers.solver_adapter_for`); a study passes its own (``evaluation/policies.py``).
     """
 
     def __init__(

@@ -244,7 +244,12 @@ def sampling_options(command: _Command) -> _Command:
     return _apply_options(
         command,
         [
-            click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1), help="Denoising steps."),
+            click.option(
+                "--steps",
+                type=click.IntRange(min=1),
+                help="Denoising steps.  [default: the SADA level's (25 for the audio models' default level); 50 with "
+                "--accelerate none]",
+            ),
             click.option(
                 "--allow-long",
                 is_flag=True,

@@ -9,6 +9,7 @@ import click
 from click.core import ParameterSource
 
 from sada_audio.config import MAX_SEED
+from sada_audio.levels import DEFAULT_STEPS
 
 from .common import (
     OutputPath,
@@ -23,7 +24,7 @@ from .common import (
     seed_option,
 )
 from .console import interruptible, quiet_libraries
-from .sada_choice import SADA_OPTION_NAMES, config_after_loading, config_before_loading, sada_choice, sada_options
+from .sada_choice import SADA_OPTION_NAMES, resolve_after_loading, resolve_before_loading, sada_choice, sada_options
 
 # Options that only make sense when the command generates the clips itself.
 _GENERATION_OPTIONS = (
@@ -130,7 +131,7 @@ def evaluate(
     sada_overrides: str | None,
     device: str,
     dtype: str,
-    steps: int,
+    steps: int | None,
     duration: float | None,
     allow_long: bool,
     guidance: float,
@@ -146,7 +147,7 @@ def evaluate(
     \b
     Examples:
       sada-audio evaluate baseline/ accelerated/ -o eval --json eval/report.json
-      sada-audio evaluate --generate samples/prompts.txt --steps 50 -o eval
+      sada-audio evaluate --generate samples/prompts.txt -o eval
     """
     # The library is imported here, not at the top: argument errors are reported without loading torch.
     from sada_audio.audio import check_output_path
@@ -160,9 +161,11 @@ def evaluate(
     prompts = read_prompts(prompts_file) if prompts_file is not None else None
     if prompts is not None:  # checked before any folder is made, so that a refusal leaves nothing behind
         dtype = dtype_name(dtype, device, model)  # the sidecars record what ran, not 'auto'
-        check_steps_before_loading(model, scheduler, steps)
         choice = sada_choice(accelerate, sada_level, sada_overrides)
-        sada_config = config_before_loading(choice, model)
+        run = resolve_before_loading(choice, model, steps, scheduler)
+        reference_steps = DEFAULT_STEPS if steps is None else steps
+        for count in sorted({run.steps, reference_steps}):
+            check_steps_before_loading(model, run.scheduler, count)
         if seed + len(prompts) - 1 > MAX_SEED:
             raise click.BadParameter(f"with {len(prompts)} prompts the seeds run past {MAX_SEED}", param_hint="--seed")
     # a run refused or failed before it wrote anything leaves no folder behind
@@ -174,18 +177,21 @@ def evaluate(
             reference_dir, test_dir = output_dir / "reference", output_dir / "test"
             prepare_clip_dirs([reference_dir, test_dir], overwrite)
             with interruptible():
-                pipe, load_time = load_for_command(model, scheduler, device, dtype)
+                pipe, load_time = load_for_command(model, run.scheduler, device, dtype)
                 pipe.set_progress_bar_config(disable=True)  # one bar: ours
+                run = resolve_after_loading(choice, run, pipe, steps, scheduler)
                 run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype)
                 generate_pair_folders(
                     pipe,
                     prompts,
-                    SamplingSettings(steps=steps, duration=duration, guidance=guidance),
+                    # the reference is the unaccelerated run of the same sampler at --steps (50 when not given)
+                    SamplingSettings(steps=reference_steps, duration=duration, guidance=guidance),
                     seed=seed,
                     reference_dir=reference_dir,
                     test_dir=test_dir,
                     accelerate=choice is not None,
-                    sada_config=config_after_loading(choice, sada_config, pipe),
+                    sada_config=run.sada_config,
+                    test_steps=run.steps,
                     run_info={**run_info, "load_time_s": load_time},
                     progress=progress_bar,
                 )

@@ -23,7 +23,7 @@ from .common import (
     warn_if_memory_heavy,
 )
 from .console import interruptible
-from .sada_choice import config_after_loading, config_before_loading, sada_choice, sada_options
+from .sada_choice import resolve_after_loading, resolve_before_loading, sada_choice, sada_options
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def generate(
     sada_overrides: str | None,
     device: str,
     dtype: str,
-    steps: int,
+    steps: int | None,
     duration: float | None,
     allow_long: bool,
     guidance: float,
@@ -108,20 +108,20 @@ def generate(
         if accelerate != "sada":
             raise click.UsageError("--sparsity-map needs --accelerate sada: without SADA every step runs in full")
         check_output_path(sparsity_map, overwrite, extensions=(".png",))
-    check_steps_before_loading(model, scheduler, steps)
     choice = sada_choice(accelerate, sada_level, sada_overrides)
-    sada_config = config_before_loading(choice, model)
+    run = resolve_before_loading(choice, model, steps, scheduler)
+    check_steps_before_loading(model, run.scheduler, run.steps)
     dtype = dtype_name(dtype, device, model)
     hint = "generate fewer with --num-waveforms"
     warn_if_memory_heavy(num_waveforms, duration, dtype, device, hint, force=ignore_memory_estimate)
     with interruptible():
-        pipe, load_time = load_for_command(model, scheduler, device, dtype, compile_mode)
+        pipe, load_time = load_for_command(model, run.scheduler, device, dtype, compile_mode)
         pipe.set_progress_bar_config(desc="Denoising", unit="step")
+        run = resolve_after_loading(choice, run, pipe, steps, scheduler)
 
         clip = ClipRequest(prompt=prompt, seed=seed, negative_prompt=negative_prompt)
-        settings = SamplingSettings(steps=steps, duration=duration, guidance=guidance, num_waveforms=num_waveforms)
-        sada_config = config_after_loading(choice, sada_config, pipe)
-        batch = generate_batch(pipe, [clip], settings, accelerate=choice is not None, sada_config=sada_config)
+        settings = SamplingSettings(steps=run.steps, duration=duration, guidance=guidance, num_waveforms=num_waveforms)
+        batch = generate_batch(pipe, [clip], settings, accelerate=choice is not None, sada_config=run.sada_config)
 
         metadata = clip_metadata(clip, settings, batch, [path.name for path in audio_paths])
         run_info = run_metadata(pipe, model, resolve_model_id(model), device, dtype, compile_mode)
@@ -137,5 +137,5 @@ def generate(
     figure = "" if sparsity_map is None else f" and {sparsity_map}"
     click.echo(
         f"Wrote {', '.join(map(str, audio_paths))} ({seconds:.2f} s at {batch.sample_rate} Hz), {sidecar}{figure}: "
-        f"{steps} steps{calls} in {batch.wall_time_s:.1f} s."
+        f"{run.steps} steps{calls} in {batch.wall_time_s:.1f} s."
     )

@@ -7,12 +7,13 @@ import click
 
 @click.command()
 def presets() -> None:
-    """List the SADA speed / fidelity levels (--sada-level) of every model family: each level's overrides of the
-    family's preset and its measured denoiser calls, speedup and log-mel PSNR, with their source.
+    """List the SADA speed / fidelity levels (--sada-level) of every model family: each level's sampler, steps and
+    overrides of the family's preset, and its measured denoiser calls, speedup and log-mel PSNR, with their source.
 
     \b
-    Levels are fastest first; 'default' is the family's preset. Pass one to generate, render or
-    evaluate --generate with --sada-level, and change single settings on top with --sada 'key=value; ...'.
+    Levels are fastest first, then 'published' (the published preset on 50 steps of the model's own
+    sampler). Pass one to generate, render or evaluate --generate with --sada-level, and change single
+    settings on top with --sada 'key=value; ...'.
     """
     from sada_audio.levels import LEVELS
 
@@ -22,16 +23,27 @@ def presets() -> None:
     for families in groups.values():
         click.echo(f"{', '.join(families)}:")
         for level in LEVELS[families[0]]:
-            click.echo(f"  {level.name:<9} {level.overrides or '(the preset)'}: {level.summary}")
+            sampler = "the model's own sampler" if level.scheduler is None else level.scheduler
+            click.echo(f"  {level.name:<9} {sampler}, {level.steps} steps, {level.overrides or '(the preset)'}")
+            click.echo(f"  {'':<9} {level.summary}")
             for point in level.measured:
+                converged = (
+                    ""
+                    if point.mel_psnr_converged_db is None
+                    else f", {point.mel_psnr_converged_db:.1f} dB to a converged run"
+                )
+                calls = f"{point.full_calls:.1f} full + {point.shallow_calls:.1f} shallow calls"
                 click.echo(
-                    f"  {'':<9} {point.sampler}: {point.full_calls:.1f} full + {point.shallow_calls:.1f} shallow calls "
-                    f"of 50 steps, {point.speedup_text()} faster, log-mel PSNR {point.mel_psnr_db:.1f} dB"
+                    f"  {'':<9} {point.sampler}: {calls}, "
+                    f"{point.speedup_text()} faster than {point.reference_steps} steps, log-mel PSNR "
+                    f"{point.mel_psnr_db:.1f} dB to their clip{converged}"
                 )
             click.echo(f"  {'':<9} source: {level.source}")
         click.echo("")
-    click.echo("Measured on the embedded tiny-musicldm (5.12 s clips, guidance 2), 50 steps; speedups are of the whole")
-    click.echo("pipeline against the unaccelerated one on the same machine (est.: estimated from the calls).")
-    click.echo("They compare SADA with the same sampler at 50 steps (DDIM and DPM++ on the leading spacing of that")
-    click.echo("time). With DPM++ or UniPC, plain fewer steps at equal cost are as faithful or more (e.g. --scheduler")
-    click.echo("unipc --steps 18 --accelerate none): README, 'SADA or fewer steps?'.")
+    click.echo("Measured on the embedded tiny-musicldm (5.12 s clips, guidance 2); speedups are of the whole pipeline")
+    click.echo(
+        "against the unaccelerated one of the same sampler on the same machine (est.: estimated from the calls)."
+    )
+    click.echo("--scheduler and --steps replace a level's sampler and steps. No SADA setting measured beats plain")
+    click.echo("UniPC with fewer steps at equal cost (e.g. --scheduler unipc --steps 20 --accelerate none, about as")
+    click.echo("fast as the default level and as faithful or more): README, 'SADA or fewer steps?'.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from .common import (
     warn_if_memory_heavy,
 )
 from .console import interruptible
-from .sada_choice import config_after_loading, config_before_loading, sada_choice, sada_options
+from .sada_choice import resolve_after_loading, resolve_before_loading, sada_choice, sada_options
 
 if TYPE_CHECKING:
     from sada_audio.render import RenderProgress
@@ -101,7 +102,7 @@ def render(
     sada_overrides: str | None,
     device: str,
     dtype: str,
-    steps: int,
+    steps: int | None,
     duration: float | None,
     allow_long: bool,
     guidance: float,
@@ -149,7 +150,13 @@ def render(
     )
 
     with interruptible("run the same command again to render the rest"):
-        cues = read_manifest(manifest, RenderDefaults(seed, duration, steps, guidance, audio_format, negative_prompt))
+        choice = sada_choice(accelerate, sada_level, sada_overrides)
+        # the SADA config and the sampler are part of every clip's request: resolved before loading (the family
+        # from the model's name or folder), so that a run with nothing to do loads nothing; a model whose family
+        # only loading tells is loaded first
+        run_choice = resolve_before_loading(choice, model, steps, scheduler)
+        defaults = RenderDefaults(seed, duration, run_choice.steps, guidance, audio_format, negative_prompt)
+        cues = read_manifest(manifest, defaults)
         cues.check(skip_invalid)
         for row in cues.rows:
             check_duration(row.settings.duration, allow_long, f"the duration of row {row.name!r} (line {row.line})")
@@ -163,21 +170,21 @@ def render(
             batch = min(batch_size, len(cues.rows))
             hint = "put fewer clips in a call with --batch-size"
             warn_if_memory_heavy(batch, longest, dtype, device, hint, force=ignore_memory_estimate)
-        # the SADA config is part of every clip's request: resolved before loading (the family from the model's
-        # name or folder), so that a run with nothing to do loads nothing; a model whose family only loading
-        # tells is loaded first
-        choice = sada_choice(accelerate, sada_level, sada_overrides)
-        sada_config, loaded = config_before_loading(choice, model), None
-        local = local_scheduler(model, scheduler)  # the sampler, from a local model's config
+        loaded = None
+        local = local_scheduler(model, run_choice.scheduler)  # the sampler, from a local model's config
         sampler = None if local is None else sampler_request(local)
-        if (choice is not None and sada_config is None) or sampler is None:
-            loaded = load_for_command(model, scheduler, device, dtype, compile_mode)
-            sada_config = config_after_loading(choice, sada_config, loaded[0])
-            sampler = sampler_request(loaded[0].scheduler)
+        if (choice is not None and run_choice.family is None) or sampler is None:
+            loaded = load_for_command(model, run_choice.scheduler, device, dtype, compile_mode)
+            settled = resolve_after_loading(choice, run_choice, loaded[0], steps, scheduler)
+            if settled.steps != run_choice.steps:  # the level's steps fill the rows that give none
+                cues = read_manifest(manifest, dataclasses.replace(defaults, steps=settled.steps))
+                cues.check(skip_invalid)
+            run_choice, sampler = settled, sampler_request(loaded[0].scheduler)
+        sada_config = run_choice.sada_config
         run = RenderRun(
             model,
             resolve_model_id(model),
-            scheduler,
+            run_choice.scheduler,
             choice is not None,
             device,
             dtype,
@@ -191,7 +198,7 @@ def render(
             if job.plan.changed:
                 click.echo(_changed_text(job.plan.changed, state.process_index, state.num_processes), err=True)
             if job.plan.pending:
-                pipe, load_time = loaded or load_for_command(model, scheduler, device, dtype, compile_mode)
+                pipe, load_time = loaded or load_for_command(model, run_choice.scheduler, device, dtype, compile_mode)
                 pipe.set_progress_bar_config(disable=True)
                 label = f"Rendering {job.plan.pending} clips"
                 if state.num_processes > 1:

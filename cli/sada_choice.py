@@ -30,9 +30,10 @@ def sada_options(command: _Command) -> _Command:
     return click.option(
         "--sada-level",
         type=click.Choice(LEVEL_NAMES),
-        help="SADA's speed / fidelity level, fastest first: each is a point measured in BENCHMARKS.md "
-        "('sada-audio presets' lists them per family with their calls, speedup and fidelity); needs --accelerate "
-        f"sada.  [default: {DEFAULT_LEVEL}, the family's preset]",
+        help="SADA's speed / fidelity level, fastest first, then the published preset: each is a SADA setting with "
+        "the sampler and steps it runs on unless --scheduler / --steps say otherwise, a point measured in "
+        "BENCHMARKS.md ('sada-audio presets' lists them per family with their calls, speedup and fidelity); needs "
+        f"--accelerate sada.  [default: {DEFAULT_LEVEL}]",
     )(command)
 
 
@@ -69,22 +70,46 @@ def sada_choice(accelerate: str, level: str | None, overrides: str | None) -> SA
     return SADAChoice(level or DEFAULT_LEVEL, overrides)
 
 
-def config_before_loading(choice: SADAChoice | None, model: str) -> SADAConfig | None:
-    """The config ``choice`` resolves to for ``model``, where its family is known without loading it (a short
-    name, a local folder, a model in the local Hub cache); None without SADA or when the family is not known
-    yet (then :func:`config_after_loading` resolves it)."""
-    from sada_audio.levels import family_of_model
+@dataclass(frozen=True)
+class RunChoice:
+    """What a generating command runs: the SADA config (None: without SADA, or not resolved yet), the steps and
+    the ``--scheduler`` choice (None: the model's own), and the model's family where known."""
 
-    if choice is None:
-        return None
-    family = family_of_model(model)
-    return None if family is None else choice.config_for(family)
+    family: str | None
+    sada_config: SADAConfig | None
+    steps: int
+    scheduler: str | None
 
 
-def config_after_loading(choice: SADAChoice | None, config: SADAConfig | None, pipe: Any) -> SADAConfig | None:
-    """``config`` if it was resolved before loading, else ``choice`` resolved for the loaded ``pipe``'s family."""
+def resolve_before_loading(
+    choice: SADAChoice | None, model: str, steps: int | None, scheduler: str | None
+) -> RunChoice:
+    """The config ``choice`` resolves to for ``model``, and the steps and sampler of the run: ``steps`` and
+    ``scheduler`` as given (None: not given), else the SADA level's, else 50 steps of the model's own sampler
+    (:func:`~sada_audio.levels.run_sampling`). Where the family is not known without loading the model (a Hub id
+    not in the local cache), the config is None and the level's sampling waits for :func:`resolve_after_loading`.
+    """
+    from sada_audio.levels import family_of_model, run_sampling
+
+    family = None if choice is None else family_of_model(model)
+    config = None if family is None or choice is None else choice.config_for(family)
+    level = None if choice is None else choice.level
+    return RunChoice(family, config, *run_sampling(family, level, steps, scheduler))
+
+
+def resolve_after_loading(
+    choice: SADAChoice | None, run: RunChoice, pipe: Any, steps: int | None, scheduler: str | None
+) -> RunChoice:
+    """``run`` if it was resolved before loading; else resolved for the loaded ``pipe``'s family, whose sampler
+    is replaced by the level's when ``scheduler`` was not given (``steps`` and ``scheduler``: as given)."""
+    from sada_audio.levels import run_sampling
     from sada_audio.models import model_adapter_for
+    from sada_audio.pipelines import set_scheduler
 
-    if choice is None or config is not None:
-        return config
-    return choice.config_for(model_adapter_for(pipe).family)
+    if choice is None or run.family is not None:
+        return run
+    family = model_adapter_for(pipe).family
+    run_steps, run_scheduler = run_sampling(family, choice.level, steps, scheduler)
+    if run_scheduler != run.scheduler:
+        set_scheduler(pipe, run_scheduler)
+    return RunChoice(family, choice.config_for(family), run_steps, run_scheduler)

@@ -36,6 +36,7 @@ from sada_audio import SADAConfig
 from sada_audio.audio import pipeline_sample_rate, write_clip
 from sada_audio.errors import ConfigError
 from sada_audio.generation import ClipRequest, SamplingSettings, generate_batch
+from sada_audio.levels import DEFAULT_LEVEL, level_of, resolve_sada_config
 from sada_audio.models import model_adapter_for
 from sada_audio.pipelines import set_scheduler
 
@@ -141,9 +142,19 @@ def accelerators_for(pipe: Any, settings: BenchmarkSettings) -> tuple[list[Accel
     preset = settings.preset or model_adapter_for(pipe).family
     config = SADAConfig.preset(preset)
     sada_settings = [(config, f"preset {preset}")] + [(config.with_overrides(v), v) for v in settings.sada_variants]
+    # what --accelerate sada runs by default, where it is not the preset: its setting on its own step count (the
+    # baseline's, if that is fewer), on each compared sampler
+    default_level = level_of(preset, DEFAULT_LEVEL)
+    default_steps = default_level.steps if default_level.steps < settings.steps else None
+    level_methods = (
+        [SADA(resolve_sada_config(preset), f"level {DEFAULT_LEVEL}", default_steps)]
+        if default_level.overrides or default_steps is not None
+        else []
+    )
     methods: list[Accelerator] = [
         Baseline(),
         *sada_accelerators(config, preset),
+        *level_methods,
         *(SADA(variant_config, variant) for variant_config, variant in sada_settings[1:]),
         *(SADA(c, setting, steps) for steps in settings.sada_steps for c, setting in sada_settings),
         *(FewerSteps(steps) for steps in settings.fewer_steps if steps < settings.steps),

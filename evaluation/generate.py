@@ -45,6 +45,7 @@ def generate_pair_folders(
     test_dir: Path,
     accelerate: bool = True,
     sada_config: SADAConfig | None = None,
+    test_steps: int | None = None,
     run_info: dict[str, Any] | None = None,
     progress: Progress = no_progress,
 ) -> list[str]:
@@ -53,19 +54,21 @@ def generate_pair_folders(
 
     Args:
         sada_config: SADA's configuration on the test side; None: the preset of the pipeline's family.
+        test_steps: the test side's steps (a SADA level's own, fewer than the reference's); None: ``settings``'.
         run_info: added to every sidecar (e.g. :func:`~sada_audio.generation.run_metadata`).
     """
     names = clip_names(prompts)
     # untimed, short, without SADA: the first call of a process pays for lazy initialisation
     warm_up = dataclasses.replace(settings, steps=min(2, settings.steps))
     generate_batch(pipe, [ClipRequest(prompts[0], seed)], warm_up, accelerate=False)
-    runs = ((reference_dir, False), (test_dir, accelerate))
+    test_settings = settings if test_steps is None else dataclasses.replace(settings, steps=test_steps)
+    runs = ((reference_dir, False, settings), (test_dir, accelerate, test_settings))
     with progress(list(enumerate(zip(names, prompts, strict=True))), "Generating") as items:
         for index, (name, prompt) in items:
             clip = ClipRequest(prompt=prompt, seed=seed + index)
-            for directory, with_sada in runs:
-                batch = generate_batch(pipe, [clip], settings, accelerate=with_sada, sada_config=sada_config)
+            for directory, with_sada, run_settings in runs:
+                batch = generate_batch(pipe, [clip], run_settings, accelerate=with_sada, sada_config=sada_config)
                 path = directory / f"{name}.wav"
-                meta = {**clip_metadata(clip, settings, batch, [path.name]), **(run_info or {})}
+                meta = {**clip_metadata(clip, run_settings, batch, [path.name]), **(run_info or {})}
                 write_clip([(path, batch.waveforms[0, 0])], batch.sample_rate, path.with_suffix(".json"), meta)
     return names

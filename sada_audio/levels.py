@@ -2,7 +2,8 @@
 
 The one table of levels is :data:`LEVELS`: per preset name, the levels as overrides of the family's preset (in
 the ``key=value; ...`` syntax of :meth:`SADAConfig.with_overrides`, the syntax of ``--sada`` and of the
-benchmark's ``--sada-variant``) with what BENCHMARKS.md measured for them, and where. Retuning a level after
+benchmark's ``--sada-variant``), the sampler and step count each runs on unless the command line names others,
+and what BENCHMARKS.md measured for them, and where. Retuning a level after
 new measurements means editing its entry here, nothing else: the command line's ``--sada-level`` choices and
 ``sada-audio presets`` read this table.
 
@@ -19,21 +20,28 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_LEVEL",
+    "DEFAULT_STEPS",
     "LEVELS",
     "LEVEL_NAMES",
     "Measured",
     "SADALevel",
     "family_of_model",
+    "level_of",
     "levels_for",
     "resolve_sada_config",
+    "run_sampling",
 ]
+
+#: Steps of a run that names no step count and no level with its own (the published presets were tuned for 50).
+DEFAULT_STEPS = 50
 
 
 @dataclass(frozen=True)
 class Measured:
-    """One sampler's measurement of a level (50 steps, the embedded tiny-musicldm unless ``source`` says
-    otherwise): denoiser calls per clip as full + shallow, the speedup over the unaccelerated pipeline and the
-    mean log-mel PSNR against it."""
+    """One sampler's measurement of a level on the embedded tiny-musicldm (5.12 s clips, guidance 2): denoiser
+    calls per clip as full + shallow, the speedup over the unaccelerated ``reference_steps``-step run of the same
+    sampler and the mean log-mel PSNR against that run's clip (and against a converged 200-step DPM++ run, where
+    measured)."""
 
     sampler: str
     full_calls: float
@@ -42,6 +50,8 @@ class Measured:
     speedup_timed: bool
     """True: the median of timed per-clip ratios; False: estimated from the calls (``source`` says how)."""
     mel_psnr_db: float
+    mel_psnr_converged_db: float | None = None
+    reference_steps: int = 50
 
     def speedup_text(self) -> str:
         return f"{self.speedup:.2f}x" + ("" if self.speedup_timed else " (est.)")
@@ -49,7 +59,8 @@ class Measured:
 
 @dataclass(frozen=True)
 class SADALevel:
-    """A named point on a family's speed / fidelity curve."""
+    """A named point on a family's speed / fidelity curve: a SADA config and the sampler and step count it runs on
+    unless the command line names others."""
 
     name: str
     overrides: str
@@ -57,49 +68,70 @@ class SADALevel:
     summary: str
     measured: tuple[Measured, ...] = ()
     source: str = "not measured in BENCHMARKS.md"
+    scheduler: str | None = None
+    """The ``--scheduler`` choice it runs on when none is given; None: the model's own sampler."""
+    steps: int = DEFAULT_STEPS
+    """The steps it runs when ``--steps`` is not given."""
 
 
-#: Level names, fastest first; ``DEFAULT_LEVEL`` is the family's preset.
-LEVEL_NAMES: tuple[str, ...] = ("fast", "default", "faithful")
+#: Level names: the speed levels fastest first, then ``published`` (the published method's preset on the model's
+#: own sampler, where a family offers it). ``DEFAULT_LEVEL`` is what ``--accelerate sada`` runs.
+LEVEL_NAMES: tuple[str, ...] = ("fast", "default", "faithful", "published")
 DEFAULT_LEVEL = "default"
 
 _SECOND_RUN = (
     "BENCHMARKS.md, '2026-11-30 (second run)': 16 prompts x 2 seeds, timed; raw in benchmarks/2026-11-30-shallow/"
 )
+_LATE_SHALLOW_RUN = (
+    "BENCHMARKS.md, '2026-12-08: the default follows the measurement': 6 benchmark prompts, seed 0, timed, against "
+    "UniPC 50 steps and a converged 200-step DPM++ run; raw in benchmarks/2026-12-08-defaults/"
+)
+# Shallow steps (the UNet's outer level on fresh input, deep features of the step before) on every other step of
+# the second half, and no skipped step: of the settings measured, the one nearest the curve of plain UniPC at
+# fewer steps (BENCHMARKS.md). acc_range is in steps of 50, so it scales with the run's steps.
+_LATE_SHALLOW = 'stepwise=false; lagrange_step=null; shallow="accelerated"; shallow_max_age=1; acc_range=[25, 49]'
 
 # The audio UNet presets (MusicLDM, AudioLDM, AudioLDM 2 share one): measured on the embedded tiny-musicldm.
 _AUDIO_UNET_LEVELS = (
     SADALevel(
         "fast",
-        "max_interval=6; max_lagrange_int=6",
-        "anchor intervals widen to 6 steps: fewer calls, about 0.5 dB below the preset",
-        (
-            Measured("ddim", 16.3, 4.7, 2.37, True, 37.7),
-            Measured("dpm++", 17.0, 3.9, 2.29, True, 36.9),
-        ),
-        _SECOND_RUN + " ('SADA, widening to 6')",
+        _LATE_SHALLOW,
+        "shallow steps on every other step of the second half: 1.2-1.6 dB below plain UniPC at 15-16 steps, the "
+        "same cost",
+        (Measured("unipc", 15.0, 5.0, 2.69, True, 37.15, 36.43),),
+        _LATE_SHALLOW_RUN,
+        scheduler="unipc",
+        steps=20,
     ),
     SADALevel(
         DEFAULT_LEVEL,
+        _LATE_SHALLOW,
+        "shallow steps on every other step of the second half: the SADA setting nearest plain UniPC at equal cost "
+        "(0.4 dB below 20 plain steps on the benchmark prompts, 1.4 dB above on held-out ones)",
+        (Measured("unipc", 19.0, 6.0, 2.07, True, 39.74, 37.88),),
+        _LATE_SHALLOW_RUN,
+        scheduler="unipc",
+        steps=25,
+    ),
+    SADALevel(
+        "faithful",
+        _LATE_SHALLOW,
+        "shallow steps on every other step of the second half: below plain UniPC at 25 steps against the 50-step "
+        "clip (1.9 dB), level against a converged run",
+        (Measured("unipc", 23.0, 7.0, 1.75, True, 39.74, 38.69),),
+        _LATE_SHALLOW_RUN,
+        scheduler="unipc",
+        steps=30,
+    ),
+    SADALevel(
+        "published",
         "",
-        "the family's preset",
+        "the published method's preset on 50 steps of the model's own sampler (the default until 2026-12-08)",
         (
             Measured("ddim", 17.0, 4.7, 2.30, True, 38.3),
             Measured("dpm++", 17.8, 3.9, 2.23, True, 37.2),
         ),
-        _SECOND_RUN + " ('SADA preset')",
-    ),
-    SADALevel(
-        "faithful",
-        "lagrange_int=3; max_lagrange_int=5",
-        "anchors every 3rd step until the probe widens them (I3): for quality-critical rendering",
-        (
-            Measured("ddim", 20.5, 2.4, 2.05, False, 40.4),
-            Measured("dpm++", 20.4, 2.3, 2.06, False, 39.9),
-        ),
-        "BENCHMARKS.md, '2026-11-30 (third run)', 'Anchors every 3rd step' (I3): 16 prompts x 2 seeds, speedup "
-        "estimated from the calls (timed on DDIM, 4 prompts: 2.08x against the preset's 2.29x); raw in "
-        "benchmarks/2026-11-30-third/",
+        _SECOND_RUN + " ('SADA preset'; DDIM and DPM++ on the leading spacing of that time)",
     ),
 )
 
@@ -130,12 +162,11 @@ def levels_for(family: str) -> dict[str, SADALevel]:
     return {level.name: level for level in LEVELS.get(key, _PRESET_ONLY)}
 
 
-def resolve_sada_config(family: str, level: str = DEFAULT_LEVEL, overrides: str = "") -> SADAConfig:
-    """The SADA config that ``family``'s ``level`` stands for, with ``overrides`` (``key=value; ...``) on top.
+def level_of(family: str, level: str) -> SADALevel:
+    """``family``'s level named ``level``.
 
     Raises:
-        ConfigError: an unknown family, a level the family does not offer, or overrides that
-            :meth:`SADAConfig.with_overrides` refuses.
+        ConfigError: an unknown family, or a level the family does not offer.
     """
     levels = levels_for(family)
     if level not in levels:
@@ -143,10 +174,37 @@ def resolve_sada_config(family: str, level: str = DEFAULT_LEVEL, overrides: str 
             f"the {family} preset has no SADA level {level!r}; its levels: {', '.join(levels)} "
             "(BENCHMARKS.md measured no other point for it)"
         )
+    return levels[level]
+
+
+def resolve_sada_config(family: str, level: str = DEFAULT_LEVEL, overrides: str = "") -> SADAConfig:
+    """The SADA config that ``family``'s ``level`` stands for, with ``overrides`` (``key=value; ...``) on top.
+
+    Raises:
+        ConfigError: an unknown family, a level the family does not offer, or overrides that
+            :meth:`SADAConfig.with_overrides` refuses.
+    """
+    chosen = level_of(family, level)
     config = SADAConfig.preset(family)
-    if levels[level].overrides:
-        config = config.with_overrides(levels[level].overrides)
+    if chosen.overrides:
+        config = config.with_overrides(chosen.overrides)
     return config.with_overrides(overrides) if overrides.strip() else config
+
+
+def run_sampling(
+    family: str | None, level: str | None, steps: int | None, scheduler: str | None
+) -> tuple[int, str | None]:
+    """The steps and the ``--scheduler`` choice (None: the model's own) of a run: those given; for the rest, with
+    SADA at ``level`` (None: without SADA) on a model of ``family`` (None: not known yet), the level's; otherwise
+    :data:`DEFAULT_STEPS` and the model's own sampler.
+
+    Raises:
+        ConfigError: an unknown family, or a level the family does not offer.
+    """
+    if level is None or family is None:
+        return (DEFAULT_STEPS if steps is None else steps), scheduler
+    base = level_of(family, level)
+    return (base.steps if steps is None else steps), (base.scheduler if scheduler is None else scheduler)
 
 
 def family_of_model(model: str) -> str | None:

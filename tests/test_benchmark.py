@@ -16,6 +16,7 @@ from sada_audio.cli.main import main
 from sada_audio.evaluation.benchmark import BenchmarkSettings, accelerators_for, pareto_front, summarise
 from sada_audio.evaluation.benchmark_report import target_checks
 from sada_audio.evaluation.step_costs import implied_speedup
+from sada_audio.levels import resolve_sada_config
 
 
 def test_pareto_front_keeps_only_undominated_points_sorted_by_speed():
@@ -122,6 +123,15 @@ def test_fewer_steps_below_the_baseline_and_sada_on_shorter_bases(tiny_musicldm)
         ("SADA (lagrange_int=3, 12 steps)", 12),
         ("steps (8 steps)", 8),
     ]
+    # the default level runs at its own 25 steps when the baseline has more, at the baseline's otherwise
+    assert ("SADA (level default)", None) in [(m.label, m.steps) for m in methods]
+    methods, _ = accelerators_for(tiny_musicldm, BenchmarkSettings(steps=50, methods=("sada",)))
+    (level,) = [m for m in methods if m.setting.startswith("level")]
+    assert (level.label, level.steps, level.config) == (
+        "SADA (level default, 25 steps)",
+        25,
+        resolve_sada_config("musicldm"),
+    )
 
 
 @pytest.mark.parametrize(("value", "message"), [("8,x", "comma-separated list of integers"), ("0,8", ">= 1")])
@@ -237,6 +247,7 @@ def test_methods_filter_and_sada_variants(tiny_musicldm):
         "SADA (preset musicldm)",
         "SADA (step-wise + token-wise)",
         "SADA (token-wise only)",
+        "SADA (level default, 25 steps)",
         "SADA (max_interval=6; max_lagrange_int=6)",
     ]
     preset = SADAConfig.preset("musicldm")

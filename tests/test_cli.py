@@ -17,11 +17,11 @@ import torch
 from click.testing import CliRunner, Result
 
 import sada_audio
-from sada_audio import SADAConfig
 from sada_audio import audio as audio_module
 from sada_audio import generation as generation_module
 from sada_audio.cli import common as cli_common
 from sada_audio.cli import main as cli
+from sada_audio.levels import resolve_sada_config
 from sada_audio.pipelines import SCHEDULER_CHOICES, load_pipeline, set_scheduler
 from tests.support.tiny_pipelines import SAMPLE_RATE
 
@@ -79,7 +79,7 @@ def test_generate_writes_audio_and_sidecar(tiny_musicldm_dir: Path, tmp_path: Pa
     assert meta["seed"] == 3
     assert meta["model"] == str(tiny_musicldm_dir)
     assert meta["pipeline_class"] == "MusicLDMPipeline"
-    assert meta["scheduler_class"] == "DDIMScheduler"
+    assert meta["scheduler_class"] == "UniPCMultistepScheduler"  # the default SADA level's sampler
     assert meta["steps"] == 12
     assert meta["guidance_scale"] == 2.0
     assert meta["sample_rate"] == SAMPLE_RATE
@@ -94,7 +94,7 @@ def test_generate_writes_audio_and_sidecar(tiny_musicldm_dir: Path, tmp_path: Pa
         "transformers": meta["versions"]["transformers"],
         "sada-audio": sada_audio.__version__,
     }
-    assert meta["sada_config"] == SADAConfig.preset("musicldm").to_dict()
+    assert meta["sada_config"] == resolve_sada_config("musicldm").to_dict()
     stats = meta["sada_stats"]
     assert stats["num_steps"] == 12
     assert 0 < stats["model_calls"] <= 12
@@ -200,7 +200,10 @@ BAD_INPUTS = {
     "unknown accelerate": Bad(["--accelerate", "fast"], "--accelerate"),
     "unknown dtype": Bad(["--dtype", "float64"], "--dtype"),
     "bad device": Bad(["--device", "toaster"], "toaster"),
-    "too many steps": Bad(["--steps", "1000"], "1000 steps do not fit DDIMScheduler, trained with 1000 timesteps"),
+    "too many steps": Bad(["--steps", "1001"], "1001 steps do not fit UniPCMultistepScheduler, trained with 1000"),
+    "too many steps, own sampler": Bad(
+        ["--accelerate", "none", "--steps", "1000"], "1000 steps do not fit DDIMScheduler, trained with 1000 timesteps"
+    ),
     "too many dpm++ steps": Bad(
         ["--scheduler", "dpm++", "--steps", "1001"], "1001 steps do not fit DPMSolverMultistepScheduler"
     ),

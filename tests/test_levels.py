@@ -3,6 +3,7 @@ and ``sada-audio presets``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,45 +17,89 @@ from sada_audio.config import PRESETS, parse_overrides
 from sada_audio.errors import ConfigError
 from sada_audio.evaluation.generate import generate_pair_folders
 from sada_audio.generation import SamplingSettings
-from sada_audio.levels import DEFAULT_LEVEL, LEVEL_NAMES, LEVELS, family_of_model, levels_for, resolve_sada_config
+from sada_audio.levels import (
+    DEFAULT_LEVEL,
+    DEFAULT_STEPS,
+    LEVEL_NAMES,
+    LEVELS,
+    family_of_model,
+    levels_for,
+    resolve_sada_config,
+    run_sampling,
+)
 
 AUDIO_FAMILIES = ("musicldm", "audioldm", "audioldm2")
 
 
-def test_every_family_has_levels_that_resolve_and_its_default_is_the_preset() -> None:
+def test_every_family_has_levels_that_resolve_and_the_published_preset_is_one_of_them() -> None:
     assert set(LEVELS) == set(PRESETS)
     for family in PRESETS:
         levels = levels_for(family)
         assert DEFAULT_LEVEL in levels and set(levels) <= set(LEVEL_NAMES)
-        assert resolve_sada_config(family) == SADAConfig.preset(family)
+        # the audio families' default is measured on their own; the others' is the published preset
+        published = "published" if family in AUDIO_FAMILIES else DEFAULT_LEVEL
+        assert resolve_sada_config(family, published) == SADAConfig.preset(family)
+        assert levels[published].scheduler is None and levels[published].steps == DEFAULT_STEPS
         for name in levels:
             assert isinstance(resolve_sada_config(family, name), SADAConfig)
 
 
 def test_the_audio_levels_are_the_measured_points() -> None:
-    # the faithful level is BENCHMARKS.md's I3 quality setting, the fast one its 'widening to 6' variant
-    assert resolve_sada_config("musicldm", "faithful") == SADAConfig.preset(
-        "musicldm", lagrange_int=3, max_lagrange_int=5
+    # the speed levels: shallow steps on every other step of the second half, no skipped step, on UniPC runs of
+    # 20, 25 and 30 steps (BENCHMARKS.md, '2026-12-08')
+    late_shallow = SADAConfig.preset(
+        "musicldm", stepwise=False, lagrange_step=None, shallow="accelerated", shallow_max_age=1, acc_range=(25, 49)
     )
-    assert resolve_sada_config("musicldm", "fast") == SADAConfig.preset("musicldm", max_interval=6, max_lagrange_int=6)
     for family in AUDIO_FAMILIES:
-        levels = list(levels_for(family).values())
-        assert [level.name for level in levels] == list(LEVEL_NAMES)
-        for sampler in ("ddim", "dpm++"):
-            points = [next(p for p in level.measured if p.sampler == sampler) for level in levels]
-            # fastest first, most faithful last: speed falls and fidelity rises along the table
-            assert [p.speedup for p in points] == sorted((p.speedup for p in points), reverse=True)
-            assert [p.mel_psnr_db for p in points] == sorted(p.mel_psnr_db for p in points)
-        assert all("BENCHMARKS.md" in level.source for level in levels)
+        levels = levels_for(family)
+        assert list(levels) == list(LEVEL_NAMES)
+        speed_levels = [levels[name] for name in ("fast", "default", "faithful")]
+        assert [(level.scheduler, level.steps) for level in speed_levels] == [
+            ("unipc", 20),
+            ("unipc", 25),
+            ("unipc", 30),
+        ]
+        for level in speed_levels:
+            assert resolve_sada_config(family, level.name) == dataclasses.replace(
+                late_shallow, max_downsample=SADAConfig.preset(family).max_downsample
+            )
+        points = [level.measured[0] for level in speed_levels]
+        assert {p.sampler for p in points} == {"unipc"}
+        # fastest first, most faithful last: speed falls and fidelity rises along the table
+        assert [p.speedup for p in points] == sorted((p.speedup for p in points), reverse=True)
+        assert [p.mel_psnr_converged_db for p in points] == sorted(p.mel_psnr_converged_db for p in points)
+        assert {p.sampler for p in levels["published"].measured} == {"ddim", "dpm++"}
+        assert all("BENCHMARKS.md" in level.source for level in levels.values())
+
+
+@pytest.mark.parametrize(
+    ("level", "steps", "scheduler", "expected"),
+    [
+        ("default", None, None, (25, "unipc")),
+        ("fast", None, "dpm++", (20, "dpm++")),  # what the command line gives wins
+        ("faithful", 40, None, (40, "unipc")),
+        ("published", None, None, (DEFAULT_STEPS, None)),  # the model's own sampler
+        (None, None, None, (DEFAULT_STEPS, None)),  # without SADA: 50 steps of the model's own sampler
+    ],
+)
+def test_a_run_takes_the_levels_sampler_and_steps_unless_given(level, steps, scheduler, expected) -> None:
+    assert run_sampling("musicldm", level, steps, scheduler) == expected
+    # a family not known before loading waits: the defaults without a level, until the family is known
+    assert run_sampling(None, level, steps, scheduler) == (
+        DEFAULT_STEPS if steps is None else steps,
+        scheduler,
+    )
+    assert run_sampling("sd2", "default", None, None) == (DEFAULT_STEPS, None)
 
 
 def test_a_level_the_family_lacks_and_bad_overrides_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="the sd2 preset has no SADA level 'fast'; its levels: default"):
         resolve_sada_config("sd2", "fast")
+    with pytest.raises(ConfigError, match="the sd2 preset has no SADA level 'fast'"):
+        run_sampling("sd2", "fast", None, None)
     with pytest.raises(ConfigError, match="max_lagrange_int must be <= max_interval \\+ 1"):
-        resolve_sada_config("musicldm", "default", "max_lagrange_int=6")
-    # the same override fits the fast level, whose max_interval is 6
-    assert resolve_sada_config("musicldm", "fast", "max_lagrange_int=7").max_lagrange_int == 7
+        resolve_sada_config("musicldm", "published", "max_lagrange_int=6")
+    assert resolve_sada_config("musicldm", "published", "max_interval=6; max_lagrange_int=7").max_lagrange_int == 7
     with pytest.raises(ConfigError, match="unknown SADA config keys: nope"):
         parse_overrides("nope=1")
     assert parse_overrides(" lagrange_int=3 ;; acc_range=[4, 40] ") == {"lagrange_int": 3, "acc_range": [4, 40]}
@@ -67,9 +112,9 @@ def test_the_family_is_known_before_loading(tiny_musicldm_dir: Path) -> None:
     assert family_of_model("sada-audio-tests/not-in-the-cache") is None
 
 
-def _generate(model: Path, output: Path, *args: str) -> Result:
-    argv = ["generate", "piano", "--model", str(model), "-o", str(output), "--steps", "12", "--duration", "1.28"]
-    return CliRunner().invoke(cli.main, [*argv, *args])
+def _generate(model: Path, output: Path, *args: str, steps: str | None = "12") -> Result:
+    argv = ["generate", "piano", "--model", str(model), "-o", str(output), "--duration", "1.28"]
+    return CliRunner().invoke(cli.main, [*argv, *(["--steps", steps] if steps else []), *args])
 
 
 def test_generate_runs_the_level_with_overrides_and_the_sidecar_records_them(
@@ -81,11 +126,29 @@ def test_generate_runs_the_level_with_overrides_and_the_sidecar_records_them(
     meta = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert meta["sada_config"] == resolve_sada_config("musicldm", "faithful", "max_interval=5").to_dict()
     assert (meta["sada_level"], meta["sada_overrides"]) == ("faithful", "max_interval=5")
+    assert (meta["steps"], meta["scheduler_class"]) == (12, "UniPCMultistepScheduler")  # --steps given, the sampler not
+
+
+def test_without_options_generate_runs_the_default_level_on_its_sampler_and_steps(
+    tiny_musicldm_dir: Path, tmp_path: Path
+) -> None:
     default = tmp_path / "default.wav"
-    assert _generate(tiny_musicldm_dir, default).exit_code == 0
+    result = _generate(tiny_musicldm_dir, default, steps=None)
+    assert result.exit_code == 0, result.output + repr(result.exception)
     meta = json.loads(default.with_suffix(".json").read_text(encoding="utf-8"))
-    assert meta["sada_config"] == SADAConfig.preset("musicldm").to_dict()
+    assert meta["sada_config"] == resolve_sada_config("musicldm").to_dict()
     assert (meta["sada_level"], meta["sada_overrides"]) == ("default", "")
+    assert (meta["steps"], meta["scheduler_class"]) == (25, "UniPCMultistepScheduler")
+    assert meta["scheduler_config"]["timestep_spacing"] == "trailing"
+    # shallow steps on every other step of the second half, nothing skipped
+    modes = meta["sada_stats"]["step_modes"]
+    assert len(modes) == 25 and "skipped" not in modes and modes.count("shallow") == 6
+    assert "25 steps" in result.stdout
+    # without SADA: 50 steps of the model's own sampler, the unmodified pipeline
+    plain = tmp_path / "plain.wav"
+    assert _generate(tiny_musicldm_dir, plain, "--accelerate", "none", steps=None).exit_code == 0
+    meta = json.loads(plain.with_suffix(".json").read_text(encoding="utf-8"))
+    assert (meta["steps"], meta["scheduler_class"], meta["sada_config"]) == (50, "DDIMScheduler", None)
 
 
 @pytest.mark.parametrize(
@@ -130,11 +193,14 @@ def test_evaluate_generates_its_test_side_with_the_config(tiny_musicldm, tmp_pat
     ref.mkdir(), test.mkdir()
     settings = SamplingSettings(steps=12, duration=0.64)
     names = generate_pair_folders(
-        tiny_musicldm, ["piano"], settings, seed=0, reference_dir=ref, test_dir=test, sada_config=config
+        tiny_musicldm, ["piano"], settings, seed=0, reference_dir=ref, test_dir=test, sada_config=config, test_steps=8
     )
     meta = json.loads((test / f"{names[0]}.json").read_text(encoding="utf-8"))
     assert meta["sada_config"] == config.to_dict()
-    assert json.loads((ref / f"{names[0]}.json").read_text(encoding="utf-8"))["sada_config"] is None
+    reference = json.loads((ref / f"{names[0]}.json").read_text(encoding="utf-8"))
+    assert reference["sada_config"] is None
+    # a level's own steps run on the test side only: the reference is the unaccelerated run at the full count
+    assert (reference["steps"], meta["steps"], meta["sada_stats"]["num_steps"]) == (12, 8, 8)
 
 
 def test_presets_lists_every_level_with_its_measurements() -> None:
@@ -143,7 +209,9 @@ def test_presets_lists_every_level_with_its_measurements() -> None:
     text = result.stdout
     for name in LEVEL_NAMES:
         assert f"  {name} " in text
-    assert "lagrange_int=3; max_lagrange_int=5" in text  # the I3 setting
-    assert "ddim: 17.0 full + 4.7 shallow calls of 50 steps, 2.30x faster, log-mel PSNR 38.3 dB" in text
-    assert "2.05x (est.)" in text and "BENCHMARKS.md" in text
+    assert "  default   unipc, 25 steps, stepwise=false;" in text
+    assert "  published the model's own sampler, 50 steps, (the preset)" in text
+    assert "ddim: 17.0 full + 4.7 shallow calls, 2.30x faster than 50 steps, log-mel PSNR 38.3 dB to their clip" in text
+    assert "unipc: 19.0 full + 6.0 shallow calls, 2.07x faster than 50 steps" in text and "BENCHMARKS.md" in text
+    assert "No SADA setting measured beats plain" in text
     assert "sd2, sdxl, controlnet, flux, stable-audio:" in text

@@ -14,7 +14,7 @@ from sada_audio import SADAConfig
 from sada_audio.cli import common as cli_common
 from sada_audio.cli import main as cli
 from sada_audio.config import PRESETS
-from sada_audio.levels import resolve_sada_config
+from sada_audio.levels import DEFAULT_LEVEL, levels_for, resolve_sada_config
 from sada_audio.render import RenderDefaults, RenderRun, changed_settings, plan_render, read_manifest
 
 STEPS, DURATION = "8", "0.64"
@@ -51,11 +51,12 @@ def test_a_changed_preset_renders_again_exactly_the_clips_it_made(
     tiny_musicldm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out, names = tmp_path / "out", ["a", "b", "c", "d"]
-    new = SADAConfig.preset("musicldm")
-    old = new.replace(lagrange_int=3, max_lagrange_int=5)
+    new = resolve_sada_config("musicldm")
+    old_preset = SADAConfig.preset("musicldm", lagrange_int=3, max_lagrange_int=5)
+    old = old_preset.with_overrides(levels_for("musicldm")[DEFAULT_LEVEL].overrides)
     # a and b rendered by an older release whose preset differed, c and d by this one
     with monkeypatch.context() as patch:
-        patch.setitem(PRESETS, "musicldm", old)
+        patch.setitem(PRESETS, "musicldm", old_preset)
         _render(_manifest(tmp_path / "ab.jsonl", names[:2]), out, tiny_musicldm_dir)
     assert _sidecar(out, "a")["render_request"]["sada_config"] == old.to_dict()
     _render(_manifest(tmp_path / "cd.jsonl", names[2:]), out, tiny_musicldm_dir)
@@ -74,7 +75,8 @@ def test_a_changed_preset_renders_again_exactly_the_clips_it_made(
         assert (meta["sada_level"], meta["sada_overrides"]) == ("default", "")
     model = str(tiny_musicldm_dir)
     sampler = _sidecar(out, "a")["render_request"]["sampler"]
-    run = RenderRun(model, model, None, True, "cpu", "float32", sada_config=new.to_dict(), sampler=sampler)
+    # the default level runs on UniPC: the request names it as --scheduler would
+    run = RenderRun(model, model, "unipc", True, "cpu", "float32", sada_config=new.to_dict(), sampler=sampler)
     assert changed_settings(_sidecar(out, "a"), rows["a"], run) == []
     assert changed_settings(_sidecar(out, "a"), rows["a"], run.__class__(**{**run.__dict__, "sada_config": None})) == [
         "sada_config"
@@ -86,11 +88,12 @@ def test_a_changed_preset_renders_again_exactly_the_clips_it_made(
     assert set(_statuses(out).values()) == {"skipped"} and "again" not in result.stderr
     # a level is a setting too: every clip renders again (the model is needed now)
     monkeypatch.undo()
-    result = _render(manifest, out, tiny_musicldm_dir, "--sada-level", "faithful")
+    result = _render(manifest, out, tiny_musicldm_dir, "--sada-level", "published")
     assert set(_statuses(out).values()) == {"rendered"}
-    assert "Rendering 4 clips again: their settings changed (sada_config: 4)" in result.stderr
-    faithful = resolve_sada_config("musicldm", "faithful")
-    assert _sidecar(out, "c")["sada_config"] == faithful.to_dict() and _sidecar(out, "c")["sada_level"] == "faithful"
+    assert "Rendering 4 clips again: their settings changed (sada_config: 4, sampler: 4, scheduler: 4)" in result.stderr
+    published = resolve_sada_config("musicldm", "published")
+    assert _sidecar(out, "c")["sada_config"] == published.to_dict() and _sidecar(out, "c")["sada_level"] == "published"
+    assert _sidecar(out, "c")["scheduler_class"] == "DDIMScheduler"  # the published level runs the model's own
 
 
 def test_sidecars_from_before_the_config_was_requested_count_with_the_config_they_ran_with(
@@ -111,11 +114,11 @@ def test_sidecars_from_before_the_config_was_requested_count_with_the_config_the
     run = RenderRun(
         str(tiny_musicldm_dir),
         str(tiny_musicldm_dir),
-        None,
+        "unipc",
         True,
         "cpu",
         "float32",
-        sada_config=SADAConfig.preset("musicldm").to_dict(),
+        sada_config=resolve_sada_config("musicldm").to_dict(),
         sampler=_sidecar(out, "a")["render_request"]["sampler"],
     )
     plan = plan_render(rows, run, out, batch_size=1)

@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 def _progress_text(progress: RenderProgress | None) -> str | None:
     if progress is None:
         return None
-    speedup = progress.mean_nfe_speedup
+    speedup = progress.mean_speedup_estimate
     text = f"{progress.rendered} rendered" + (f", {progress.failed} failed" if progress.failed else "")
-    return text + ("" if speedup is None else f", mean speedup {speedup:.2f}x (NFE)")
+    return text + ("" if speedup is None else f", mean speedup {speedup:.2f}x (est., vs 50 steps)")
 
 
 def _changed_text(changed: dict[str, list[str]], rank: int, world: int) -> str:

@@ -545,6 +545,7 @@ def write_evaluation_html(evaluation: Evaluation, output_dir: Path) -> Path:
 #: The render folder's page (beside ``index.jsonl``).
 RENDER_INDEX_NAME = INDEX_PAGE_NAME
 RENDER_COLUMNS = (
+    Column("speedup_estimate", "speedup (est., vs 50 steps)", True),
     Column("nfe_speedup", "speedup (NFE)", True),
     Column("clip_time_s", "wall time per clip (s)", False),
     Column("nfe", "NFE", False),

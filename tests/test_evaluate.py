@@ -375,7 +375,8 @@ def test_generate_then_evaluate(tmp_path: Path, tiny_musicldm_dir: Path, backbon
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("slow piano arpeggio\nfast drums\n", encoding="utf-8")
     out = tmp_path / "eval"
-    args = ["--generate", str(prompts), "--model", str(model_dir), "--steps", "20", "--duration", "0.64"]
+    # no --steps: the reference runs 50 steps, the test side the default SADA level's 25 on the same sampler
+    args = ["--generate", str(prompts), "--model", str(model_dir), "--duration", "0.64"]
     args += [
         "-o",
         str(out),
@@ -396,11 +397,14 @@ def test_generate_then_evaluate(tmp_path: Path, tiny_musicldm_dir: Path, backbon
     test_sidecar = json.loads((out / "test" / f"{names[1]}.json").read_text(encoding="utf-8"))
     assert test_sidecar["seed"] == 1 and test_sidecar["accelerate"] == "sada"
     assert test_sidecar["model"] == str(model_dir) and "versions" in test_sidecar
+    reference_sidecar = json.loads((out / "reference" / f"{names[1]}.json").read_text(encoding="utf-8"))
+    assert (reference_sidecar["steps"], test_sidecar["steps"]) == (50, 25)
+    assert reference_sidecar["scheduler_class"] == test_sidecar["scheduler_class"] == "UniPCMultistepScheduler"
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["pairs_evaluated"] == 2 and report["problems"] == []
     speed = report["speed"]
-    assert speed["reference_nfe"] == 40 and 0 < speed["test_nfe"] < 40 and speed["speedup"] > 0
-    assert len(report["step_modes"][names[0]]) == 20
+    assert speed["reference_nfe"] == 100 and speed["test_nfe"] == 50 and speed["speedup"] > 0
+    assert len(report["step_modes"][names[0]]) == 25
     assert report["set_metrics"]["embedding"] == f"CLAP ({model_dir})"
     assert report["set_metrics"]["clap_score"]["clips"] == 2
     assert (out / "figures" / "step_modes.png").is_file()

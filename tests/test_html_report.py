@@ -279,7 +279,9 @@ def test_render_index_lists_clips_lowest_speedup_first_and_the_rows_that_failed(
         stats = {"step_modes": ["full", "skipped"], "sparsity_map": None}
         (out / f"{name}.json").write_text(json.dumps({"sada_stats": stats}))
         entry = {"name": name, "line": len(entries) + 1, "status": "rendered", "prompt": EVIL, "seed": 1}
-        entries.append({**entry, "steps": 2, "files": [f"{name}.wav"], "nfe": 1, "nfe_speedup": speedup})
+        entries.append(
+            {**entry, "steps": 2, "files": [f"{name}.wav"], "nfe": 1, "nfe_speedup": 2.0, "speedup_estimate": speedup}
+        )
     entries.append({"name": "broken", "line": 3, "status": "failed", "files": [], "error": f"ValueError: {EVIL}"})
     (out / "index.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries) + '{"trunc')
     path = write_render_index(out)

@@ -255,6 +255,10 @@ def test_render_writes_clips_sidecars_and_index(tiny_musicldm_dir: Path, tmp_pat
         assert entry["status"] == "rendered" and entry["error"] is None and entry["wall_time_s"] > 0
         assert entry["nfe"] == json.loads((out / f"{entry['name']}.json").read_text())["sada_stats"]["model_calls"]
         assert entry["nfe_speedup"] == pytest.approx(20 / entry["nfe"], abs=1e-4)
+        # priced against 50 unaccelerated steps: a shallow call costs 0.157 of a full one
+        meta = json.loads((out / f"{entry['name']}.json").read_text())
+        cost = entry["nfe"] - (1 - render_job.SHALLOW_CALL_COST) * len(meta["sada_stats"]["shallow_steps"])
+        assert entry["speedup_estimate"] == pytest.approx(50 / cost, abs=1e-4) and entry["speedup_estimate"] > 2.5
         assert entry["nfe"] < 20 and entry["steps_skipped"] + entry["nfe"] == 20
     assert [index[name]["batch_size"] for name in sorted(names)] == [2, 2, 2, 2]
 

@@ -26,6 +26,7 @@ from sada_audio.generation import (
     generate_batch,
     run_metadata,
 )
+from sada_audio.levels import DEFAULT_STEPS
 
 from .guard import (
     INDEX_NAME,
@@ -54,21 +55,29 @@ logger = logging.getLogger(__name__)
 # Statuses in the index. "skipped": complete from an earlier run; "missing": its process stopped before reporting it.
 RENDERED, SKIPPED, FAILED, INVALID, MISSING = "rendered", "skipped", "failed", "invalid", "missing"
 
+#: A shallow call's cost in full calls: the real-size MusicLDM UNet on the CPU (BENCHMARKS.md, "2026-11-30 (third
+#: run)"); it prices the shallow calls of ``speedup_estimate``.
+SHALLOW_CALL_COST = 0.157
+
 
 def index_entry(
     row: RenderRow, status: str, meta: Mapping[str, Any] | None = None, error: str | None = None
 ) -> dict[str, Any]:
     """One line of ``index.jsonl``: the row, its status, and from its sidecar the timings and SADA statistics.
 
-    ``nfe_speedup`` is the estimate of the speedup over the unaccelerated pipeline: steps / model calls (SADA's
-    NFE ratio inverted; 1.0 without SADA). It counts denoiser calls only, so it overstates the wall-clock
-    speedup when text encoding, VAE and vocoder weigh in, and ignores the gain of pruned steps.
+    ``nfe_speedup`` is SADA's NFE ratio inverted: steps / model calls (1.0 without SADA). ``speedup_estimate``
+    prices the calls against the unaccelerated pipeline at :data:`~sada_audio.levels.DEFAULT_STEPS` steps of the
+    same sampler: 50 / (full and pruned calls + :data:`SHALLOW_CALL_COST` x shallow calls), so that running
+    fewer steps (a SADA level's own, or ``--steps``) and cheap shallow calls count too. Both count denoiser calls
+    only: they overstate the wall-clock speedup when text encoding, VAE and vocoder weigh in, and ignore the
+    gain of pruned steps.
     """
     entry: dict[str, Any] = {"name": row.name, "line": row.line, "status": status, "prompt": row.clip.prompt}
     entry.update(seed=row.clip.seed, steps=row.settings.steps, files=[row.audio_name] if meta else [], error=error)
     if meta is not None:
         stats = meta.get("sada_stats") or {}
         calls = stats.get("model_calls", row.settings.steps)
+        cost = calls - (1 - SHALLOW_CALL_COST) * len(stats.get("shallow_steps", []))
         batch_size = meta.get("batch_size", 1)
         entry.update(
             wall_time_s=meta.get("wall_time_s"),
@@ -76,6 +85,7 @@ def index_entry(
             clip_time_s=meta["wall_time_s"] / batch_size if meta.get("wall_time_s") is not None else None,
             nfe=calls,
             nfe_speedup=round(row.settings.steps / calls, 4) if calls else None,
+            speedup_estimate=round(DEFAULT_STEPS / cost, 4) if cost else None,
             steps_skipped=len(stats.get("skipped_steps", [])),
             steps_pruned=len(stats.get("pruned_steps", [])),
             pruned_fraction=stats.get("pruned_fraction", 0.0),
@@ -94,11 +104,12 @@ class RenderProgress:
 
     rendered: int = 0
     failed: int = 0
-    nfe_speedups: list[float] = field(default_factory=list)
+    speedup_estimates: list[float] = field(default_factory=list)
 
     @property
-    def mean_nfe_speedup(self) -> float | None:
-        return sum(self.nfe_speedups) / len(self.nfe_speedups) if self.nfe_speedups else None
+    def mean_speedup_estimate(self) -> float | None:
+        """The mean of the rendered clips' ``speedup_estimate`` (:func:`index_entry`)."""
+        return sum(self.speedup_estimates) / len(self.speedup_estimates) if self.speedup_estimates else None
 
 
 GenerateFn = Callable[[Any, Sequence[ClipRequest], SamplingSettings], GeneratedBatch]
@@ -194,7 +205,7 @@ def render_batches(
         part.append(entry)
         if entry["status"] == RENDERED:
             progress.rendered += 1
-            progress.nfe_speedups.append(entry["nfe_speedup"])
+            progress.speedup_estimates.append(entry["speedup_estimate"])
         else:
             progress.failed += 1
         if on_clip is not None:

@@ -91,37 +91,34 @@ _LATE_SHALLOW_RUN = (
 # fewer steps (BENCHMARKS.md). acc_range is in steps of 50, so it scales with the run's steps.
 _LATE_SHALLOW = 'stepwise=false; lagrange_step=null; shallow="accelerated"; shallow_max_age=1; acc_range=[25, 49]'
 
+
+def _late_shallow(name: str, steps: int, versus_plain: str, measured: Measured) -> SADALevel:
+    """A level of late shallow steps on ``steps`` UniPC steps; ``versus_plain``: how it compares with plain UniPC
+    at the same cost."""
+    summary = f"shallow steps on every other step of the second half: {versus_plain}"
+    return SADALevel(name, _LATE_SHALLOW, summary, (measured,), _LATE_SHALLOW_RUN, scheduler="unipc", steps=steps)
+
+
 # The audio UNet presets (MusicLDM, AudioLDM, AudioLDM 2 share one): measured on the embedded tiny-musicldm.
 _AUDIO_UNET_LEVELS = (
-    SADALevel(
+    _late_shallow(
         "fast",
-        _LATE_SHALLOW,
-        "shallow steps on every other step of the second half: 1.2-1.6 dB below plain UniPC at 15-16 steps, the "
-        "same cost",
-        (Measured("unipc", 15.0, 5.0, 2.69, True, 37.15, 36.43),),
-        _LATE_SHALLOW_RUN,
-        scheduler="unipc",
-        steps=20,
+        20,
+        "1.2-1.6 dB below plain UniPC at 15-16 steps, the same cost",
+        Measured("unipc", 15.0, 5.0, 2.69, True, 37.15, 36.43),
     ),
-    SADALevel(
+    _late_shallow(
         DEFAULT_LEVEL,
-        _LATE_SHALLOW,
-        "shallow steps on every other step of the second half: the SADA setting nearest plain UniPC at equal cost "
-        "(0.4 dB below 20 plain steps on the benchmark prompts, 1.4 dB above on held-out ones)",
-        (Measured("unipc", 19.0, 6.0, 2.07, True, 39.74, 37.88),),
-        _LATE_SHALLOW_RUN,
-        scheduler="unipc",
-        steps=25,
+        25,
+        "the SADA setting nearest plain UniPC at equal cost (0.4 dB below 20 plain steps on the benchmark prompts, "
+        "1.4 dB above on held-out ones)",
+        Measured("unipc", 19.0, 6.0, 2.07, True, 39.74, 37.88),
     ),
-    SADALevel(
+    _late_shallow(
         "faithful",
-        _LATE_SHALLOW,
-        "shallow steps on every other step of the second half: below plain UniPC at 25 steps against the 50-step "
-        "clip (1.9 dB), level against a converged run",
-        (Measured("unipc", 23.0, 7.0, 1.75, True, 39.74, 38.69),),
-        _LATE_SHALLOW_RUN,
-        scheduler="unipc",
-        steps=30,
+        30,
+        "below plain UniPC at 25 steps against the 50-step clip (1.9 dB), level against a converged run",
+        Measured("unipc", 23.0, 7.0, 1.75, True, 39.74, 38.69),
     ),
     SADALevel(
         "published",

@@ -15,6 +15,7 @@ SADA and the baseline live here; the peers in :mod:`.peers` and :mod:`.adaptive_
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 from abc import ABC, abstractmethod
@@ -30,6 +31,8 @@ from sada_audio import SADAConfig, SADAHandle, StepMode, apply_sada
 from sada_audio.method.engine import SADAEngine
 from sada_audio.models import unet_deep_blocks, unet_token_blocks
 from sada_audio.solvers import solver_adapter_for
+
+from .policies import ForcedPlan
 
 __all__ = [
     "Accelerator",
@@ -231,37 +234,21 @@ class SADA(Accelerator):
         attached, each plus the bookkeeping of one solver step; a skipped step (with step-wise sparsity) costs
         the bookkeeping alone.
 
-        Every priced call is planned as a new step (``force_plan``) after an untimed full one, so a pruned call
-        finds the token caches and a shallow call the deep features of the full call before it; each kind is
-        timed by itself, not as a difference of timings. As proof that they happen,
-        :attr:`pruned_call_tokens` records the grid tokens the pruned call's blocks computed and had, and
+        Every priced call is the second step of a fresh run whose first is an untimed full call (see
+        :func:`after_full_call`), so a pruned call finds the token caches and a shallow call the deep features of
+        the full call before it; each kind is timed by itself, not as a difference of timings. As proof that they
+        happen, :attr:`pruned_call_tokens` records the grid tokens the pruned call's blocks computed and had, and
         :attr:`shallow_call_deep_runs` how many deep-block modules ran in a shallow and in a full call."""
-        generator = torch.Generator().manual_seed(0)
-        token_momentum = torch.randn(*bench.sample.shape[-2:], generator=generator)
-        deep_blocks = unet_deep_blocks(bench.denoiser)
-        handle = SADAHandle(
-            bench.denoiser,
-            bench.scheduler,
-            self.config,
-            blocks=unet_token_blocks(bench.denoiser),
-            deep_blocks=deep_blocks,
-        )
+        token_momentum = torch.randn(*bench.sample.shape[-2:], generator=torch.Generator().manual_seed(0))
+        handle, policy = forced_plan_handle(bench, self.config)
         self.pruned_call_tokens: tuple[int, int] | None = None
         self.shallow_call_deep_runs: tuple[int, int] | None = None
+
+        def after_full(mode: StepMode) -> Callable[[], None]:
+            """Untimed before each priced call: the full call, then the plan of the call to price."""
+            return functools.partial(after_full_call, handle, policy, bench, mode, token_momentum)
+
         try:
-            handle.engine.start(solver_adapter_for(bench.scheduler))
-
-            def after_full(mode: StepMode) -> Callable[[], None]:
-                """Untimed before each priced call: a full call that fills (or refreshes) the token caches and
-                deep features, then the plan of the call to price."""
-
-                def setup() -> None:
-                    handle.engine.force_plan(StepMode.FULL)
-                    bench.call()
-                    handle.engine.force_plan(mode, token_momentum)
-
-                return setup
-
             full = bench.time(bench.call, setup=after_full(StepMode.FULL))
             costs = {}
             if self.config.tokenwise:
@@ -273,6 +260,7 @@ class SADA(Accelerator):
             if self.config.shallow != "off":
                 costs["shallow"] = bench.time(bench.call, setup=after_full(StepMode.SHALLOW))
                 # the deep blocks themselves are always called (their hooks decide): count the modules inside
+                deep_blocks = unet_deep_blocks(bench.denoiser)
                 inner = [module for block in deep_blocks for module in block.modules() if module is not block]
 
                 def inner_calls(mode: StepMode) -> int:
@@ -289,6 +277,38 @@ class SADA(Accelerator):
         if self.config.stepwise:
             costs["skipped"] = bookkeeping
         return costs
+
+
+def forced_plan_handle(bench: DenoiserBench, config: SADAConfig) -> tuple[SADAHandle, ForcedPlan]:
+    """SADA at ``config`` on ``bench``'s UNet and scheduler, with the :class:`ForcedPlan` that plans its steps."""
+    policy = ForcedPlan()
+    handle = SADAHandle(
+        bench.denoiser,
+        bench.scheduler,
+        config,
+        blocks=unet_token_blocks(bench.denoiser),
+        deep_blocks=unet_deep_blocks(bench.denoiser),
+        policy=policy,
+    )
+    return handle, policy
+
+
+def after_full_call(
+    handle: SADAHandle,
+    policy: ForcedPlan,
+    bench: DenoiserBench,
+    mode: StepMode,
+    token_momentum: torch.Tensor | None = None,
+) -> None:
+    """Begin a fresh run of ``handle`` (made with ``policy`` on ``bench``'s denoiser and scheduler), make its first
+    step an untimed full call that fills the token caches and deep features, and plan the next step as ``mode``
+    (``token_momentum``: its kept tokens), so that the next ``bench.call()`` is a call of that kind, priced by
+    itself."""
+    scheduler = bench.scheduler
+    # The wrapped set_timesteps begins the run; the same step count keeps the bench's timesteps.
+    scheduler.set_timesteps(len(scheduler.timesteps))
+    bench.call()
+    policy.next_step(handle, scheduler, mode, bench.sample, token_momentum)
 
 
 @contextlib.contextmanager

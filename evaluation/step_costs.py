@@ -19,12 +19,18 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel
 
-from sada_audio import SADAConfig, SADAHandle, StepMode
+from sada_audio import SADAConfig, StepMode
 from sada_audio.audio_ldm_parts import ddim_scheduler, real_size_audioldm_unet_config
-from sada_audio.models import unet_deep_blocks, unet_token_blocks
-from sada_audio.solvers import solver_adapter_for
 
-from .accelerators import SADA, Accelerator, Baseline, DenoiserBench, sada_accelerators
+from .accelerators import (
+    SADA,
+    Accelerator,
+    Baseline,
+    DenoiserBench,
+    after_full_call,
+    forced_plan_handle,
+    sada_accelerators,
+)
 from .peers import peer_accelerators
 from .tables import markdown_table
 
@@ -155,29 +161,20 @@ def real_size_benches(
 
 def call_flops(bench: DenoiserBench, config: SADAConfig) -> dict[str, int]:
     """FLOPs (``torch.utils.flop_counter``) of a full call of ``bench``'s UNet with SADA at ``config``, and of a
-    pruned call (token pruning on) and a shallow call (shallow steps on), each planned after a full one as in
-    :meth:`SADA.step_costs`; and the block tokens of each: what the calls' times should follow, counted rather
-    than timed."""
+    pruned call (token pruning on) and a shallow call (shallow steps on), each after a full one
+    (:func:`after_full_call`) as in :meth:`SADA.step_costs`; and the block tokens of each: what the calls' times
+    should follow, counted rather than timed."""
     from torch.utils.flop_counter import FlopCounterMode
 
     token_momentum = torch.randn(*bench.sample.shape[-2:], generator=torch.Generator().manual_seed(0))
-    handle = SADAHandle(
-        bench.denoiser,
-        bench.scheduler,
-        config,
-        blocks=unet_token_blocks(bench.denoiser),
-        deep_blocks=unet_deep_blocks(bench.denoiser),
-    )
+    handle, policy = forced_plan_handle(bench, config)
     modes = [StepMode.FULL]
     modes += [StepMode.PRUNED] if config.tokenwise else []
     modes += [StepMode.SHALLOW] if config.shallow != "off" else []
     counts: dict[str, int] = {}
     try:
-        handle.engine.start(solver_adapter_for(bench.scheduler))
         for mode in modes:
-            handle.engine.force_plan(StepMode.FULL)
-            bench.call()
-            handle.engine.force_plan(mode, token_momentum)
+            after_full_call(handle, policy, bench, mode, token_momentum)
             stats = handle.stats
             computed, total = stats.tokens_computed, stats.tokens_total
             with FlopCounterMode(display=False) as counter:

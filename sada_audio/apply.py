@@ -256,6 +256,13 @@ class SADAHandle:
         """State of the current (or last) sampling call, for inspection: its step, plan, token grid and caches."""
         return self.engine.run
 
+    def set_token_momentum(self, momentum: torch.Tensor) -> None:
+        """Let ``momentum`` (one value per latent-grid token, unstable where >= 0) instead of the criterion's
+        map pick the tokens the current step's pruned calls recompute; call it before the step's first denoiser
+        call. For studies that price or test a pruned call outside a sampling trajectory, where the criterion
+        has no history to read (``evaluation/policies.py``); sampling never calls it."""
+        self._sync_scheduler().run.token_momentum = momentum
+
     @torch.compiler.disable
     def _before_model_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Plan the denoiser call about to run: the wrapped output that replaces it on a skipped step, or None

@@ -16,7 +16,6 @@ from diffusers import EDMDPMSolverMultistepScheduler, FlowMatchEulerDiscreteSche
 
 from sada_audio import SADAConfig, SADAHandle, UnsupportedModelError, UnsupportedSchedulerError, apply_sada
 from sada_audio.models import denoiser_of, model_adapter_for
-from sada_audio.solvers import solver_adapter_for
 from tests.support.tiny_pipelines import (
     IMAGE_SIZE,
     STABLE_AUDIO_FRAMES,
@@ -175,18 +174,21 @@ def test_stable_audio_token_pruning_keeps_the_global_token(pipes):
     assert torch.isfinite(latent).all() and stats.pruned_steps and stats.pruned_fraction > 0.05
 
 
-def _pruned_block_output(handle, block, kwargs, grid, kept_all):
-    """Run ``block`` once in full (fills its cache), then pruned; returns (pruned output, kept indices)."""
+def _pruned_block_output(config, blocks, scheduler, block, kwargs, grid, kept_all):
+    """Run ``block`` once in full (fills its cache), then pruned in the next step; returns (pruned output, kept
+    indices)."""
+    from sada_audio.evaluation.policies import ForcedPlan
     from sada_audio.method.planner import StepMode
 
-    engine = handle.engine
-    engine.force_plan(StepMode.FULL)
-    handle.begin_model_call(grid)
-    block(**kwargs)
-    engine.force_plan(StepMode.PRUNED, torch.ones(grid) if kept_all else -torch.ones(grid))
-    handle.begin_model_call(grid)
-    output = block(**kwargs)
-    return output, engine.kept_tokens(0)
+    policy = ForcedPlan()
+    with SADAHandle(torch.nn.Identity(), scheduler, config, blocks=blocks, policy=policy) as handle:
+        scheduler.set_timesteps(10)  # begins the run: its first step is a full call
+        handle.begin_model_call(grid)
+        block(**kwargs)
+        momentum = torch.ones(grid) if kept_all else -torch.ones(grid)
+        policy.next_step(handle, scheduler, StepMode.PRUNED, torch.zeros(1, 1, *grid), momentum)
+        handle.begin_model_call(grid)
+        return block(**kwargs), handle.engine.kept_tokens(0)
 
 
 @pytest.mark.parametrize("stream", ["transformer_blocks", "single_transformer_blocks"])
@@ -207,14 +209,11 @@ def test_flux_pruned_block_uses_the_kept_tokens_rotary_rows(pipes, stream):
     adapter = model_adapter_for(pipe)
     blocks = [b for b in adapter.token_blocks() if b.module is block]
     scheduler = FlowMatchEulerDiscreteScheduler()
-    scheduler.set_timesteps(10)
     with torch.no_grad():
         full = block(**kwargs)
         for max_fix, kept_all in ((1000, True), (0, False)):
             config = SADAConfig(tokenwise=True, max_downsample=1, sx=2, sy=2, max_fix=max_fix)
-            with SADAHandle(torch.nn.Identity(), scheduler, config, blocks=blocks) as handle:
-                handle.engine.start(solver_adapter_for(scheduler))
-                pruned, kept = _pruned_block_output(handle, block, kwargs, grid, kept_all)
+            pruned, kept = _pruned_block_output(config, blocks, scheduler, block, kwargs, grid, kept_all)
             if kept_all:
                 everything = pruned
         rows = torch.cat([torch.arange(text), text + kept])

@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
-from evaluation.policies import always_stable
+from evaluation.policies import ForcedPlan, always_stable
 from sada_audio import ConfigError, SADAConfig, SADAError, SADAHandle, StepMode, apply_sada
 from sada_audio.method.planner import schedule_letters
 from sada_audio.models import unet_deep_blocks
@@ -163,23 +163,27 @@ def test_a_planned_shallow_step_without_deep_features_runs_in_full():
     labels = torch.randn(2, unet.config.projection_class_embeddings_input_dim)
     scheduler = DDIMScheduler()
     config = SADAConfig.preset("musicldm", shallow="accelerated")
-    handle = SADAHandle(unet, scheduler, config, deep_blocks=unet_deep_blocks(unet))
-    scheduler.set_timesteps(10)  # starts the run
+    policy = ForcedPlan()
+    handle = SADAHandle(unet, scheduler, config, deep_blocks=unet_deep_blocks(unet), policy=policy)
+    scheduler.set_timesteps(10)  # begins the run: its first step is a full call
     time = scheduler.timesteps[0]
 
-    def call_as(mode: StepMode, batch: int = 2) -> torch.Tensor:
-        handle.engine.force_plan(mode)
+    def call(batch: int = 2) -> torch.Tensor:
         return unet(sample[:batch], time, encoder_hidden_states=None, class_labels=labels[:batch]).sample
 
     with handle, deep_runs(unet, handle) as steps:
-        full = call_as(StepMode.SHALLOW)
-        assert handle.run.plan.mode is StepMode.FULL and steps, "nothing cached yet: runs in full"
-        assert handle.run.plan.reason == "fall-back"
+        full = call()
+        assert steps, "the first step runs in full and caches the deep features"
         steps.clear()
-        shallow = call_as(StepMode.SHALLOW)
-        assert not steps and handle.run.plan.mode is StepMode.SHALLOW
-        call_as(StepMode.SHALLOW, batch=1)
-        assert steps and handle.run.plan.mode is StepMode.FULL, "another batch size: runs in full"
+        policy.next_step(handle, scheduler, StepMode.SHALLOW, sample)
+        shallow = call()
+        assert not steps
+        policy.next_step(handle, scheduler, StepMode.SHALLOW, sample[:1])
+        call(batch=1)
+        assert steps, "no deep features of this batch size: runs in full"
+        policy.next_step(handle, scheduler, StepMode.FULL, sample[:1])
+    assert handle.stats.step_modes == ["full", "shallow", "full"]
+    assert handle.stats.step_reasons == ["warm-up", "forced", "fall-back"]
     # same input and time: the cached deep features are this input's own, so the outer level gives the same
     assert torch.equal(shallow, full)
     assert no_hooks_left(unet)

@@ -42,22 +42,25 @@ def test_a_block_whose_token_count_is_not_the_levels_grid_runs_in_full():
     from diffusers.models.attention import BasicTransformerBlock
 
     from sada_audio import SADAHandle, StepMode
+    from sada_audio.evaluation.policies import ForcedPlan
     from sada_audio.models import TokenBlock
-    from sada_audio.solvers import solver_adapter_for
 
     torch.manual_seed(0)
     block = BasicTransformerBlock(dim=16, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16).eval()
     scheduler = DDIMScheduler()
-    scheduler.set_timesteps(50)
     config = SADAConfig(max_downsample=1, sx=2, sy=2, max_fix=0, kept_tokens=0.5)
-    handle = SADAHandle(torch.nn.Identity(), scheduler, config, blocks=[TokenBlock("block", block, level=1)])
-    handle.engine.start(solver_adapter_for(scheduler))
+    policy = ForcedPlan()
+    handle = SADAHandle(
+        torch.nn.Identity(), scheduler, config, blocks=[TokenBlock("block", block, level=1)], policy=policy
+    )
+    scheduler.set_timesteps(50)  # begins the run: its first step is a full call
     x = torch.randn(2, 17, 16)  # the level-1 grid of a 10 x 6 latent has 5 x 3 = 15 tokens
     with torch.no_grad():
-        for mode in (StepMode.FULL, StepMode.PRUNED):
-            handle.engine.force_plan(mode, -torch.ones(10, 6))
-            handle.begin_model_call((10, 6))
-            output = block(x)
+        handle.begin_model_call((10, 6))
+        block(x)
+        policy.next_step(handle, scheduler, StepMode.PRUNED, torch.zeros(1, 1, 10, 6), -torch.ones(10, 6))
+        handle.begin_model_call((10, 6))
+        output = block(x)
         handle.remove()
         torch.testing.assert_close(output, block(x))
     assert handle.stats.tokens_computed == handle.stats.tokens_total == 2 * 17

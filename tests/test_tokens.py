@@ -9,9 +9,9 @@ from diffusers.models.attention import BasicTransformerBlock
 
 from sada_audio import SADAConfig, SADAHandle, StepMode
 from sada_audio.config import level_grid
+from sada_audio.evaluation.policies import ForcedPlan
 from sada_audio.method.tokens import kept_token_indices, unstable_tokens, window_representatives
 from sada_audio.models import TokenBlock
-from sada_audio.solvers import solver_adapter_for
 
 
 @pytest.mark.parametrize("grid", [(256, 16), (25, 16), (13, 7), (1, 1), (5, 3)])
@@ -51,31 +51,36 @@ def test_kept_indices_are_sorted_unique_and_include_unstable_tokens():
 
 
 def _block_and_handle(config):
+    """A token block of a SADA handle whose steps after the first are planned by a ``ForcedPlan``; and a function
+    that ends the current step and plans the next in a mode, on a latent grid, with a token momentum."""
     torch.manual_seed(0)
     block = BasicTransformerBlock(dim=16, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16).eval()
     scheduler = DDIMScheduler()
-    scheduler.set_timesteps(50)
-    holder = torch.nn.Identity()
-    handle = SADAHandle(holder, scheduler, config, blocks=[TokenBlock("block", block, level=1)])
-    handle.engine.start(solver_adapter_for(scheduler))
-    return block, handle
+    policy = ForcedPlan()
+    handle = SADAHandle(
+        torch.nn.Identity(), scheduler, config, blocks=[TokenBlock("block", block, level=1)], policy=policy
+    )
+    scheduler.set_timesteps(50)  # begins the run: its first step is a full call
+
+    def next_step(mode, latent_hw, momentum):
+        policy.next_step(handle, scheduler, mode, torch.zeros(1, 1, *latent_hw), momentum)
+
+    return block, handle, next_step
 
 
 def test_pruned_block_computes_kept_tokens_and_fills_the_rest_from_the_cached_residual():
     config = SADAConfig(max_downsample=2, sx=2, sy=2, max_fix=0)
-    block, handle = _block_and_handle(config)
-    engine = handle.engine
+    block, handle, next_step = _block_and_handle(config)
     latent_hw, grid = (10, 6), level_grid((10, 6), 1)
     first = torch.randn(2, grid[0] * grid[1], 16)
     with torch.no_grad():
-        engine.force_plan(StepMode.FULL)
         handle.begin_model_call(latent_hw)
         full = block(first)
         second = first + 0.1 * torch.randn_like(first)
-        engine.force_plan(StepMode.PRUNED, torch.zeros(latent_hw) - 1.0)
+        next_step(StepMode.PRUNED, latent_hw, torch.zeros(latent_hw) - 1.0)
         handle.begin_model_call(latent_hw)
         pruned = block(second)
-        kept = engine.kept_tokens(1)
+        kept = handle.engine.kept_tokens(1)
         handle.remove()
         reference_kept = block(second[:, kept])
     skipped = torch.ones(grid[0] * grid[1], dtype=torch.bool)
@@ -88,14 +93,12 @@ def test_pruned_block_computes_kept_tokens_and_fills_the_rest_from_the_cached_re
 
 
 def test_pruned_block_with_every_token_kept_equals_the_full_block():
-    block, handle = _block_and_handle(SADAConfig(max_downsample=2, max_fix=10_000))
-    engine = handle.engine
+    block, handle, next_step = _block_and_handle(SADAConfig(max_downsample=2, max_fix=10_000))
     x = torch.randn(3, 4 * 3, 16)
     with torch.no_grad():
-        engine.force_plan(StepMode.FULL)
         handle.begin_model_call((7, 5))
         block(x)
-        engine.force_plan(StepMode.PRUNED, torch.ones(7, 5))
+        next_step(StepMode.PRUNED, (7, 5), torch.ones(7, 5))
         handle.begin_model_call((7, 5))
         pruned = block(x)
         handle.remove()

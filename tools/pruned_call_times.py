@@ -2,9 +2,10 @@
 (shallow steps on): the lean version of the step-cost workload's prices, for sizes where every call takes tens
 of seconds.
 
-One handle, calls planned as new steps (each round a full call that refreshes the token caches and deep
-features, then the cheaper kinds, as in ``SADA.step_costs``), timed by the process's CPU time (immune to
-other jobs on a shared CPU; run with one thread)::
+One handle; each round a fresh run of an untimed full call, then a timed call of every kind, each planned as a
+new step (a ``ForcedPlan``, as in ``SADA.step_costs``): the round's full call fills the token caches and deep
+features its cheaper calls use. Timed by the process's CPU time (immune to other jobs on a shared CPU; run
+with one thread)::
 
     OMP_NUM_THREADS=1 python -m tools.pruned_call_times --frames 1024 --batch 2 --rounds 2
 """
@@ -17,10 +18,9 @@ import time
 
 import torch
 
-from sada_audio import SADAConfig, SADAHandle, StepMode
+from sada_audio import SADAConfig, StepMode
+from sada_audio.evaluation.accelerators import after_full_call, forced_plan_handle
 from sada_audio.evaluation.step_costs import real_size_unet, unet_bench
-from sada_audio.models import unet_deep_blocks, unet_token_blocks
-from sada_audio.solvers import solver_adapter_for
 
 
 def main() -> None:
@@ -35,16 +35,12 @@ def main() -> None:
     bench = unet_bench(unet, args.frames, args.batch, 50, 1)
     config = SADAConfig.preset("musicldm").with_overrides(args.sada)
     momentum = torch.randn(*bench.sample.shape[-2:], generator=torch.Generator().manual_seed(0))
-    handle = SADAHandle(
-        unet, bench.scheduler, config, blocks=unet_token_blocks(unet), deep_blocks=unet_deep_blocks(unet)
-    )
-    handle.engine.start(solver_adapter_for(bench.scheduler))
+    handle, policy = forced_plan_handle(bench, config)
     kinds = [StepMode.PRUNED] if config.tokenwise else []
     kinds += [StepMode.SHALLOW] if config.shallow != "off" else []
     times: dict[str, list[float]] = {mode.value: [] for mode in (StepMode.FULL, *kinds)}
 
-    def call(mode: StepMode) -> tuple[float, int, int]:
-        handle.engine.force_plan(mode, momentum)
+    def timed_call() -> tuple[float, int, int]:
         stats = handle.stats
         computed, total = stats.tokens_computed, stats.tokens_total
         start = time.process_time()
@@ -54,10 +50,13 @@ def main() -> None:
         return elapsed, stats.tokens_computed - computed, stats.tokens_total - total
 
     try:
-        call(StepMode.FULL)  # warm-up; fills the token caches and deep features
         for _ in range(args.rounds):
-            for mode in times:  # the full call of each round refreshes the caches its cheaper calls use
-                elapsed, computed, total = call(StepMode(mode))
+            for mode in times:
+                if mode == StepMode.FULL:  # a fresh run: an untimed full call (a warm-up), then the timed one
+                    after_full_call(handle, policy, bench, StepMode.FULL)
+                else:  # a new step of the run: the round's timed full call left the caches and deep features
+                    policy.next_step(handle, bench.scheduler, StepMode(mode), bench.sample, momentum)
+                elapsed, computed, total = timed_call()
                 times[mode].append(elapsed)
                 print(f"{mode}: {elapsed:.2f} s CPU, {computed} of {total} block tokens", flush=True)
     finally:

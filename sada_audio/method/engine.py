@@ -224,15 +224,6 @@ class SADAEngine:
         """Statistics of the last (or current) sampling call."""
         return self._no_run_stats if self.run is None else self.run.stats
 
-    def force_plan(self, mode: StepMode, token_momentum: torch.Tensor | None = None) -> None:
-        """Override the plan of the current step (cost measurements; sampling never calls it)."""
-        run = self.run
-        run.plan, run.reconstructed, run.pruned_in_step = Plan(mode, reason=Reason.FORCED), None, False
-        if token_momentum is not None:
-            run.token_momentum = token_momentum
-        # A forced plan stands for a new step: the next model call is its first, with freshly drawn tokens.
-        run.last_call_step = -1
-
     # -- denoiser side -----------------------------------------------------------------------------
 
     def mode(self) -> StepMode:

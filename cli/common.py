@@ -155,14 +155,16 @@ def model_options(command: _Command) -> _Command:
                 "--scheduler",
                 type=click.Choice(SCHEDULER_OPTION_CHOICES),
                 callback=resolve_scheduler_option,
-                help="Sampler to use instead of the model's own.  [default: the model's own]",
+                help="Sampler to use instead of the model's own.  [default: the SADA level's (unipc for the audio "
+                "models' default level); the model's own with --accelerate none]",
             ),
             click.option(
                 "--accelerate",
                 type=click.Choice(["sada", "none"]),
                 default="sada",
                 show_default=True,
-                help="'sada' applies the preset of the model family; 'none' runs the unmodified pipeline.",
+                help="'sada' runs SADA's level (--sada-level) for the model's family; 'none' runs the unmodified "
+                "pipeline.",
             ),
             click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu, cuda, cuda:1."),
             click.option(

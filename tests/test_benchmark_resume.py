@@ -140,7 +140,7 @@ def test_a_stopped_benchmark_resumes_to_the_results_of_an_uninterrupted_one(
     assert {path: path.stat().st_mtime_ns for path in ddim_clips} == before
     assert not (stopped / PROGRESS_DIR).exists()
     assert _table(stopped) == _table(whole)
-    assert len(_table(whole)["runs"]) == 2 * 2 * 4  # samplers x clips x (baseline and 3 SADA settings)
+    assert len(_table(whole)["runs"]) == 2 * 2 * 5  # samplers x clips x (baseline and 4 SADA settings)
 
 
 class _Stop(Exception):
@@ -267,6 +267,6 @@ def test_a_killed_benchmark_resumes(tiny_musicldm_dir: Path, tmp_path: Path) -> 
     resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     # killed once a block was saved: the resume says how many of the sampler's blocks an earlier run finished
-    assert "ddim (1/2), 4 methods, 1 of 2 blocks done before" in resumed.stderr or "2 of 2 blocks" in resumed.stderr
+    assert "ddim (1/2), 5 methods, 1 of 2 blocks done before" in resumed.stderr or "2 of 2 blocks" in resumed.stderr
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert len(results["quality"]["runs"]) == 2 * 2 * 4  # samplers x clips x (baseline and 3 SADA settings)
+    assert len(results["quality"]["runs"]) == 2 * 2 * 5  # samplers x clips x (baseline and 4 SADA settings)

@@ -18,14 +18,10 @@ import torch
 from diffusers import AudioLDM2Pipeline, AudioLDMPipeline, DiffusionPipeline, MusicLDMPipeline
 
 from sada_audio._compat import HOOK_REGISTRY_ATTRIBUTE
-from tests.support.tiny_pipelines import tiny_audioldm2_pipeline, tiny_audioldm_pipeline, tiny_musicldm_pipeline
+from tests.support.tiny_pipelines import TINY_PIPELINES
 
 TINY_FAMILIES = ("musicldm", "audioldm", "audioldm2")
-_BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
-    "musicldm": tiny_musicldm_pipeline,
-    "audioldm": tiny_audioldm_pipeline,
-    "audioldm2": tiny_audioldm2_pipeline,
-}
+_BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {family: TINY_PIPELINES[family] for family in TINY_FAMILIES}
 # What attaching a hook leaves on a module: diffusers' hook registry and the bound forward it wraps, a SADA handle.
 _ATTACHMENT_ATTRIBUTES = (HOOK_REGISTRY_ATTRIBUTE, "_sada_handle", "forward")
 
@@ -106,7 +102,7 @@ def tiny_audioldm2(shared_pipelines: SharedPipelines) -> Iterator[AudioLDM2Pipel
 def tiny_musicldm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny MusicLDM pipeline, saved once per session like a downloaded checkpoint (a ``--model PATH``)."""
     path = tmp_path_factory.mktemp("tiny-musicldm")
-    _build(tiny_musicldm_pipeline).save_pretrained(path)
+    _build(TINY_PIPELINES["musicldm"]).save_pretrained(path)
     return path
 
 

@@ -19,6 +19,7 @@ from sada_audio.models import denoiser_of, model_adapter_for
 from tests.support.tiny_pipelines import (
     IMAGE_SIZE,
     STABLE_AUDIO_FRAMES,
+    image_call_kwargs,
     stable_audio_open_scheduler,
     tiny_controlnet_pipeline,
     tiny_flux_pipeline,
@@ -36,7 +37,6 @@ BUILDERS = {
     "stable-audio": tiny_stable_audio_pipeline,
 }
 PRESET = {"controlnet-xl": "sdxl"}  # the SDXL ControlNet pipeline takes SDXL's token settings
-CONTROL_IMAGE = torch.rand(1, 3, *IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,12 +61,7 @@ def generate(pipe, steps=50, seed=0, **kwargs):
     name = type(pipe).__name__
     if name == "StableAudioPipeline":
         return pipe("rain on a tin roof", num_inference_steps=steps, generator=generator, output_type="latent").audios
-    kwargs.setdefault("height", IMAGE_SIZE[0])
-    kwargs.setdefault("width", IMAGE_SIZE[1])
-    if name == "FluxPipeline":
-        kwargs.setdefault("max_sequence_length", 16)
-    if "ControlNet" in name:
-        kwargs.setdefault("image", CONTROL_IMAGE)
+    kwargs = {**image_call_kwargs(pipe), **kwargs}
     return pipe("a red cube", num_inference_steps=steps, generator=generator, output_type="latent", **kwargs).images
 
 

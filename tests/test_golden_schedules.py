@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +23,10 @@ from sada_audio.choices import SCHEDULER_CHOICES
 from sada_audio.levels import DEFAULT_LEVEL, levels_for, resolve_sada_config
 from sada_audio.method.planner import schedule_letters
 from sada_audio.pipelines import set_scheduler
-from tests.support.tiny_pipelines import (
-    IMAGE_SIZE,
-    stable_audio_open_scheduler,
-    tiny_audioldm2_pipeline,
-    tiny_audioldm_pipeline,
-    tiny_controlnet_pipeline,
-    tiny_flux_pipeline,
-    tiny_musicldm_pipeline,
-    tiny_sd2_pipeline,
-    tiny_sdxl_pipeline,
-    tiny_stable_audio_pipeline,
-)
+from tests.support.tiny_pipelines import TINY_PIPELINES, image_call_kwargs, stable_audio_open_scheduler
 
 GOLDEN = Path(__file__).parent / "data" / "golden_schedules.json"
 STEPS = 50  # the step count the presets and levels are tuned for
-BUILDERS: dict[str, Callable[[], Any]] = {
-    "musicldm": tiny_musicldm_pipeline,
-    "audioldm": tiny_audioldm_pipeline,
-    "audioldm2": tiny_audioldm2_pipeline,
-    "sd2": tiny_sd2_pipeline,
-    "sdxl": tiny_sdxl_pipeline,
-    "controlnet": tiny_controlnet_pipeline,
-    "flux": tiny_flux_pipeline,
-    "stable-audio": tiny_stable_audio_pipeline,
-}
 # The samplers of each family: the UNet families take every --scheduler choice; Flux has only flow matching and
 # Stable Audio its own EDM DPM-Solver++ (ODE) and the released cosine SDE scheduler.
 _NATIVE = "native"
@@ -123,7 +102,7 @@ class _Pipelines:
         if family not in self._pipes:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                self._pipes[family] = BUILDERS[family]()
+                self._pipes[family] = TINY_PIPELINES[family]()
             self._native[family] = self._pipes[family].scheduler
         pipe = self._pipes[family]
         pipe.scheduler = self._native[family]
@@ -141,11 +120,7 @@ def _final_latent(pipe: Any, family: str) -> torch.Tensor:
     elif family == "stable-audio":
         kwargs = {}
     else:
-        kwargs = {"height": IMAGE_SIZE[0], "width": IMAGE_SIZE[1]}
-        if family == "flux":
-            kwargs["max_sequence_length"] = 16
-        if family == "controlnet":
-            kwargs["image"] = torch.rand(1, 3, *IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+        kwargs = image_call_kwargs(pipe)
     output = pipe("a slow piano melody", num_inference_steps=STEPS, generator=generator, output_type="latent", **kwargs)
     return output.audios if hasattr(output, "audios") else output.images
 

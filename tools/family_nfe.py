@@ -45,7 +45,7 @@ from sada_audio.models import model_adapter_for
 from sada_audio.pipelines import set_scheduler
 from sada_audio.solvers import FlowMatchEulerAdapter
 from tests.support.tiny_pipelines import (
-    IMAGE_SIZE,
+    image_call_kwargs,
     stable_audio_open_scheduler,
     tiny_audioldm2_pipeline,
     tiny_audioldm_pipeline,
@@ -93,12 +93,9 @@ def _generate(pipe: Any, steps: int) -> torch.Tensor:
         return torch.from_numpy(audio)
     if name == "StableAudioPipeline":
         return pipe("rain", num_inference_steps=steps, generator=generator, output_type="latent").audios
-    kwargs: dict[str, Any] = {"height": IMAGE_SIZE[0], "width": IMAGE_SIZE[1]}
-    if name == "FluxPipeline":
-        kwargs["max_sequence_length"] = 16
-    if "ControlNet" in name:
-        kwargs["image"] = torch.rand(1, 3, *IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
-    return pipe("a red cube", num_inference_steps=steps, generator=generator, output_type="latent", **kwargs).images
+    return pipe(
+        "a red cube", num_inference_steps=steps, generator=generator, output_type="latent", **image_call_kwargs(pipe)
+    ).images
 
 
 def _scheduler_label(pipe: Any, choice: str | None) -> str:

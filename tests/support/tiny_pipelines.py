@@ -125,6 +125,8 @@ __all__ = [
     "tiny_flux_pipeline",
     "tiny_stable_audio_pipeline",
     "stable_audio_open_scheduler",
+    "TINY_PIPELINES",
+    "image_call_kwargs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -627,3 +629,28 @@ def tiny_stable_audio_pipeline(seed: int = 0) -> StableAudioPipeline:
 def stable_audio_open_scheduler() -> Any:
     """``CosineDPMSolverMultistepScheduler`` with Stable Audio Open's released settings (needs ``torchsde``)."""
     return CosineDPMSolverMultistepScheduler(**_STABLE_AUDIO_SIGMAS, solver_order=2, rho=7.0, final_sigmas_type="zero")
+
+
+#: The tiny pipeline of every SADA preset family, by family name.
+TINY_PIPELINES: dict[str, Callable[[], Any]] = {
+    "musicldm": tiny_musicldm_pipeline,
+    "audioldm": tiny_audioldm_pipeline,
+    "audioldm2": tiny_audioldm2_pipeline,
+    "sd2": tiny_sd2_pipeline,
+    "sdxl": tiny_sdxl_pipeline,
+    "controlnet": tiny_controlnet_pipeline,
+    "flux": tiny_flux_pipeline,
+    "stable-audio": tiny_stable_audio_pipeline,
+}
+
+
+def image_call_kwargs(pipe: Any) -> dict[str, Any]:
+    """What a call of a tiny image pipeline needs besides the prompt and the steps: the image size, Flux's text
+    length, a ControlNet's control image (seeded, the same every time)."""
+    name = type(pipe).__name__
+    kwargs: dict[str, Any] = {"height": IMAGE_SIZE[0], "width": IMAGE_SIZE[1]}
+    if name == "FluxPipeline":
+        kwargs["max_sequence_length"] = 16
+    if "ControlNet" in name:
+        kwargs["image"] = torch.rand(1, 3, *IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+    return kwargs
